@@ -1,0 +1,13 @@
+//! tinylm: a tiny byte-level GPT trainer whose core is the loss computation.
+//!
+//! Data flows one way: `tokenizer` -> `data` -> `model` (which calls `attention`,
+//! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache.
+//! Nothing below `train` knows about files or the command line.
+//!
+//! Notation used in every shape comment: B batch, T context length, C model width,
+//! H heads, D head width (C / H), L layers, V vocabulary, N = B·T rows of the loss.
+
+pub mod attention;
+pub mod bench;
+pub mod kernels;
+pub mod loss;
