@@ -11,3 +11,4 @@ pub mod attention;
 pub mod bench;
 pub mod kernels;
 pub mod loss;
+pub mod tokenizer;

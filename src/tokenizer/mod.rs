@@ -1,0 +1,75 @@
+//! Text <-> token ids. Two tokenizers: raw bytes (vocab 256, lossless for any byte
+//! string) and a byte-level BPE trained with the `tokenizers` crate (see `bpe`).
+//! Both map every token to a byte string, so decoding is always to bytes and the
+//! streaming UTF-8 decoder (`utf8`) turns those into printable text.
+
+pub mod bpe;
+pub mod utf8;
+
+use std::path::Path;
+
+/// A tokenizer that a run was trained with.
+#[derive(Clone)]
+pub enum Tokenizer {
+    /// Token id = byte value.
+    Bytes,
+    /// A byte-level BPE loaded from a standard `tokenizer.json`.
+    Bpe(bpe::BpeTokenizer),
+}
+
+impl Tokenizer {
+    /// Number of distinct token ids (the model's V).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => 256,
+            Tokenizer::Bpe(b) => b.vocab_size(),
+        }
+    }
+
+    /// A short, stable description stored in checkpoints: "bytes" or "bpe:<vocab>".
+    pub fn describe(&self) -> String {
+        match self {
+            Tokenizer::Bytes => "bytes".to_string(),
+            Tokenizer::Bpe(b) => format!("bpe:{}", b.vocab_size()),
+        }
+    }
+
+    /// Encodes arbitrary bytes (any byte string is encodable by both tokenizers).
+    pub fn encode(&self, bytes: &[u8]) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Tokenizer::Bytes => Ok(bytes.iter().map(|&b| b as u32).collect()),
+            Tokenizer::Bpe(b) => b.encode(bytes),
+        }
+    }
+
+    /// The bytes of one token. Unknown ids give an empty slice.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match self {
+            Tokenizer::Bytes => {
+                if id < 256 {
+                    vec![id as u8]
+                } else {
+                    Vec::new()
+                }
+            }
+            Tokenizer::Bpe(b) => b.token_bytes(id).to_vec(),
+        }
+    }
+
+    /// Decodes ids to bytes (the concatenation of each token's bytes).
+    pub fn decode(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter().flat_map(|&id| self.token_bytes(id)).collect()
+    }
+
+    /// Saves the tokenizer as a file in `dir` (nothing for bytes); returns its path.
+    pub fn save_to_dir(&self, dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+        match self {
+            Tokenizer::Bytes => Ok(None),
+            Tokenizer::Bpe(b) => {
+                let p = dir.join("tokenizer.json");
+                b.save(&p)?;
+                Ok(Some(p))
+            }
+        }
+    }
+}
