@@ -196,7 +196,24 @@ struct BenchCmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind::{
+                DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+            };
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, like every other error (clap's usage hint follows on later lines).
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Sample(a) => cmd_sample(a),
@@ -402,6 +419,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         device: device.clone(),
         stop,
         progress: !a.no_progress,
+        stop_at_step: None,
     };
     let summary = train::run(&config, &corpus, &tokenizer, &opts, resume)?;
     println!(

@@ -148,6 +148,9 @@ struct Block {
 /// A GPT: its config and its parameters.
 pub struct Gpt {
     pub config: GptConfig,
+    /// Use the composed reference kernels (attention, LayerNorm, GELU, loss) instead of
+    /// the fused ones: for gradient checks in f64 and for comparisons.
+    pub reference_kernels: bool,
     /// (name, parameter) in `GptConfig::param_shapes` order.
     params: Vec<(String, Var)>,
 }
@@ -185,6 +188,7 @@ impl Gpt {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let mut params = Vec::new();
+        let want = tensors.get("wte").map(|t| t.dtype()).unwrap_or(DType::F32);
         for (name, shape) in config.param_shapes() {
             let t = tensors
                 .remove(&name)
@@ -196,8 +200,8 @@ impl Gpt {
                 shape
             );
             anyhow::ensure!(
-                t.dtype() == DType::F32,
-                "parameter {name} has dtype {:?}, expected f32",
+                t.dtype() == want && matches!(want, DType::F32 | DType::F64),
+                "parameter {name} has dtype {:?}, expected {want:?} (all f32, or all f64)",
                 t.dtype()
             );
             params.push((name, Var::from_tensor(&t)?));
@@ -207,6 +211,7 @@ impl Gpt {
         }
         Ok(Self {
             config: config.clone(),
+            reference_kernels: false,
             params,
         })
     }
@@ -222,6 +227,34 @@ impl Gpt {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect()
+    }
+
+    /// The same model computed in f64 with the reference kernels (gradient checks).
+    pub fn to_f64_reference(&self) -> anyhow::Result<Self> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F64)?)))
+            .collect::<Result<_>>()?;
+        let mut m = Self::from_tensors(&self.config, tensors)?;
+        m.reference_kernels = true;
+        Ok(m)
+    }
+
+    fn layer_norm(&self, x: &Tensor, (g, b): &(Tensor, Tensor)) -> Result<Tensor> {
+        if self.reference_kernels {
+            kernels::reference::layer_norm(x, g, b, LN_EPS)
+        } else {
+            kernels::layer_norm(x, g, b, LN_EPS)
+        }
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if self.reference_kernels {
+            kernels::reference::gelu(x)
+        } else {
+            kernels::gelu(x)
+        }
     }
 
     fn p(&self, i: usize) -> &Tensor {
@@ -260,6 +293,7 @@ impl Gpt {
         let qkv = qkv.reshape((b, t, 3, h, d))?.permute((2, 0, 3, 1, 4))?; // [3, B, H, T, D]
         let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?); // each [B, H, T, D]
         let y = match cache {
+            None if self.reference_kernels => attention::reference::causal_attention(&q, &k, &v)?,
             None => attention::causal_attention(&q, &k, &v)?, // [B, H, T, D]
             Some(kv) => {
                 let (k, v) = if kv.0.dim(2)? == 0 {
@@ -268,7 +302,11 @@ impl Gpt {
                     (Tensor::cat(&[&kv.0, &k], 2)?, Tensor::cat(&[&kv.1, &v], 2)?)
                     // [B, H, Tk, D]
                 };
-                let y = attention::cached_attention(&q, &k, &v)?; // [B, H, T, D]
+                let y = if self.reference_kernels {
+                    attention::reference::cached_attention(&q, &k, &v)?
+                } else {
+                    attention::cached_attention(&q, &k, &v)? // [B, H, T, D]
+                };
                 *kv = (k, v);
                 y
             }
@@ -279,7 +317,7 @@ impl Gpt {
 
     /// MLP of one block: x [B, T, C] -> [B, T, 4C] -> GELU -> [B, T, C].
     fn mlp(&self, blk: &Block, x: &Tensor) -> Result<Tensor> {
-        let hidden = kernels::gelu(&linear(x, &blk.c_fc)?)?; // [B, T, 4C]
+        let hidden = self.gelu(&linear(x, &blk.c_fc)?)?; // [B, T, 4C]
         linear(&hidden, &blk.mlp_proj) // [B, T, C]
     }
 
@@ -304,20 +342,19 @@ impl Gpt {
         if let Some(cache) = cache.as_deref_mut() {
             if cache.layers.is_empty() {
                 let (h, d) = (self.config.n_head, self.config.head_dim());
-                let empty = Tensor::zeros((b, h, 0, d), DType::F32, idx.device())?;
+                let empty = Tensor::zeros((b, h, 0, d), x.dtype(), idx.device())?;
                 cache.layers = vec![(empty.clone(), empty); self.config.n_layer];
             }
         }
         for l in 0..self.config.n_layer {
             let blk = self.block(l);
-            let a_in = kernels::layer_norm(&x, &blk.ln_1.0, &blk.ln_1.1, LN_EPS)?;
+            let a_in = self.layer_norm(&x, &blk.ln_1)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             x = (x + self.attn(&blk, &a_in, kv)?)?;
-            let m_in = kernels::layer_norm(&x, &blk.ln_2.0, &blk.ln_2.1, LN_EPS)?;
+            let m_in = self.layer_norm(&x, &blk.ln_2)?;
             x = (x + self.mlp(&blk, &m_in)?)?;
         }
-        let (g, bias) = self.ln_f();
-        kernels::layer_norm(&x, &g, &bias, LN_EPS)
+        self.layer_norm(&x, &self.ln_f())
     }
 
     /// Mean (or as `opts` says) cross-entropy of next-token prediction.
@@ -332,7 +369,12 @@ impl Gpt {
         let h = self
             .hidden(idx, 0, None)?
             .reshape((b * t, self.config.n_embd))?; // [N, C]
-        loss::linear_cross_entropy(&h, self.p(0), &targets.flatten_all()?, opts)
+        let targets = targets.flatten_all()?; // [N]
+        if self.reference_kernels {
+            loss::reference::linear_cross_entropy(&h, self.p(0), &targets, opts)
+        } else {
+            loss::linear_cross_entropy(&h, self.p(0), &targets, opts)
+        }
     }
 
     /// Logits of every position: idx [B, T] -> [B, T, V]. For tests and tools; training

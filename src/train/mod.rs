@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Draw a progress bar (log lines are printed either way).
     pub progress: bool,
+    /// Behave as if interrupted after this step (tests of resume use it).
+    pub stop_at_step: Option<usize>,
 }
 
 /// How a run ended.
@@ -446,7 +448,7 @@ pub fn run(
         }
 
         let out_of_time = elapsed(&started) >= time_budget;
-        interrupted = opts.stop.load(Ordering::SeqCst);
+        interrupted = opts.stop.load(Ordering::SeqCst) || opts.stop_at_step == Some(state.step);
         let last = state.step >= state.horizon || out_of_time || interrupted;
         if last {
             state.horizon = state.horizon.min(state.step);
