@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (default: the `default` preset on data/zh_corpus.txt, ~5 minutes).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate text from a checkpoint, streamed as it is produced.
     Sample(SampleArgs),
     /// Loss, bits per byte, bits per character and perplexity of a checkpoint on a file.
@@ -215,7 +215,7 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Train(a) => cmd_train(a),
+        Command::Train(a) => cmd_train(*a),
         Command::Sample(a) => cmd_sample(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Bench(a) => cmd_bench(a),

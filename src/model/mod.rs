@@ -47,7 +47,7 @@ impl GptConfig {
             anyhow::ensure!(v > 0, "{name} must be positive, got {v}");
         }
         anyhow::ensure!(
-            self.n_embd % self.n_head == 0,
+            self.n_embd.is_multiple_of(self.n_head),
             "heads ({}) must divide the width ({})",
             self.n_head,
             self.n_embd
