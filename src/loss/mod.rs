@@ -76,7 +76,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions)
 /// Cross-entropy of `hidden` [N, D] · `weight`ᵀ [D, V] against `targets` [N].
 ///
 /// Differentiable in `hidden` and `weight`. The N x V logits are never held whole
-/// (f32 on the CPU; otherwise the composed reference).
+/// (f32 or f64 on the CPU; otherwise the composed reference).
 pub fn linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
@@ -85,8 +85,8 @@ pub fn linear_cross_entropy(
 ) -> Result<Tensor> {
     let fusable = hidden.device().is_cpu()
         && weight.device().is_cpu()
-        && hidden.dtype() == DType::F32
-        && weight.dtype() == DType::F32;
+        && hidden.dtype() == weight.dtype()
+        && matches!(hidden.dtype(), DType::F32 | DType::F64);
     if !fusable {
         return reference::linear_cross_entropy(hidden, weight, targets, o);
     }
