@@ -12,3 +12,4 @@ pub mod bench;
 pub mod kernels;
 pub mod loss;
 pub mod tokenizer;
+pub mod train;
