@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use tinylm::loss::CrossEntropyOptions;
 use tinylm::model::{Gpt, GptConfig};
 use tinylm::train::config::TrainConfig;
-use tinylm::train::optim::AdamW;
 
 fn corpus_windows(b: usize, t: usize, stride: usize) -> (Tensor, Tensor) {
     let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt")).unwrap();
@@ -95,7 +94,10 @@ fn small_model_overfits_one_batch() {
     };
     let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
     let (x, y) = corpus_windows(4, 32, 3000);
-    let mut opt = AdamW::new(model.params(), 0.0, 0.9, 0.95).unwrap();
+    let mut tc = TrainConfig::preset("tiny").unwrap();
+    tc.weight_decay = 0.0;
+    let mut opt = tinylm::train::optimizer_for(&model, &tc).unwrap();
+    opt.set_lr(3e-3);
     let params: Vec<Tensor> = model
         .params()
         .iter()
@@ -111,7 +113,7 @@ fn small_model_overfits_one_batch() {
         }
         let mut store = l.backward().unwrap();
         let grads: Vec<Option<Tensor>> = params.iter().map(|p| store.remove(p)).collect();
-        opt.step(&grads, 3e-3, 1.0).unwrap();
+        opt.step_scaled(&grads, 1.0).unwrap();
     }
     assert!(loss < 0.1, "one batch not memorised: loss {loss}");
 }

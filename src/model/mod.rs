@@ -3,10 +3,12 @@
 //! Notation: B batch, T context length, C model width, H heads, D head width (C / H),
 //! L layers, V vocabulary, N = B·T rows of the loss.
 //!
-//!     x = wte[idx] + wpe[pos]                                 [B, T, C]
-//!     L times:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))  [B, T, C]
-//!     h = ln_f(x)                                             [B, T, C]
-//!     logits = h · wteᵀ (tied head), loss = cross_entropy     [N, V]
+//! ```text
+//! x = wte[idx] + wpe[pos]                                 [B, T, C]
+//! L times:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))  [B, T, C]
+//! h = ln_f(x)                                             [B, T, C]
+//! logits = h · wteᵀ (tied head), loss = cross_entropy     [N, V]
+//! ```
 //!
 //! Parameters are plain `Var`s in a fixed order, named as in nanoGPT's state dict, so
 //! that checkpoints are ordinary safetensors files.

@@ -3,20 +3,21 @@
 //! One optimizer step reads as its phases: learning rate, (evaluation), micro-steps
 //! (forward + backward, gradients summed), clip, step, log, (checkpoint).
 
+pub mod adamw;
 pub mod checkpoint;
 pub mod config;
-pub mod optim;
 
 use crate::data::{eval_windows, Corpus, WindowSampler};
 use crate::eval::{evaluate_windows, EvalReport};
 use crate::loss::CrossEntropyOptions;
 use crate::model::Gpt;
 use crate::tokenizer::Tokenizer;
+use adamw::{AdamW, AdamWConfig, ParamGroup};
 use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
 use config::TrainConfig;
-use optim::AdamW;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,16 +93,52 @@ pub struct Trainer {
     device: Device,
 }
 
+/// Which parameters get weight decay: matrices of linear layers only. Biases, LayerNorm
+/// gains and the embeddings (token and position) are left alone, as in nanoGPT/minGPT.
+pub fn decays(name: &str) -> bool {
+    name.ends_with(".weight") && !name.contains("ln_")
+}
+
+/// AdamW over the model's parameters in the model's order (so the i-th gradient, the
+/// i-th moment pair and the i-th parameter line up), with the two weight-decay groups
+/// applied per parameter.
+pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW> {
+    let groups = model
+        .params()
+        .iter()
+        .map(|(name, var)| ParamGroup {
+            vars: vec![var.clone()],
+            weight_decay: if decays(name) {
+                config.weight_decay
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    let adam = AdamWConfig {
+        lr: config.lr,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        eps: 1e-8,
+    };
+    Ok(AdamW::new(groups, adam)?)
+}
+
+/// The optimizer's moments as named tensors "m.<param>" and "v.<param>" (checkpoints).
+pub fn optimizer_tensors(model: &Gpt, opt: &AdamW) -> anyhow::Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for ((name, _), (m, v)) in model.params().iter().zip(opt.moments()?) {
+        out.insert(format!("m.{name}"), m);
+        out.insert(format!("v.{name}"), v);
+    }
+    Ok(out)
+}
+
 impl Trainer {
     pub fn new(config: &TrainConfig, device: &Device) -> anyhow::Result<Self> {
         config.validate()?;
         let model = Gpt::new(&config.model, config.seed, device)?;
-        let optimizer = AdamW::new(
-            model.params(),
-            config.weight_decay,
-            config.beta1,
-            config.beta2,
-        )?;
+        let optimizer = optimizer_for(&model, config)?;
         Ok(Self {
             model,
             optimizer,
@@ -120,14 +157,24 @@ impl Trainer {
                 loaded.dir.display()
             )
         })?;
-        let mut optimizer = AdamW::new(
-            model.params(),
-            config.weight_decay,
-            config.beta1,
-            config.beta2,
-        )?;
+        let mut optimizer = optimizer_for(&model, config)?;
+        let moments = model
+            .params()
+            .iter()
+            .map(|(name, _)| {
+                let get = |k: String| {
+                    loaded.optim.get(&k).cloned().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "checkpoint {}: optimizer state lacks {k}",
+                            loaded.dir.display()
+                        )
+                    })
+                };
+                Ok((get(format!("m.{name}"))?, get(format!("v.{name}"))?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         optimizer
-            .load_state(&loaded.optim, loaded.state.step)
+            .set_state(loaded.state.step as u64, &moments)
             .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", loaded.dir.display()))?;
         Ok(Self {
             model,
@@ -191,7 +238,8 @@ impl Trainer {
             } else {
                 1.0
             };
-            self.optimizer.step(&grads, lr, scale)?;
+            self.optimizer.set_lr(lr);
+            self.optimizer.step_scaled(&grads, scale)?;
         }
         times.optimizer = t2.elapsed().as_secs_f64();
         Ok(StepOutcome {
@@ -306,7 +354,7 @@ pub fn run(
             &opts.run_dir,
             state,
             &trainer.model.named_tensors(),
-            &trainer.optimizer.state_tensors(),
+            &optimizer_tensors(&trainer.model, &trainer.optimizer)?,
         )?;
         checkpoint::prune(&opts.run_dir, cfg.keep_last, state.best_step)?;
         Ok(dir)
