@@ -267,6 +267,14 @@ fn untrusted_tokenizer_files_give_clean_errors() {
             }),
         ),
         (
+            "stripping added token",
+            edit(&|v| {
+                v["added_tokens"] = serde_json::json!([{"id": 1024, "content": "<|x|>",
+                    "single_word": false, "lstrip": true, "rstrip": false,
+                    "normalized": false, "special": true}])
+            }),
+        ),
+        (
             "bad regex",
             edit(&|v| v["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(".into()),
         ),
@@ -300,4 +308,22 @@ proptest! {
             assert_round_trip(&t, "春眠不觉晓，处处闻啼鸟。\nHello, world!\n".as_bytes());
         }
     }
+}
+
+/// A foreign file may carry special tokens; they stand for their text, so the round
+/// trip still holds.
+#[test]
+fn added_special_tokens_round_trip_as_their_text() {
+    let mut v: serde_json::Value = serde_json::from_str(&shared().to_json().unwrap()).unwrap();
+    v["added_tokens"] = serde_json::json!([{"id": 1024, "content": "<|endoftext|>",
+        "single_word": false, "lstrip": false, "rstrip": false,
+        "normalized": false, "special": true}]);
+    let tok = BpeTokenizer::from_json_bytes(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(tok.vocab_size(), 1025);
+    let text = "春眠<|endoftext|>不觉晓\n<|endoftext|>".as_bytes();
+    let ids = tok.encode(text).unwrap();
+    println!("{ids:?}");
+    assert_eq!(ids.iter().filter(|&&id| id == 1024).count(), 2);
+    assert_eq!(tok.decode(&ids), text);
+    assert_ne!(tok.fingerprint(), shared().fingerprint());
 }

@@ -249,6 +249,8 @@ pub struct BpeTokenizer {
     /// Whether long inputs may be cut at safe line breaks (the pre-tokenizer was
     /// checked to split there and no added token spans a line break).
     chunked: bool,
+    /// See `fingerprint`.
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for BpeTokenizer {
@@ -300,14 +302,8 @@ impl BpeTokenizer {
 
     /// A stable 64-bit FNV-1a hash (16 hex digits) of the serialized tokenizer: two
     /// tokenizers with the same fingerprint encode every input to the same ids.
-    pub fn fingerprint(&self) -> String {
-        let json = self.inner.to_string(false).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in json.as_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Encodes any byte string, valid UTF-8 or not; `decode(encode(x)) == x`.
@@ -430,7 +426,9 @@ impl BpeTokenizer {
         let mut seen = vec![false; size];
         for (s, &id) in &vocab {
             let id = id as usize;
-            seen[id] = true;
+            if std::mem::replace(&mut seen[id], true) {
+                bail!("token id {id} is given to two different tokens");
+            }
             token_bytes[id] = if let Some(t) = added.get(&(id as u32)) {
                 // Added tokens are matched in the raw text, so they stand for their
                 // content as written.
@@ -448,7 +446,9 @@ impl BpeTokenizer {
                 bail!("token {id} is empty");
             }
         }
-        debug_assert!(seen.iter().all(|&s| s));
+        if let Some(id) = seen.iter().position(|&s| !s) {
+            bail!("token id {id} has no token");
+        }
         let mut byte_ids = Box::new([0u32; 256]);
         for (b, c) in byte_to_char().iter().enumerate() {
             let id = tk.token_to_id(&c.to_string()).ok_or_else(|| {
@@ -461,7 +461,12 @@ impl BpeTokenizer {
         }
         let chunked = !added.values().any(|t| t.content.contains('\n'))
             && splits_at_safe_line_breaks(tk.get_pre_tokenizer().expect("checked above"))?;
+        let json = tk
+            .to_string(false)
+            .map_err(|e| anyhow!("serializing tokenizer: {e}"))?;
+        let fingerprint = fnv1a64(json.as_bytes());
         let tok = Self {
+            fingerprint,
             inner: Arc::new(tk),
             token_bytes,
             byte_ids,
@@ -485,6 +490,17 @@ impl BpeTokenizer {
         }
         Ok(())
     }
+}
+
+/// FNV-1a, 64 bits, as 16 hex digits: stable across Rust versions and platforms
+/// (unlike `DefaultHasher`).
+fn fnv1a64(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Whether the pre-tokenizer contains a ByteLevel step (which must not add a space).
@@ -529,6 +545,13 @@ fn splits_at_safe_line_breaks(pt: &PreTokenizerWrapper) -> anyhow::Result<bool> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv1a64_matches_published_vectors() {
+        // Test vectors from the FNV reference (draft-eastlake-fnv): "" and "a".
+        assert_eq!(fnv1a64(b""), "cbf29ce484222325");
+        assert_eq!(fnv1a64(b"a"), "af63dc4c8601ec8c");
+    }
 
     #[test]
     fn byte_map_is_a_bijection_onto_the_crate_alphabet() {
