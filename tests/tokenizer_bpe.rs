@@ -56,6 +56,15 @@ proptest! {
         assert_round_trip(shared(), s.as_bytes());
     }
 
+    /// The direct path gives the pipeline's ids on any text.
+    #[test]
+    fn direct_encoding_matches_the_tokenizers_pipeline(
+        s in "([春眠不觉晓处闻啼鸟𠀀，。、？！「」…· \n\r\ta-zA-Z'0-9\u{3000}\u{85}]|\\PC){0,200}"
+    ) {
+        let tok = shared();
+        prop_assert_eq!(tok.encode(s.as_bytes()).unwrap(), tok.encode_reference(&s).unwrap());
+    }
+
     /// Valid text with invalid bytes spliced in.
     #[test]
     fn round_trip_text_with_invalid_bytes(
@@ -134,11 +143,13 @@ fn saved_tokenizer_reloads_to_identical_ids() {
     ));
 }
 
-/// Long inputs are cut at line breaks and encoded in parallel; the ids must be those
-/// of one call over the whole text.
+/// Long inputs are cut at line breaks and encoded in parallel, by a direct path that
+/// skips the `tokenizers` pipeline; the ids must be those of one pipeline call over
+/// the whole text (which is what Python gives).
 #[test]
-fn chunked_encoding_matches_whole_text_encoding() {
+fn chunked_direct_encoding_matches_the_tokenizers_pipeline() {
     let tok = shared();
+    assert!(tok.encodes_directly());
     let text = std::fs::read_to_string(data("zh_tiny.txt")).unwrap();
     let mut mixed = text.clone();
     for _ in 0..400 {
@@ -147,9 +158,9 @@ fn chunked_encoding_matches_whole_text_encoding() {
     }
     for t in [&text, &mixed] {
         assert!(t.len() > 150_000);
-        let whole = tok.inner().encode_fast(t.as_str(), false).unwrap();
+        let whole = tok.encode_reference(t).unwrap();
         let ours = tok.encode(t.as_bytes()).unwrap();
-        assert_eq!(whole.get_ids(), ours.as_slice());
+        assert_eq!(whole, ours);
     }
 }
 

@@ -35,8 +35,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::utils::SysRegex;
 use tokenizers::{
-    OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
+    Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
 };
 
 /// Default maximum number of Han characters per pre-token (chosen by measurement;
@@ -249,6 +250,11 @@ pub struct BpeTokenizer {
     /// Whether long inputs may be cut at safe line breaks (the pre-tokenizer was
     /// checked to split there and no added token spans a line break).
     chunked: bool,
+    /// The Split regex when the pipeline is exactly ours (no normalizer, no added
+    /// tokens, `Sequence[Split(regex, Isolated), ByteLevel(no regex)]`), so that
+    /// `encode_direct` may replace the generic pipeline.
+    fast_split: Option<Arc<SysRegex>>,
+    byte_chars: Box<[char; 256]>,
     /// See `fingerprint`.
     fingerprint: String,
 }
@@ -342,11 +348,71 @@ impl BpeTokenizer {
     }
 
     fn encode_one(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        match (&self.fast_split, self.inner.get_model()) {
+            (Some(re), ModelWrapper::BPE(bpe)) => self.encode_direct(re, bpe, text),
+            _ => self.encode_reference(text),
+        }
+    }
+
+    /// Whether `encode` takes the direct path (`encode_direct`) rather than the
+    /// generic `tokenizers` pipeline; true for tokenizers that `train_bpe` made.
+    pub fn encodes_directly(&self) -> bool {
+        self.fast_split.is_some()
+    }
+
+    /// One call of the `tokenizers` pipeline over the whole text: the definition of
+    /// the ids (what Python's `tokenizer.encode(text).ids` gives).
+    pub fn encode_reference(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let enc = self
             .inner
             .encode_fast(text, false)
             .map_err(|e| anyhow!("BPE encoding failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The pipeline of `Sequence[Split(regex, Isolated), ByteLevel(no regex)]` + BPE
+    /// without its per-byte offset bookkeeping and per-token strings: the same regex
+    /// engine cuts the text (matches and the gaps between them are pre-tokens), each
+    /// pre-token is mapped to byte-level characters and given to the BPE model. About
+    /// 5x faster than `encode_reference`; tests check equal ids.
+    fn encode_direct(&self, re: &SysRegex, bpe: &BPE, text: &str) -> anyhow::Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 2 + 1);
+        // Pre-tokens repeat a lot (characters, punctuation, line ends); a local cache
+        // avoids the model's locked cache and its per-token string copies.
+        let mut cache: std::collections::HashMap<&str, Vec<u32>> = Default::default();
+        let mut buf = String::new();
+        let mut piece = |a: usize, b: usize, out: &mut Vec<u32>| -> anyhow::Result<()> {
+            let p = &text[a..b];
+            if let Some(ids) = cache.get(p) {
+                out.extend_from_slice(ids);
+                return Ok(());
+            }
+            buf.clear();
+            buf.extend(p.bytes().map(|b| self.byte_chars[b as usize]));
+            let ids: Vec<u32> = bpe
+                .tokenize(&buf)
+                .map_err(|e| anyhow!("BPE encoding failed: {e}"))?
+                .iter()
+                .map(|t| t.id)
+                .collect();
+            out.extend_from_slice(&ids);
+            cache.insert(p, ids);
+            Ok(())
+        };
+        let mut prev = 0;
+        for (start, end) in re.find_iter(text) {
+            if start > prev {
+                piece(prev, start, &mut out)?;
+            }
+            if end > start {
+                piece(start, end, &mut out)?;
+            }
+            prev = end;
+        }
+        if prev < text.len() {
+            piece(prev, text.len(), &mut out)?;
+        }
+        Ok(out)
     }
 
     /// The exact bytes of token `id` (empty for an unknown id).
@@ -465,7 +531,14 @@ impl BpeTokenizer {
             .to_string(false)
             .map_err(|e| anyhow!("serializing tokenizer: {e}"))?;
         let fingerprint = fnv1a64(json.as_bytes());
+        let fast_split = if added.is_empty() {
+            direct_split_regex(tk.get_pre_tokenizer().expect("checked above"))?
+        } else {
+            None
+        };
         let tok = Self {
+            fast_split,
+            byte_chars: Box::new(byte_to_char()),
             fingerprint,
             inner: Arc::new(tk),
             token_bytes,
@@ -501,6 +574,30 @@ fn fnv1a64(bytes: &[u8]) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+/// The compiled regex when the pre-tokenizer is `Sequence[Split(regex, Isolated, not
+/// inverted), ByteLevel(no prefix space, no regex)]`, the shape `train_bpe` writes.
+fn direct_split_regex(pt: &PreTokenizerWrapper) -> anyhow::Result<Option<Arc<SysRegex>>> {
+    let PreTokenizerWrapper::Sequence(seq) = pt else {
+        return Ok(None);
+    };
+    let [PreTokenizerWrapper::Split(split), PreTokenizerWrapper::ByteLevel(bl)] =
+        AsRef::<[PreTokenizerWrapper]>::as_ref(seq)
+    else {
+        return Ok(None);
+    };
+    let (SplitPattern::Regex(pattern), SplitDelimiterBehavior::Isolated, false, false, false) = (
+        &split.pattern,
+        split.behavior,
+        split.invert,
+        bl.add_prefix_space,
+        bl.use_regex,
+    ) else {
+        return Ok(None);
+    };
+    let re = SysRegex::new(pattern).map_err(|e| anyhow!("bad pre-tokenizer regex: {e}"))?;
+    Ok(Some(Arc::new(re)))
 }
 
 /// Whether the pre-tokenizer contains a ByteLevel step (which must not add a space).
