@@ -51,7 +51,7 @@ impl Tokenizer {
     }
 
     /// Identifies the exact tokenizer, for checkpoints to refuse a different one:
-    /// "bytes", or "bpe:<vocab>:<hash of the tokenizer.json contents>" (two BPEs of the
+    /// `bytes`, or `bpe:<vocab>:<hash of the tokenizer.json contents>` (two BPEs of the
     /// same size but different merges or pre-tokenizer differ here, not in `describe`).
     pub fn fingerprint(&self) -> String {
         match self {
