@@ -9,6 +9,12 @@
 
 pub mod attention;
 pub mod bench;
+pub mod data;
+pub mod device;
+pub mod eval;
 pub mod kernels;
 pub mod loss;
+pub mod model;
+pub mod sample;
 pub mod tokenizer;
+pub mod train;

@@ -32,9 +32,11 @@ pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (_b, _h, tq, d) = q.dims4()?;
     let tk = k.dim(2)?;
     let scale = 1.0 / (d as f64).sqrt();
+    // candle's CPU matmul needs each matrix contiguous in its last two dims.
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let scores = (q.matmul(&k.t()?)? * scale)?; // [B, H, Tq, D] x [B, H, D, Tk] -> [B, H, Tq, Tk]
     let mask = causal_mask(tq, tk, q.device())?.to_dtype(scores.dtype())?;
     let scores = scores.broadcast_add(&mask)?;
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?; // [B, H, Tq, Tk]
-    probs.matmul(v) // [B, H, Tq, Tk] x [B, H, Tk, D] -> [B, H, Tq, D]
+    probs.matmul(&v) // [B, H, Tq, Tk] x [B, H, Tk, D] -> [B, H, Tq, D]
 }

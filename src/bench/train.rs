@@ -1,8 +1,127 @@
-//! `tinylm bench train`: not written yet.
+//! `tinylm bench train`: whole training steps of the `bench-ref` and `default` presets,
+//! timed by phase, with MFU against the matmul rate measured in the same run and the
+//! growth of peak resident memory (as `../shared/bench/torch_reference.py` measures
+//! PyTorch's `gpt_step_*` cases).
 
-use super::BenchArgs;
+use super::{median, BenchArgs};
+use crate::train::config::TrainConfig;
+use crate::train::Trainer;
+use candle_core::Device;
+use serde::Serialize;
 
-/// Runs the train bench cases.
-pub fn run(_args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tinylm bench train is not implemented yet")
+#[derive(Serialize)]
+struct Record {
+    case: &'static str,
+    preset: String,
+    tokens_per_s: f64,
+    median_ms: f64,
+    forward_ms: f64,
+    backward_ms: f64,
+    optimizer_ms: f64,
+    mfu: f64,
+    peak_rss_bytes: u64,
+    threads: usize,
+    matmul_gflops: f64,
+}
+
+/// (VmRSS, VmHWM) of this process in bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the kernel's peak-RSS counter; returns the current RSS (the baseline).
+fn reset_peak_rss() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    rss().0
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let device = Device::Cpu;
+    let matmul = crate::device::measure_matmul_flops(&device)?;
+    let mut records = Vec::new();
+    for preset in ["bench-ref", "default"] {
+        if let Some(f) = &args.filter {
+            if !preset.contains(f.as_str()) && !"gpt_step".contains(f.as_str()) {
+                continue;
+            }
+        }
+        let mut config = TrainConfig::preset(preset)?;
+        if args.quick {
+            config.model.n_layer = 1;
+            config.model.block_size = 64;
+            config.batch_size = 2;
+        }
+        let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt"))?;
+        let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+        let mut trainer = Trainer::new(&config, &device)?;
+        let (warmup, reps) = if args.quick { (1, 2) } else { (2, 7) };
+        for _ in 0..warmup {
+            trainer.step(&tokens, config.lr)?;
+        }
+        let base = reset_peak_rss();
+        let mut totals = Vec::new();
+        let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let t = std::time::Instant::now();
+            let out = trainer.step(&tokens, config.lr)?;
+            totals.push(t.elapsed().as_secs_f64() * 1e3);
+            fwd.push(out.times.forward * 1e3);
+            bwd.push(out.times.backward * 1e3);
+            opt.push(out.times.optimizer * 1e3);
+        }
+        let peak = rss().1.saturating_sub(base);
+        let ms = median(&mut totals);
+        let tokens_per_s = config.tokens_per_step() as f64 / (ms / 1e3);
+        records.push(Record {
+            case: "gpt_step",
+            preset: preset.to_string(),
+            tokens_per_s,
+            median_ms: ms,
+            forward_ms: median(&mut fwd),
+            backward_ms: median(&mut bwd),
+            optimizer_ms: median(&mut opt),
+            mfu: tokens_per_s * config.model.flops_per_token() / matmul,
+            peak_rss_bytes: peak,
+            threads: crate::device::threads(),
+            matmul_gflops: matmul / 1e9,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else {
+        println!(
+            "matmul {:.0} GFLOP/s (f32, 1024³), {} threads",
+            matmul / 1e9,
+            crate::device::threads()
+        );
+        println!(
+            "{:<10} {:<10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>10}",
+            "case", "preset", "tok/s", "step ms", "fwd ms", "bwd ms", "opt ms", "MFU", "peak RSS"
+        );
+        for r in &records {
+            println!(
+                "{:<10} {:<10} {:>10.0} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1}% {:>7.0} MB",
+                r.case,
+                r.preset,
+                r.tokens_per_s,
+                r.median_ms,
+                r.forward_ms,
+                r.backward_ms,
+                r.optimizer_ms,
+                100.0 * r.mfu,
+                r.peak_rss_bytes as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
 }

@@ -3,12 +3,21 @@
 //! Notation: N rows (N = B·T), V vocabulary, D hidden width.
 //!
 //! `cross_entropy` and `linear_cross_entropy` are the entry points the model and the
-//! trainer call. `reference` holds the composed candle version of each, kept for tests
-//! and benchmarks.
+//! trainer call; on the CPU they run the fused kernels (`kernel`, one pass per row that
+//! writes the gradient once; `linear`, the output projection fused with it in row
+//! chunks). `reference` holds the composed candle version of each, kept for tests and
+//! benchmarks, and used on other devices and, for `linear_cross_entropy`, for non-f32
+//! inputs.
 
+pub mod fused;
+pub mod kernel;
+pub mod linear;
 pub mod reference;
 
-use candle_core::{Result, Tensor};
+pub use fused::{cross_entropy_loss_and_grad, cross_entropy_with_stats, CrossEntropyStats};
+pub use kernel::set_simd_cap;
+
+use candle_core::{DType, Result, Tensor};
 
 /// How per-row losses are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,19 +63,32 @@ impl Default for CrossEntropyOptions {
 
 /// Cross-entropy of `logits` [N, V] against `targets` [N] (u32).
 ///
-/// Returns a scalar for `Mean`/`Sum`, or [N] for `None`. Differentiable in `logits`.
+/// Returns a scalar for `Mean`/`Sum`, or [N] for `None` (f32; f64 for f64 logits).
+/// Differentiable in `logits`. Errors on NaN or +inf logits, on a row whose logits are
+/// all -inf and on a target ≥ V that is not the ignore index.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions) -> Result<Tensor> {
-    reference::cross_entropy(logits, targets, o)
+    if !logits.device().is_cpu() {
+        return reference::cross_entropy(logits, targets, o);
+    }
+    Ok(fused::cross_entropy_with_stats(logits, targets, o)?.0)
 }
 
 /// Cross-entropy of `hidden` [N, D] · `weight`ᵀ [D, V] against `targets` [N].
 ///
-/// Differentiable in `hidden` and `weight`.
+/// Differentiable in `hidden` and `weight`. The N x V logits are never held whole
+/// (f32 or f64 on the CPU; otherwise the composed reference).
 pub fn linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
     o: &CrossEntropyOptions,
 ) -> Result<Tensor> {
-    reference::linear_cross_entropy(hidden, weight, targets, o)
+    let fusable = hidden.device().is_cpu()
+        && weight.device().is_cpu()
+        && hidden.dtype() == weight.dtype()
+        && matches!(hidden.dtype(), DType::F32 | DType::F64);
+    if !fusable {
+        return reference::linear_cross_entropy(hidden, weight, targets, o);
+    }
+    linear::linear_cross_entropy(hidden, weight, targets, o)
 }

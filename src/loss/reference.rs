@@ -6,10 +6,16 @@ use super::{CrossEntropyOptions, Reduction};
 use candle_core::Result;
 use candle_core::{DType, Tensor, D};
 
-/// See [`super::cross_entropy`]. Computed in f32 whatever the logits' dtype.
+/// See [`super::cross_entropy`]. Computed in f32 (f64 for f64 logits, which gradient
+/// checks use).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
-    let mut x = logits.to_dtype(DType::F32)?; // [N, V]
+    let compute = if logits.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let mut x = logits.to_dtype(compute)?; // [N, V]
     if let Some(c) = o.softcap {
         x = ((x / c as f64)?.tanh()? * c as f64)?;
     }
@@ -38,7 +44,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions)
     if o.z_loss > 0.0 {
         row = (row + (lse.squeeze(1)?.sqr()? * o.z_loss as f64)?)?;
     }
-    let keep_f = keep.to_dtype(DType::F32)?;
+    let keep_f = keep.to_dtype(compute)?;
     let row = (row * &keep_f)?; // ignored rows are exactly 0
     match o.reduction {
         Reduction::None => Ok(row),
@@ -46,7 +52,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions)
         Reduction::Mean => {
             let denom = match o.normalizer {
                 Some(d) => d as f64,
-                None => keep_f.sum_all()?.to_scalar::<f32>()? as f64,
+                None => keep_f.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?,
             };
             // No counted rows: the loss is 0, not 0/0.
             row.sum_all()? / denom.max(1.0)

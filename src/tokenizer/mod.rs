@@ -99,3 +99,20 @@ impl Tokenizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bytes_round_trip(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let t = Tokenizer::Bytes;
+            let ids = t.encode(&b).unwrap();
+            prop_assert_eq!(ids.len(), b.len());
+            prop_assert!(ids.iter().all(|&i| (i as usize) < t.vocab_size()));
+            prop_assert_eq!(t.decode(&ids), b);
+        }
+    }
+}

@@ -56,3 +56,64 @@ impl StreamDecoder {
         "\u{FFFD}".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `bytes` in the given chunk sizes and collects everything printed.
+    fn stream(bytes: &[u8], cuts: &[usize]) -> (Vec<String>, String) {
+        let mut d = StreamDecoder::new();
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for &c in cuts {
+            let end = (start + c).min(bytes.len());
+            pieces.push(d.push(&bytes[start..end]));
+            start = end;
+        }
+        pieces.push(d.push(&bytes[start..]));
+        pieces.push(d.finish());
+        let all = pieces.concat();
+        (pieces, all)
+    }
+
+    #[test]
+    fn split_character_is_held_until_complete() {
+        let s = "春眠".as_bytes(); // 6 bytes, two 3-byte characters
+        let mut d = StreamDecoder::new();
+        assert_eq!(d.push(&s[..1]), "");
+        assert_eq!(d.push(&s[1..2]), "");
+        assert_eq!(d.push(&s[2..4]), "春");
+        assert_eq!(d.push(&s[4..]), "眠");
+        assert_eq!(d.finish(), "");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let mut d = StreamDecoder::new();
+        // A stray continuation byte, then a lead byte followed by ASCII.
+        assert_eq!(d.push(&[0x80, b'a', 0xE6, b'b']), "\u{FFFD}a\u{FFFD}b");
+        // A truncated sequence at the end of the stream.
+        assert_eq!(d.push(&[0xE6, 0x98]), "");
+        assert_eq!(d.finish(), "\u{FFFD}");
+    }
+
+    proptest! {
+        /// Valid text comes out unchanged however it is split.
+        #[test]
+        fn valid_text_survives_any_split(s in "\\PC{0,40}", cuts in proptest::collection::vec(0usize..5, 0..20)) {
+            let (_, all) = stream(s.as_bytes(), &cuts);
+            prop_assert_eq!(all, s);
+        }
+
+        /// Arbitrary bytes: the output is what a one-shot lossy decode gives, and no
+        /// piece ever ends in the middle of a character (each is a whole String).
+        #[test]
+        fn arbitrary_bytes_match_lossy_decoding(b in proptest::collection::vec(any::<u8>(), 0..64),
+                                                cuts in proptest::collection::vec(0usize..4, 0..30)) {
+            let (_, all) = stream(&b, &cuts);
+            prop_assert_eq!(all, String::from_utf8_lossy(&b).into_owned());
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The one place where a device is chosen: model, training and sampling code take a
+//! `&Device` and never ask which kind it is.
+
+use candle_core::Device;
+
+/// Parses `cpu`, `cuda` or `cuda:N`. CUDA needs a build with candle's `cuda` feature.
+pub fn select(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        s if s.starts_with("cuda:") => {
+            let ordinal: usize = s[5..]
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad device {s:?}: expected cpu, cuda or cuda:N"))?;
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        other => anyhow::bail!("unknown device {other:?}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+/// Sets the number of threads used by candle's matmul and by tinylm's own kernels.
+/// Must run before any tensor work: candle reads `RAYON_NUM_THREADS` lazily and rayon's
+/// global pool can only be built once.
+pub fn set_threads(threads: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(threads > 0, "--threads must be at least 1");
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // An already-built pool (e.g. in tests that call this twice) is not an error.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    Ok(())
+}
+
+/// Measured f32 matmul rate of this device in FLOP/s (best of a few 1024³ products):
+/// the denominator of MFU.
+pub fn measure_matmul_flops(device: &candle_core::Device) -> anyhow::Result<f64> {
+    let n = 1024;
+    let a = candle_core::Tensor::ones((n, n), candle_core::DType::F32, device)?;
+    let b = candle_core::Tensor::ones((n, n), candle_core::DType::F32, device)?;
+    let _ = a.matmul(&b)?; // warm-up: thread pool start, first-touch of buffers
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        drop(c);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n * n * n) as f64 / best)
+}
+
+/// Threads candle and tinylm's kernels use (as `set_threads` left it).
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}

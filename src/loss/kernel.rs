@@ -1,0 +1,813 @@
+//! The fused cross-entropy row kernel, on plain slices.
+//!
+//! One call handles rows of logits x [N, V] (f32, bf16, f16 or f64) against targets [N]
+//! and, when asked, writes the gradient d(loss)/d(x) [N, V] once. Per row:
+//!
+//! * pass A reads the row from memory: max m (and a count of NaN / +inf entries);
+//! * pass B re-reads it from L2: e_j = exp(y_j - m), s = Σ e_j, and Σ (m - y_j) for
+//!   label smoothing; e_j is stored in the gradient row itself (or a scratch row when
+//!   the gradient is narrower than f32);
+//! * pass C rewrites the gradient row in place: g_j = scale · ((1 + 2z·lse)·e_j/s - ε/V
+//!   - (1-ε)·[j = t]) (times 1 - (y_j/c)² under a soft-cap).
+//!
+//! The row (V·4 bytes, 200 KB at V = 50304) stays in the per-core L2 between the
+//! passes, so memory sees one read of the logits and one write of the gradient: the
+//! llm.c / Liger-Kernel scheme. Arithmetic is in f32 (f64 for f64 logits); the inner
+//! loops work on `LANES` independent accumulators so that LLVM vectorises them, and
+//! `Job::dispatch` re-compiles the same code for AVX-512 / AVX2 when the CPU has them
+//! (the plain build is the scalar/SSE2 fallback).
+//!
+//! Determinism: every row is computed by the same sequential code whatever thread runs
+//! it, and the caller reduces the per-row losses in row order, so results are bitwise
+//! identical for any thread count.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// Independent accumulators per inner loop: 16 f32 = one AVX-512 register.
+const LANES: usize = 16;
+
+/// The arithmetic type of the kernel: f32 for f32/bf16/f16 logits, f64 for f64 logits.
+pub(crate) trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + Elem<Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const INF: Self;
+    /// exp(x) for x ≤ 0 (the kernel only exponentiates y - max), exact 0 below the
+    /// smallest normal result.
+    fn exp_nonpos(x: Self) -> Self;
+    fn ln(self) -> Self;
+    fn tanh(self) -> Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const INF: Self = f32::INFINITY;
+    #[inline(always)]
+    fn exp_nonpos(x: f32) -> f32 {
+        exp_f32(x)
+    }
+    fn ln(self) -> f32 {
+        f32::ln(self)
+    }
+    fn tanh(self) -> f32 {
+        f32::tanh(self)
+    }
+    fn from_f64(x: f64) -> f32 {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const INF: Self = f64::INFINITY;
+    #[inline(always)]
+    fn exp_nonpos(x: f64) -> f64 {
+        x.exp()
+    }
+    fn ln(self) -> f64 {
+        f64::ln(self)
+    }
+    fn tanh(self) -> f64 {
+        f64::tanh(self)
+    }
+    fn from_f64(x: f64) -> f64 {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// exp(x) for x ≤ 0 in f32, written so that LLVM vectorises it (no libm call, no
+/// float→int conversion): Cody-Waite reduction x = k·ln2 + r, |r| ≤ ln2/2, Cephes'
+/// degree-7 minimax polynomial for e^r (≈1 ulp), and 2^k built in the exponent bits.
+/// Below -87.3 (where e^x leaves the normal range) the result is exactly 0, so -inf
+/// logits give probability 0 and gradient 0.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let t = xc * LOG2E + MAGIC;
+    let k = t - MAGIC;
+    let ki = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32; // k as an integer
+    let r = xc - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((ki + 127) as u32) << 23);
+    let y = er * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// A logits/gradient element type, stored as `Self` and computed in `F`.
+pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
+    fn load(self) -> F;
+    fn store(x: F) -> Self;
+    /// The slice as the arithmetic type when the two are the same (f32/f32, f64/f64):
+    /// then pass B can park e_j in the gradient row itself.
+    fn as_real_mut(s: &mut [Self]) -> Option<&mut [F]>;
+}
+
+impl Elem<f32> for f32 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn store(x: f32) -> f32 {
+        x
+    }
+    fn as_real_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+impl Elem<f64> for f64 {
+    #[inline(always)]
+    fn load(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn store(x: f64) -> f64 {
+        x
+    }
+    fn as_real_mut(s: &mut [f64]) -> Option<&mut [f64]> {
+        Some(s)
+    }
+}
+impl Elem<f32> for bf16 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn store(x: f32) -> bf16 {
+        bf16::from_f32(x)
+    }
+    fn as_real_mut(_: &mut [bf16]) -> Option<&mut [f32]> {
+        None
+    }
+}
+impl Elem<f32> for f16 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn store(x: f32) -> f16 {
+        f16::from_f32(x)
+    }
+    fn as_real_mut(_: &mut [f16]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+/// What every row needs to know besides its data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    pub v: usize,
+    pub ignore_index: Option<u32>,
+    pub label_smoothing: f64,
+    pub z_loss: f64,
+    pub softcap: Option<f64>,
+}
+
+/// How d(loss)/d(row loss) is given: one factor for all rows (mean: 1/count, sum: 1),
+/// or one per row (reduction none, from the upstream gradient).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RowScale<'a> {
+    Uniform(f64),
+    PerRow(&'a [f64]),
+}
+
+/// Per-row results. Ignored rows have loss 0, lse 0, correct false.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowOut {
+    pub loss: f64,
+    pub lse: f64,
+    pub correct: bool,
+    pub counted: bool,
+    /// 0 ok; 1 NaN or +inf in the row; 2 every logit -inf; 3 target out of range.
+    pub err: u8,
+}
+
+/// Errors found by the kernel, reported for the first offending row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KernelError {
+    NonFinite { row: usize },
+    AllNegInf { row: usize },
+    TargetOutOfRange { row: usize, target: u32, v: usize },
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelError::NonFinite { row } => {
+                write!(f, "cross_entropy: NaN or +inf in the logits of row {row}")
+            }
+            KernelError::AllNegInf { row } => {
+                write!(f, "cross_entropy: every logit of row {row} is -inf")
+            }
+            KernelError::TargetOutOfRange { row, target, v } => {
+                write!(
+                    f,
+                    "cross_entropy: target {target} of row {row} is out of range for V = {v}"
+                )
+            }
+        }
+    }
+}
+
+/// Scratch rows reused across the rows of one rayon job.
+struct Scratch<F> {
+    /// Soft-capped logits y = c·tanh(x/c).
+    y: Vec<F>,
+    /// exp(y - m), when the gradient row cannot hold it.
+    e: Vec<F>,
+}
+
+impl<F: Real> Scratch<F> {
+    fn new() -> Self {
+        Self {
+            y: Vec::new(),
+            e: Vec::new(),
+        }
+    }
+}
+
+/// Pass A: max of the row and the count of entries that are NaN or +inf.
+#[inline(always)]
+fn pass_max<T: Elem<F>, F: Real>(x: &[T]) -> (F, F) {
+    let mut mx = [-F::INF; LANES];
+    let mut bad = [F::ZERO; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for l in 0..LANES {
+            let v = c[l].load();
+            mx[l] = if v > mx[l] { v } else { mx[l] };
+            // `!(v < inf)` is true for NaN and +inf, which max() would hide.
+            bad[l] = bad[l] + if v < F::INF { F::ZERO } else { F::ONE };
+        }
+    }
+    for (l, &t) in it.remainder().iter().enumerate() {
+        let v = t.load();
+        mx[l] = if v > mx[l] { v } else { mx[l] };
+        bad[l] = bad[l] + if v < F::INF { F::ZERO } else { F::ONE };
+    }
+    let mut m = mx[0];
+    let mut b = bad[0];
+    for l in 1..LANES {
+        m = if mx[l] > m { mx[l] } else { m };
+        b = b + bad[l];
+    }
+    (m, b)
+}
+
+/// Pass B: e_j = exp(y_j - m) (stored in `e` when given), returns (Σ e_j, Σ (m - y_j)).
+/// The second sum is only accumulated when `want_dsum` (label smoothing).
+#[inline(always)]
+fn pass_exp<T: Elem<F>, F: Real>(x: &[T], m: F, e: Option<&mut [F]>, want_dsum: bool) -> (F, F) {
+    let mut s = [F::ZERO; LANES];
+    let mut ds = [F::ZERO; LANES];
+    match e {
+        Some(e) => {
+            let mut xi = x.chunks_exact(LANES);
+            let mut ei = e.chunks_exact_mut(LANES);
+            for (xc, ec) in (&mut xi).zip(&mut ei) {
+                for l in 0..LANES {
+                    let d = m - xc[l].load();
+                    let ev = F::exp_nonpos(-d);
+                    ec[l] = ev;
+                    s[l] = s[l] + ev;
+                    if want_dsum {
+                        ds[l] = ds[l] + d;
+                    }
+                }
+            }
+            for (l, (xv, ev)) in xi.remainder().iter().zip(ei.into_remainder()).enumerate() {
+                let d = m - xv.load();
+                *ev = F::exp_nonpos(-d);
+                s[l] = s[l] + *ev;
+                ds[l] = ds[l] + d;
+            }
+        }
+        None => {
+            let mut xi = x.chunks_exact(LANES);
+            for xc in &mut xi {
+                for l in 0..LANES {
+                    let d = m - xc[l].load();
+                    s[l] = s[l] + F::exp_nonpos(-d);
+                    if want_dsum {
+                        ds[l] = ds[l] + d;
+                    }
+                }
+            }
+            for (l, xv) in xi.remainder().iter().enumerate() {
+                let d = m - xv.load();
+                s[l] = s[l] + F::exp_nonpos(-d);
+                ds[l] = ds[l] + d;
+            }
+        }
+    }
+    // Pairwise over the lanes: the same fixed order every time.
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            s[l] = s[l] + s[l + w];
+            ds[l] = ds[l] + ds[l + w];
+        }
+    }
+    (s[0], ds[0])
+}
+
+/// Pass C, in place: g_j = a·e_j - b, times the soft-cap chain factor 1 - (y_j/c)².
+#[inline(always)]
+fn pass_grad_inplace<F: Real>(g: &mut [F], a: F, b: F, capped: Option<(&[F], F)>) {
+    match capped {
+        None => {
+            for gv in g.iter_mut() {
+                *gv = a * *gv - b;
+            }
+        }
+        Some((y, inv_c)) => {
+            for (gv, &yv) in g.iter_mut().zip(y) {
+                let u = yv * inv_c;
+                *gv = (a * *gv - b) * (F::ONE - u * u);
+            }
+        }
+    }
+}
+
+/// Pass C into a narrower gradient type.
+#[inline(always)]
+fn pass_grad_convert<F: Real, G: Elem<F>>(
+    e: &[F],
+    g: &mut [G],
+    a: F,
+    b: F,
+    capped: Option<(&[F], F)>,
+) {
+    match capped {
+        None => {
+            for (gv, &ev) in g.iter_mut().zip(e) {
+                *gv = G::store(a * ev - b);
+            }
+        }
+        Some((y, inv_c)) => {
+            for ((gv, &ev), &yv) in g.iter_mut().zip(e).zip(y) {
+                let u = yv * inv_c;
+                *gv = G::store((a * ev - b) * (F::ONE - u * u));
+            }
+        }
+    }
+}
+
+/// Pass B in place: the row holds y on entry and e_j = exp(y_j - m) on exit.
+#[inline(always)]
+fn pass_exp_inplace<F: Real>(xe: &mut [F], m: F, want_dsum: bool) -> (F, F) {
+    let mut s = [F::ZERO; LANES];
+    let mut ds = [F::ZERO; LANES];
+    let mut it = xe.chunks_exact_mut(LANES);
+    for c in &mut it {
+        for l in 0..LANES {
+            let d = m - c[l];
+            let ev = F::exp_nonpos(-d);
+            c[l] = ev;
+            s[l] = s[l] + ev;
+            if want_dsum {
+                ds[l] = ds[l] + d;
+            }
+        }
+    }
+    for (l, xv) in it.into_remainder().iter_mut().enumerate() {
+        let d = m - *xv;
+        *xv = F::exp_nonpos(-d);
+        s[l] = s[l] + *xv;
+        ds[l] = ds[l] + d;
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            s[l] = s[l] + s[l + w];
+            ds[l] = ds[l] + ds[l + w];
+        }
+    }
+    (s[0], ds[0])
+}
+
+/// Where a row's data comes from and its gradient goes.
+pub(crate) enum RowIo<'a, T> {
+    /// Read the logits, write the gradient (if any) to a separate row.
+    Separate(&'a [T], Option<&'a mut [T]>),
+    /// The row holds the logits on entry and the gradient on exit (T must be the
+    /// arithmetic type).
+    InPlace(&'a mut [T]),
+}
+
+/// One row: loss, lse, argmax-correct and, if a gradient row is given, the gradient
+/// scaled by `scale`. Soft-capping happens here.
+#[inline(always)]
+fn row<T: Elem<F>, F: Real>(
+    io: RowIo<'_, T>,
+    target: u32,
+    p: &Params,
+    scale: F,
+    scratch: &mut Scratch<F>,
+) -> RowOut {
+    let v = p.v;
+    let (x_ro, grad): (Option<&[T]>, Option<&mut [T]>) = match io {
+        RowIo::Separate(x, g) => (Some(x), g),
+        RowIo::InPlace(g) => (None, Some(g)),
+    };
+    let in_place = x_ro.is_none();
+    if p.ignore_index == Some(target) {
+        if let Some(g) = grad {
+            g.fill(T::store(F::ZERO));
+        }
+        return RowOut::default();
+    }
+    if target as usize >= v {
+        return RowOut {
+            err: 3,
+            ..RowOut::default()
+        };
+    }
+    let t = target as usize;
+    let eps = F::from_f64(p.label_smoothing);
+    let z = F::from_f64(p.z_loss);
+    let want_dsum = p.label_smoothing != 0.0;
+
+    // Under a soft-cap the kernel works on y = c·tanh(x/c), materialised once.
+    let mut y = std::mem::take(&mut scratch.y);
+    let mut e_scratch = std::mem::take(&mut scratch.e);
+    let inv_cap = p.softcap.map(|c| F::ONE / F::from_f64(c));
+
+    // Everything that reads the logits before the first write.
+    let (m, bad, y_t, correct) = {
+        let xs: &[T] = match x_ro {
+            Some(x) => x,
+            None => grad.as_deref().expect("in-place rows carry data"),
+        };
+        if let (Some(c), Some(inv_c)) = (p.softcap, inv_cap) {
+            let c = F::from_f64(c);
+            y.clear();
+            y.extend(xs.iter().map(|&xv| c * (xv.load() * inv_c).tanh()));
+            let (m, bad) = pass_max::<F, F>(&y);
+            let y_t = y[t];
+            // argmax == target, first index on ties (as torch.argmax).
+            let correct = y_t == m && !y[..t].iter().any(|&yv| yv == m);
+            (m, bad, y_t, correct)
+        } else {
+            let (m, bad) = pass_max::<T, F>(xs);
+            let y_t = xs[t].load();
+            let correct = y_t == m && !xs[..t].iter().any(|&xv| xv.load() == m);
+            (m, bad, y_t, correct)
+        }
+    };
+    let err = if bad > F::ZERO {
+        1
+    } else if !(m > -F::INF) {
+        2
+    } else {
+        0
+    };
+    if err != 0 {
+        scratch.y = y;
+        scratch.e = e_scratch;
+        return RowOut {
+            err,
+            ..RowOut::default()
+        };
+    }
+
+    let mut grad = grad;
+    let (s, dsum) = match grad.as_deref_mut() {
+        None => match inv_cap {
+            Some(_) => pass_exp::<F, F>(&y, m, None, want_dsum),
+            None => pass_exp::<T, F>(
+                x_ro.expect("no gradient, so not in place"),
+                m,
+                None,
+                want_dsum,
+            ),
+        },
+        Some(g) => {
+            // Where pass B parks e_j: the gradient row itself when it is of the
+            // arithmetic type, else the scratch row.
+            let e_row: &mut [F] = match T::as_real_mut(g) {
+                Some(gr) => gr,
+                None => {
+                    e_scratch.resize(v, F::ZERO);
+                    &mut e_scratch[..]
+                }
+            };
+            match (inv_cap, x_ro) {
+                (Some(_), _) => pass_exp::<F, F>(&y, m, Some(e_row), want_dsum),
+                (None, Some(x)) => pass_exp::<T, F>(x, m, Some(e_row), want_dsum),
+                (None, None) => pass_exp_inplace(e_row, m, want_dsum),
+            }
+        }
+    };
+    let ln_s = s.ln();
+    let lse = m + ln_s;
+    let vf = F::from_f64(v as f64);
+    // loss = lse - (1-ε)·y_t - ε·mean(y) + z·lse², arranged so that only
+    // non-negative quantities are summed.
+    let mut loss = ln_s + (F::ONE - eps) * (m - y_t);
+    if want_dsum {
+        loss = loss + eps * (dsum / vf);
+    }
+    if p.z_loss != 0.0 {
+        loss = loss + z * lse * lse;
+    }
+
+    if let Some(g) = grad {
+        let a = scale * (F::ONE + (z + z) * lse) / s;
+        let b = scale * eps / vf;
+        let cap = inv_cap.map(|inv_c| (&y[..], inv_c));
+        let chain = inv_cap
+            .map(|inv_c| F::ONE - (y_t * inv_c) * (y_t * inv_c))
+            .unwrap_or(F::ONE);
+        let hit = scale * (F::ONE - eps) * chain;
+        match T::as_real_mut(g) {
+            Some(gr) => {
+                pass_grad_inplace(gr, a, b, cap);
+                gr[t] = gr[t] - hit;
+            }
+            None => {
+                debug_assert!(!in_place, "in-place rows are of the arithmetic type");
+                pass_grad_convert(&e_scratch, g, a, b, cap);
+                // The target entry from F, not a subtraction in G's precision.
+                g[t] = T::store((a * e_scratch[t] - b) * chain - hit);
+            }
+        }
+    }
+    scratch.y = y;
+    scratch.e = e_scratch;
+    RowOut {
+        loss: loss.to_f64(),
+        lse: lse.to_f64(),
+        correct,
+        counted: true,
+        err: 0,
+    }
+}
+
+/// Rows per rayon job: about 64K elements, so that small-V cases amortise the job
+/// overhead and large-V cases still spread over the threads. Results do not depend
+/// on it (rows are independent and reduced in order afterwards).
+fn rows_per_job(v: usize) -> usize {
+    (65_536 / v.max(1)).max(1)
+}
+
+/// Runs the kernel over all rows of `x` [N, V] (row-major, contiguous).
+///
+/// `grad`, when given, is [N, V] and receives scale_i · d(row loss_i)/d(x_i).
+/// Returns one `RowOut` per row, or the first row's error.
+pub(crate) fn run<T: Elem<F>, F: Real>(
+    x: &[T],
+    targets: &[u32],
+    p: &Params,
+    scale: RowScale<'_>,
+    grad: Option<&mut [T]>,
+) -> Result<Vec<RowOut>, KernelError> {
+    assert_eq!(x.len(), targets.len() * p.v, "logits are not [N, V]");
+    run_rows(Some(x), targets, p, scale, grad)
+}
+
+/// [`run`] with the gradient written over the logits: `xg` [N, V] holds the logits on
+/// entry and scale_i · d(row loss_i)/d(x_i) on exit. For buffers the caller owns (the
+/// chunked linear cross-entropy), so that a chunk needs one [rows, V] buffer, not two.
+pub(crate) fn run_in_place<F: Real>(
+    xg: &mut [F],
+    targets: &[u32],
+    p: &Params,
+    scale: RowScale<'_>,
+) -> Result<Vec<RowOut>, KernelError> {
+    run_rows::<F, F>(None, targets, p, scale, Some(xg))
+}
+
+fn run_rows<T: Elem<F>, F: Real>(
+    x: Option<&[T]>,
+    targets: &[u32],
+    p: &Params,
+    scale: RowScale<'_>,
+    data: Option<&mut [T]>,
+) -> Result<Vec<RowOut>, KernelError> {
+    let v = p.v;
+    let n = targets.len();
+    let mut outs = vec![RowOut::default(); n];
+    let rpj = rows_per_job(v);
+    let job = Job {
+        x,
+        targets,
+        p,
+        scale,
+    };
+    match data {
+        Some(g) => {
+            assert_eq!(g.len(), n * v, "gradient is not [N, V]");
+            outs.par_chunks_mut(rpj)
+                .zip(g.par_chunks_mut(rpj * v))
+                .enumerate()
+                .for_each_init(Scratch::<F>::new, |sc, (j, (o, gc))| {
+                    job.dispatch(j * rpj, o, Some(gc), sc)
+                });
+        }
+        None => {
+            outs.par_chunks_mut(rpj)
+                .enumerate()
+                .for_each_init(Scratch::<F>::new, |sc, (j, o)| {
+                    job.dispatch(j * rpj, o, None, sc)
+                });
+        }
+    }
+    for (i, o) in outs.iter().enumerate() {
+        match o.err {
+            0 => {}
+            1 => return Err(KernelError::NonFinite { row: i }),
+            2 => return Err(KernelError::AllNegInf { row: i }),
+            _ => {
+                return Err(KernelError::TargetOutOfRange {
+                    row: i,
+                    target: targets[i],
+                    v,
+                })
+            }
+        }
+    }
+    Ok(outs)
+}
+
+/// The inputs shared by every rayon job of one run.
+struct Job<'a, T> {
+    /// The logits [N, V], or `None` when they are in the data rows (in place).
+    x: Option<&'a [T]>,
+    targets: &'a [u32],
+    p: &'a Params,
+    scale: RowScale<'a>,
+}
+
+impl<T> Job<'_, T> {
+    /// Rows `i0 .. i0 + outs.len()`; `data` (gradient or in-place rows) holds exactly
+    /// those rows.
+    #[inline(always)]
+    fn rows<F: Real>(
+        &self,
+        i0: usize,
+        outs: &mut [RowOut],
+        data: Option<&mut [T]>,
+        sc: &mut Scratch<F>,
+    ) where
+        T: Elem<F>,
+    {
+        let v = self.p.v;
+        let scale_of = |i: usize| -> F {
+            match self.scale {
+                RowScale::Uniform(s) => F::from_f64(s),
+                RowScale::PerRow(s) => F::from_f64(s[i]),
+            }
+        };
+        match data {
+            Some(g) => {
+                for (k, (o, gr)) in outs.iter_mut().zip(g.chunks_exact_mut(v)).enumerate() {
+                    let i = i0 + k;
+                    let io = match self.x {
+                        Some(x) => RowIo::Separate(&x[i * v..(i + 1) * v], Some(gr)),
+                        None => RowIo::InPlace(gr),
+                    };
+                    *o = row(io, self.targets[i], self.p, scale_of(i), sc);
+                }
+            }
+            None => {
+                let x = self.x.expect("logits or in-place rows");
+                for (k, o) in outs.iter_mut().enumerate() {
+                    let i = i0 + k;
+                    let io = RowIo::Separate(&x[i * v..(i + 1) * v], None);
+                    *o = row::<T, F>(io, self.targets[i], self.p, F::ZERO, sc);
+                }
+            }
+        }
+    }
+
+    /// [`Self::rows`] compiled for the widest vector unit this CPU has: the row loops
+    /// (all `inline(always)`) are inlined into each `target_feature` copy, so they get
+    /// AVX-512 or AVX2 code; elsewhere the baseline build is the scalar/SSE fallback.
+    /// Rust never contracts a·b+c into an FMA, so every copy computes the same bits.
+    fn dispatch<F: Real>(
+        &self,
+        i0: usize,
+        outs: &mut [RowOut],
+        data: Option<&mut [T]>,
+        sc: &mut Scratch<F>,
+    ) where
+        T: Elem<F>,
+    {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let level = simd_level();
+            if level == 2 {
+                // SAFETY: AVX-512 F/BW/VL were detected at run time.
+                return unsafe { self.rows_avx512(i0, outs, data, sc) };
+            }
+            if level == 1 {
+                // SAFETY: AVX2 and FMA were detected at run time.
+                return unsafe { self.rows_avx2(i0, outs, data, sc) };
+            }
+        }
+        self.rows(i0, outs, data, sc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    unsafe fn rows_avx512<F: Real>(
+        &self,
+        i0: usize,
+        outs: &mut [RowOut],
+        data: Option<&mut [T]>,
+        sc: &mut Scratch<F>,
+    ) where
+        T: Elem<F>,
+    {
+        self.rows(i0, outs, data, sc)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2<F: Real>(
+        &self,
+        i0: usize,
+        outs: &mut [RowOut],
+        data: Option<&mut [T]>,
+        sc: &mut Scratch<F>,
+    ) where
+        T: Elem<F>,
+    {
+        self.rows(i0, outs, data, sc)
+    }
+}
+
+static SIMD_OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Caps the vector level the kernel uses (0 baseline, 1 AVX2, 2 AVX-512), or lifts the
+/// cap with `None`: lets tests check that every copy gives the same bits.
+pub fn set_simd_cap(level: Option<u8>) {
+    SIMD_OVERRIDE.store(
+        level.unwrap_or(u8::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// 2: AVX-512 (F, BW, VL), 1: AVX2 + FMA, 0: baseline. Detected once, capped by
+/// [`set_simd_cap`].
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> u8 {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    let cap = SIMD_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed);
+    cap.min(*LEVEL.get_or_init(|| {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            2
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            1
+        } else {
+            0
+        }
+    }))
+}

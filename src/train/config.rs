@@ -1,0 +1,235 @@
+//! Typed training configuration and the named presets.
+
+use crate::model::GptConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything that decides a training run. Stored in the run directory and in every
+/// checkpoint; `--resume` takes it from there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: GptConfig,
+    /// Sequences per micro-batch (B).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step: the step sees batch_size·grad_accum sequences.
+    pub grad_accum: usize,
+    /// Optimizer steps. `None`: as many as fit in `time_budget_s`, estimated from the
+    /// measured step time early in the run and then fixed (the cosine schedule needs a
+    /// horizon).
+    pub max_steps: Option<usize>,
+    /// Wall-clock budget for training in seconds (evaluation included).
+    pub time_budget_s: Option<f64>,
+    /// Peak learning rate, reached after warmup.
+    pub lr: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+    /// Linear warmup steps from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Decoupled (AdamW) weight decay of matrices; biases, gains and embeddings get none.
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub grad_clip: f64,
+    /// Evaluate on the validation split every this many steps (and at the end).
+    pub eval_interval: usize,
+    /// Batches of batch_size windows per evaluation.
+    pub eval_batches: usize,
+    /// Print a progress line every this many steps.
+    pub log_interval: usize,
+    /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
+    pub checkpoint_interval: usize,
+    /// Checkpoints kept besides the best one.
+    pub keep_last: usize,
+    /// Fraction of the poems held out for validation.
+    pub val_fraction: f64,
+    /// Seeds the initialisation, the split and the sampler.
+    pub seed: u64,
+    /// Consecutive non-finite steps tolerated (each skipped) before the run stops.
+    pub max_bad_steps: usize,
+}
+
+impl TrainConfig {
+    /// A named preset.
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let base = Self::default_preset();
+        Ok(match name {
+            "default" => base,
+            // The reference GPT of the benchmarks (issue 5): the shapes PyTorch is
+            // measured on in ../shared/bench/torch_reference.py.
+            "bench-ref" => Self {
+                model: GptConfig {
+                    vocab_size: 256,
+                    block_size: 256,
+                    n_layer: 4,
+                    n_head: 4,
+                    n_embd: 256,
+                },
+                batch_size: 16,
+                lr: 1e-3,
+                ..base
+            },
+            // Seconds on 2 cores: for tests and smoke runs.
+            "tiny" => Self {
+                model: GptConfig {
+                    vocab_size: 256,
+                    block_size: 64,
+                    n_layer: 2,
+                    n_head: 2,
+                    n_embd: 64,
+                },
+                batch_size: 8,
+                max_steps: Some(200),
+                time_budget_s: None,
+                lr: 3e-3,
+                min_lr: 3e-4,
+                warmup_steps: 20,
+                eval_interval: 50,
+                eval_batches: 4,
+                log_interval: 20,
+                checkpoint_interval: 100,
+                ..base
+            },
+            other => anyhow::bail!("unknown preset {other:?} (known: {})", PRESETS.join(", ")),
+        })
+    }
+
+    /// The preset `tinylm train` uses with no arguments: chosen for about 5 minutes on
+    /// 2 cores (see README for its measured time and validation bits per byte).
+    fn default_preset() -> Self {
+        Self {
+            model: GptConfig {
+                vocab_size: 256,
+                // 256 bytes ≈ 85 Han characters: a whole short poem.
+                block_size: 256,
+                n_layer: 4,
+                n_head: 4,
+                n_embd: 256,
+            },
+            batch_size: 16,
+            grad_accum: 1,
+            max_steps: None,
+            // The README's promise: `tinylm train` finishes in about 5 minutes.
+            time_budget_s: Some(300.0),
+            // Small models tolerate a high rate; 2e-3 learned fastest in a 5-minute budget.
+            lr: 2e-3,
+            // A tenth of the peak, as in nanoGPT/Chinchilla practice.
+            min_lr: 2e-4,
+            // Short: a 5-minute run has only a few thousand steps.
+            warmup_steps: 100,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            // 0.95 rather than 0.999: steadier for small batches (GPT-3, nanoGPT).
+            beta2: 0.95,
+            grad_clip: 1.0,
+            eval_interval: 250,
+            eval_batches: 8,
+            log_interval: 10,
+            checkpoint_interval: 500,
+            keep_last: 2,
+            // ~1,800 poems: a validation estimate with small noise, little lost to training.
+            val_fraction: 0.025,
+            seed: 1337,
+            max_bad_steps: 5,
+        }
+    }
+
+    /// Refuses impossible values with a message that names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.model.validate()?;
+        for (name, v) in [
+            ("batch size", self.batch_size),
+            ("grad accumulation", self.grad_accum),
+            ("eval interval", self.eval_interval),
+            ("eval batches", self.eval_batches),
+            ("log interval", self.log_interval),
+            ("checkpoint interval", self.checkpoint_interval),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be positive, got {v}");
+        }
+        if let Some(s) = self.max_steps {
+            anyhow::ensure!(s > 0, "max steps must be positive, got {s}");
+        }
+        if let Some(t) = self.time_budget_s {
+            anyhow::ensure!(
+                t > 0.0 && t.is_finite(),
+                "time budget must be positive, got {t}"
+            );
+        }
+        anyhow::ensure!(
+            self.max_steps.is_some() || self.time_budget_s.is_some(),
+            "give --max-steps or --time-budget (a run needs an end)"
+        );
+        anyhow::ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "lr must be positive, got {}",
+            self.lr
+        );
+        anyhow::ensure!(
+            self.min_lr >= 0.0 && self.min_lr <= self.lr,
+            "min lr must be in [0, lr], got {}",
+            self.min_lr
+        );
+        anyhow::ensure!(
+            self.weight_decay >= 0.0,
+            "weight decay must be >= 0, got {}",
+            self.weight_decay
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2),
+            "betas must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.grad_clip >= 0.0,
+            "grad clip must be >= 0, got {}",
+            self.grad_clip
+        );
+        anyhow::ensure!(
+            self.val_fraction > 0.0 && self.val_fraction < 1.0,
+            "val fraction must be in (0, 1), got {}",
+            self.val_fraction
+        );
+        Ok(())
+    }
+
+    /// Tokens per optimizer step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.grad_accum * self.model.block_size
+    }
+
+    /// Learning rate at `step` of a run of `horizon` steps: linear warmup, then cosine
+    /// decay to `min_lr` at the horizon.
+    pub fn lr_at(&self, step: usize, horizon: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = horizon.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.min_lr + cosine * (self.lr - self.min_lr)
+    }
+}
+
+/// Names accepted by `--preset`.
+pub const PRESETS: &[&str] = &["default", "bench-ref", "tiny"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate() {
+        for p in PRESETS {
+            TrainConfig::preset(p).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_floor() {
+        let c = TrainConfig::preset("default").unwrap();
+        assert!(c.lr_at(0, 1000) < c.lr / 50.0);
+        assert!((c.lr_at(c.warmup_steps, 1000) - c.lr).abs() < 1e-12);
+        assert!((c.lr_at(1000, 1000) - c.min_lr).abs() < 1e-12);
+        assert!(c.lr_at(500, 1000) < c.lr && c.lr_at(500, 1000) > c.min_lr);
+    }
+}

@@ -1,0 +1,534 @@
+//! Training: the loop, the optimizer, checkpoints and metrics.
+//!
+//! One optimizer step reads as its phases: learning rate, (evaluation), micro-steps
+//! (forward + backward, gradients summed), clip, step, log, (checkpoint).
+
+pub mod checkpoint;
+pub mod config;
+pub mod optim;
+
+use crate::data::{eval_windows, Corpus, WindowSampler};
+use crate::eval::{evaluate_windows, EvalReport};
+use crate::loss::CrossEntropyOptions;
+use crate::model::Gpt;
+use crate::tokenizer::Tokenizer;
+use candle_core::{Device, Tensor};
+use checkpoint::TrainState;
+use config::TrainConfig;
+use optim::AdamW;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where and how a run happens (not part of its config).
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub device: Device,
+    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Draw a progress bar (log lines are printed either way).
+    pub progress: bool,
+    /// Behave as if interrupted after this step (tests of resume use it).
+    pub stop_at_step: Option<usize>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub elapsed_s: f64,
+    pub final_val: EvalReport,
+    pub best_val_loss: Option<f64>,
+    pub last_checkpoint: PathBuf,
+    /// True when the stop flag (Ctrl-C) ended the run early.
+    pub interrupted: bool,
+    pub tokens_per_s: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Serialize)]
+struct MetricsLine {
+    step: usize,
+    elapsed_s: f64,
+    train_loss: Option<f64>,
+    val_loss: Option<f64>,
+    val_bpb: Option<f64>,
+    val_bpc: Option<f64>,
+    lr: f64,
+    grad_norm: Option<f64>,
+    tok_per_s: Option<f64>,
+    mfu: Option<f64>,
+}
+
+/// Times of one optimizer step's phases, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTimes {
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutcome {
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// False when the loss or gradient was not finite and the update was skipped.
+    pub applied: bool,
+    pub times: StepTimes,
+}
+
+/// The model, its optimizer and the sampler: everything one step changes.
+pub struct Trainer {
+    pub model: Gpt,
+    pub optimizer: AdamW,
+    pub sampler: WindowSampler,
+    pub config: TrainConfig,
+    device: Device,
+}
+
+impl Trainer {
+    pub fn new(config: &TrainConfig, device: &Device) -> anyhow::Result<Self> {
+        config.validate()?;
+        let model = Gpt::new(&config.model, config.seed, device)?;
+        let optimizer = AdamW::new(
+            model.params(),
+            config.weight_decay,
+            config.beta1,
+            config.beta2,
+        )?;
+        Ok(Self {
+            model,
+            optimizer,
+            sampler: WindowSampler::new(config.seed.wrapping_add(1)),
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// Rebuilds a trainer from a checkpoint, refusing one whose tensors do not fit.
+    pub fn from_checkpoint(loaded: &checkpoint::Loaded, device: &Device) -> anyhow::Result<Self> {
+        let config = &loaded.state.config;
+        let model = Gpt::from_tensors(&config.model, loaded.model.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "checkpoint {} does not fit its config: {e}",
+                loaded.dir.display()
+            )
+        })?;
+        let mut optimizer = AdamW::new(
+            model.params(),
+            config.weight_decay,
+            config.beta1,
+            config.beta2,
+        )?;
+        optimizer
+            .load_state(&loaded.optim, loaded.state.step)
+            .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", loaded.dir.display()))?;
+        Ok(Self {
+            model,
+            optimizer,
+            sampler: WindowSampler::from_state(loaded.state.sampler),
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// One optimizer step at learning rate `lr`: grad_accum micro-batches of forward +
+    /// backward with gradients summed, global-norm clip, AdamW. A non-finite loss or
+    /// gradient skips the update.
+    pub fn step(&mut self, tokens: &[u32], lr: f64) -> anyhow::Result<StepOutcome> {
+        let c = &self.config;
+        let (b, t, k) = (c.batch_size, c.model.block_size, c.grad_accum);
+        // Mean over all B·T·k targets of the step: each micro-batch divides by the total.
+        let opts = CrossEntropyOptions {
+            normalizer: Some((b * t * k) as f32),
+            ..Default::default()
+        };
+        let params: Vec<Tensor> = self
+            .model
+            .params()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut times = StepTimes::default();
+        let mut loss_sum = 0.0;
+        for _ in 0..k {
+            let batch = self.sampler.next_batch(tokens, b, t);
+            let x = Tensor::from_vec(batch.inputs, (b, t), &self.device)?; // [B, T]
+            let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?; // [B, T]
+            let t0 = Instant::now();
+            let loss = self.model.loss(&x, &y, &opts)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let t1 = Instant::now();
+            let mut store = loss.backward()?;
+            for (g, p) in grads.iter_mut().zip(&params) {
+                if let Some(new) = store.remove(p) {
+                    *g = Some(match g.take() {
+                        None => new,
+                        Some(acc) => (acc + new)?,
+                    });
+                }
+            }
+            times.forward += (t1 - t0).as_secs_f64();
+            times.backward += t1.elapsed().as_secs_f64();
+        }
+        let t2 = Instant::now();
+        let mut sq = 0f64;
+        for g in grads.iter().flatten() {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+        let grad_norm = sq.sqrt();
+        let applied = loss_sum.is_finite() && grad_norm.is_finite();
+        if applied {
+            let scale = if c.grad_clip > 0.0 && grad_norm > c.grad_clip {
+                c.grad_clip / grad_norm
+            } else {
+                1.0
+            };
+            self.optimizer.step(&grads, lr, scale)?;
+        }
+        times.optimizer = t2.elapsed().as_secs_f64();
+        Ok(StepOutcome {
+            loss: loss_sum,
+            grad_norm,
+            applied,
+            times,
+        })
+    }
+}
+
+/// Prints a line above the progress bar (or plainly when there is none).
+fn say(pb: &indicatif::ProgressBar, line: &str) {
+    if pb.is_hidden() {
+        println!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
+fn append_metrics(path: &Path, line: &MetricsLine) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(line)?)?;
+    Ok(())
+}
+
+/// Trains on `corpus` until the horizon, the time budget or the stop flag, evaluating,
+/// logging and checkpointing along the way. `resume` continues a checkpointed run.
+pub fn run(
+    config: &TrainConfig,
+    corpus: &Corpus,
+    tokenizer: &Tokenizer,
+    opts: &RunOptions,
+    resume: Option<checkpoint::Loaded>,
+) -> anyhow::Result<RunSummary> {
+    config.validate()?;
+    anyhow::ensure!(
+        tokenizer.vocab_size() == config.model.vocab_size,
+        "the tokenizer has {} tokens but the model's vocabulary is {}",
+        tokenizer.vocab_size(),
+        config.model.vocab_size
+    );
+    std::fs::create_dir_all(&opts.run_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create run directory {}: {e}",
+            opts.run_dir.display()
+        )
+    })?;
+    let metrics_path = opts.run_dir.join("metrics.jsonl");
+    let (mut trainer, mut state) = match resume {
+        Some(loaded) => {
+            anyhow::ensure!(
+                loaded.state.tokenizer == tokenizer.describe(),
+                "checkpoint {} was trained with tokenizer {}, not {}",
+                loaded.dir.display(),
+                loaded.state.tokenizer,
+                tokenizer.describe()
+            );
+            let trainer = Trainer::from_checkpoint(&loaded, &opts.device)?;
+            let mut state = loaded.state;
+            // A resumed run may be given a new end (e.g. more steps).
+            state.config.max_steps = config.max_steps;
+            state.config.time_budget_s = config.time_budget_s;
+            if let Some(m) = config.max_steps {
+                state.horizon = m;
+            }
+            (trainer, state)
+        }
+        None => {
+            let trainer = Trainer::new(config, &opts.device)?;
+            let state = TrainState {
+                config: config.clone(),
+                step: 0,
+                horizon: config.max_steps.unwrap_or(usize::MAX),
+                sampler: trainer.sampler.state(),
+                tokenizer: tokenizer.describe(),
+                best_val_loss: None,
+                best_step: None,
+                elapsed_s: 0.0,
+                val_loss: None,
+            };
+            (trainer, state)
+        }
+    };
+    let cfg = state.config.clone();
+    trainer.config = cfg.clone();
+    let mc = &cfg.model;
+    let windows = eval_windows(
+        &corpus.val,
+        cfg.eval_batches * cfg.batch_size,
+        mc.block_size,
+    );
+    let peak_flops = crate::device::measure_matmul_flops(&opts.device)?;
+    let flops_per_token = mc.flops_per_token();
+
+    let evaluate = |trainer: &Trainer| {
+        evaluate_windows(
+            &trainer.model,
+            tokenizer,
+            &corpus.val,
+            &windows,
+            cfg.batch_size,
+            &opts.device,
+        )
+    };
+    let save = |trainer: &Trainer, state: &TrainState| -> anyhow::Result<PathBuf> {
+        let dir = checkpoint::save(
+            &opts.run_dir,
+            state,
+            &trainer.model.named_tensors(),
+            &trainer.optimizer.state_tensors(),
+        )?;
+        checkpoint::prune(&opts.run_dir, cfg.keep_last, state.best_step)?;
+        Ok(dir)
+    };
+
+    let time_budget = cfg.time_budget_s.unwrap_or(f64::INFINITY);
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(if state.horizon == usize::MAX {
+            0
+        } else {
+            state.horizon as u64
+        })
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps (ETA {eta}) {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    pb.set_position(state.step as u64);
+
+    let started = Instant::now();
+    let elapsed0 = state.elapsed_s;
+    let elapsed = |started: &Instant| elapsed0 + started.elapsed().as_secs_f64();
+    let mut last_val = None;
+    let mut last_ckpt = None;
+    let mut bad_steps = 0usize;
+    let mut interrupted = false;
+    let mut tokens_done = 0usize;
+    let mut train_time = 0f64;
+    let mut eval_time_per_call = None;
+    // Step times (seconds) of this session's steps, for the horizon estimate.
+    let mut step_secs: Vec<f64> = Vec::new();
+
+    while state.step < state.horizon {
+        let step = state.step;
+        // Phase: learning rate. Before the horizon is known (time-budget runs) the
+        // schedule is still in warmup, which does not depend on it.
+        let lr = cfg.lr_at(step, state.horizon);
+
+        // Phase: evaluation (at step 0 too: the initial loss is worth seeing).
+        if step % cfg.eval_interval == 0 {
+            let t0 = Instant::now();
+            let rep = evaluate(&trainer)?;
+            eval_time_per_call = Some(t0.elapsed().as_secs_f64());
+            let improved =
+                record_eval(&mut state, &rep, &pb, &metrics_path, elapsed(&started), lr)?;
+            last_val = Some(rep);
+            // The best model so far is kept as a checkpoint of its own.
+            if improved && step > 0 {
+                state.elapsed_s = elapsed(&started);
+                last_ckpt = Some(save(&trainer, &state)?);
+            }
+        }
+
+        // Phases: micro-steps, clip, optimizer step.
+        let t0 = Instant::now();
+        let out = trainer.step(&corpus.train, lr)?;
+        let dt = t0.elapsed().as_secs_f64();
+        state.step += 1;
+        state.sampler = trainer.sampler.state();
+        tokens_done += cfg.tokens_per_step();
+        train_time += dt;
+        step_secs.push(dt);
+        pb.inc(1);
+
+        if out.applied {
+            bad_steps = 0;
+        } else {
+            bad_steps += 1;
+            say(
+                &pb,
+                &format!(
+                    "step {}: non-finite loss {} or gradient norm {}: update skipped ({bad_steps}/{})",
+                    state.step, out.loss, out.grad_norm, cfg.max_bad_steps
+                ),
+            );
+            if bad_steps >= cfg.max_bad_steps {
+                pb.abandon();
+                let keep = last_ckpt
+                    .as_ref()
+                    .map(|p: &PathBuf| p.display().to_string())
+                    .unwrap_or_else(|| "none was written".to_string());
+                anyhow::bail!(
+                    "stopping: {bad_steps} consecutive steps with a non-finite loss or gradient \
+                     (lower --lr?); last good checkpoint: {keep}"
+                );
+            }
+        }
+
+        // A time-budget run fixes its horizon once step times are known: the steps that
+        // fit in the remaining budget, with evaluations accounted for.
+        if state.horizon == usize::MAX && step_secs.len() == 20 {
+            let mut recent = step_secs[5..].to_vec();
+            let per_step = crate::bench::median(&mut recent);
+            let per_eval = eval_time_per_call.unwrap_or(0.0) / cfg.eval_interval as f64;
+            let left =
+                (time_budget - elapsed(&started) - eval_time_per_call.unwrap_or(0.0)).max(0.0);
+            state.horizon = state.step + (left / (per_step + per_eval)) as usize;
+            state.horizon = state.horizon.max(cfg.warmup_steps + 1).max(state.step + 1);
+            pb.set_length(state.horizon as u64);
+        }
+
+        // Phase: log.
+        let tok_s = cfg.tokens_per_step() as f64 / dt;
+        let mfu = tok_s * flops_per_token / peak_flops;
+        if state.step % cfg.log_interval == 0 || state.step == 1 {
+            say(
+                &pb,
+                &format!(
+                    "step {:>6} | loss {:.4} | grad norm {:.3} | lr {:.2e} | {:.0} ms | {:.0} tok/s | MFU {:.1}%",
+                    state.step,
+                    out.loss,
+                    out.grad_norm,
+                    lr,
+                    dt * 1e3,
+                    tok_s,
+                    100.0 * mfu
+                ),
+            );
+            pb.set_message(format!("loss {:.3}", out.loss));
+            append_metrics(
+                &metrics_path,
+                &MetricsLine {
+                    step: state.step,
+                    elapsed_s: elapsed(&started),
+                    train_loss: Some(out.loss),
+                    val_loss: None,
+                    val_bpb: None,
+                    val_bpc: None,
+                    lr,
+                    grad_norm: Some(out.grad_norm),
+                    tok_per_s: Some(tok_s),
+                    mfu: Some(mfu),
+                },
+            )?;
+        }
+
+        let out_of_time = elapsed(&started) >= time_budget;
+        interrupted = opts.stop.load(Ordering::SeqCst) || opts.stop_at_step == Some(state.step);
+        let last = state.step >= state.horizon || out_of_time || interrupted;
+        if last {
+            state.horizon = state.horizon.min(state.step);
+        }
+        // Phase: checkpoint (periodic, and always at the end with a final evaluation).
+        if last || state.step % cfg.checkpoint_interval == 0 {
+            if last && !interrupted {
+                let rep = evaluate(&trainer)?;
+                record_eval(&mut state, &rep, &pb, &metrics_path, elapsed(&started), lr)?;
+                last_val = Some(rep);
+            } else {
+                state.val_loss = None;
+            }
+            state.elapsed_s = elapsed(&started);
+            last_ckpt = Some(save(&trainer, &state)?);
+        }
+        if last {
+            break;
+        }
+    }
+    pb.finish_and_clear();
+    let final_val = match last_val {
+        Some(v) => v,
+        None => evaluate(&trainer)?,
+    };
+    let last_checkpoint = match last_ckpt {
+        Some(p) => p,
+        None => {
+            state.elapsed_s = elapsed(&started);
+            save(&trainer, &state)?
+        }
+    };
+    Ok(RunSummary {
+        steps: state.step,
+        elapsed_s: elapsed(&started),
+        final_val,
+        best_val_loss: state.best_val_loss,
+        last_checkpoint,
+        interrupted,
+        tokens_per_s: tokens_done as f64 / train_time.max(1e-9),
+    })
+}
+
+/// Notes an evaluation: best-so-far, a log line and a metrics line. True when it is the
+/// best so far.
+fn record_eval(
+    state: &mut TrainState,
+    rep: &EvalReport,
+    pb: &indicatif::ProgressBar,
+    metrics_path: &Path,
+    elapsed_s: f64,
+    lr: f64,
+) -> anyhow::Result<bool> {
+    state.val_loss = Some(rep.loss);
+    let improved = state.best_val_loss.is_none_or(|b| rep.loss < b);
+    if improved {
+        state.best_val_loss = Some(rep.loss);
+        state.best_step = Some(state.step);
+    }
+    say(
+        pb,
+        &format!(
+            "eval step {:>6} | val loss {:.4} | {:.3} bits/byte | {:.3} bits/char | ppl {:.2}",
+            state.step, rep.loss, rep.bits_per_byte, rep.bits_per_char, rep.perplexity
+        ),
+    );
+    append_metrics(
+        metrics_path,
+        &MetricsLine {
+            step: state.step,
+            elapsed_s,
+            train_loss: None,
+            val_loss: Some(rep.loss),
+            val_bpb: Some(rep.bits_per_byte),
+            val_bpc: Some(rep.bits_per_char),
+            lr,
+            grad_norm: None,
+            tok_per_s: None,
+            mfu: None,
+        },
+    )?;
+    Ok(improved)
+}

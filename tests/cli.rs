@@ -1,0 +1,248 @@
+//! The binary, end to end on data/zh_tiny.txt, and every bad input it must refuse with a
+//! one-line error and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn tinylm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinylm"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run tinylm")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).expect("output is valid UTF-8")
+}
+
+/// A short training run shared by the tests that need a checkpoint.
+fn trained_run() -> &'static Path {
+    static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let out = tinylm(&[
+            "train",
+            "--data",
+            "data/zh_tiny.txt",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "150",
+            "--out",
+            run.to_str().unwrap(),
+            "--no-progress",
+            "--sample-tokens",
+            "120",
+        ]);
+        let stdout = text(&out.stdout);
+        println!("{stdout}\n{}", text(&out.stderr));
+        assert!(out.status.success(), "train failed: {}", text(&out.stderr));
+        assert!(stdout.contains("--- sample"), "no sample printed");
+        (dir, run)
+    })
+    .1
+}
+
+#[test]
+fn train_writes_metrics_checkpoint_and_learns() {
+    let run = trained_run();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let vals: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
+        .collect();
+    println!("validation losses: {vals:?}");
+    let first = vals[0];
+    let last = *vals.last().unwrap();
+    assert!(
+        (first - 256f64.ln()).abs() < 0.15,
+        "initial val loss {first}"
+    );
+    assert!(
+        last < 256f64.ln() - 1.5,
+        "validation loss {last} not clearly below ln 256"
+    );
+    assert!(run.join("config.toml").exists());
+    let ckpts = tinylm::train::checkpoint::list(run);
+    assert!(!ckpts.is_empty(), "no checkpoint written");
+    for f in ["model.safetensors", "optim.safetensors", "state.json"] {
+        assert!(ckpts.last().unwrap().1.join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn sample_streams_valid_utf8() {
+    let run = trained_run();
+    let out = tinylm(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--prompt",
+        "春",
+        "--max-new-tokens",
+        "60",
+        "--num-samples",
+        "2",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    println!("{s}");
+    assert!(s.starts_with("--- sample 1 ---\n春"));
+    assert!(s.contains("--- sample 2 ---"));
+}
+
+#[test]
+fn eval_reports_finite_numbers() {
+    let run = trained_run();
+    let out = tinylm(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--text",
+        "data/zh_tiny.txt",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    println!("{v}");
+    for k in ["loss", "bits_per_byte", "bits_per_char", "perplexity"] {
+        let x = v[k].as_f64().unwrap();
+        assert!(x.is_finite() && x > 0.0, "{k} = {x}");
+    }
+    // Every byte after the first is scored once.
+    assert_eq!(
+        v["tokens"].as_u64().unwrap(),
+        std::fs::metadata("data/zh_tiny.txt").unwrap().len() - 1
+    );
+    assert!(v["bits_per_byte"].as_f64().unwrap() < 8.0);
+}
+
+/// Runs tinylm expecting failure; returns its one-line error.
+fn fails(args: &[&str]) -> String {
+    let out = tinylm(args);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: error is not one line:\n{err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    println!("{args:?} -> {}", lines[0]);
+    lines[0].to_string()
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let empty = d("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let short = d("short.txt");
+    std::fs::write(&short, "春眠不觉晓\n\n处处闻啼鸟\n").unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--no-progress",
+            "--out",
+        ];
+        let out = d("bad-run");
+        a.push(&out);
+        let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = v.iter().map(|s| s.as_str()).collect();
+        fails(&refs)
+    };
+    assert!(train(&["--data", &d("missing.txt")]).contains("not found"));
+    assert!(train(&["--data", &empty]).contains("empty"));
+    assert!(train(&["--data", &short]).contains("too short"));
+    assert!(train(&[
+        "--data",
+        "data/zh_tiny.txt",
+        "--width",
+        "64",
+        "--heads",
+        "3"
+    ])
+    .contains("divide"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--layers", "0"]).contains("positive"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--batch-size", "0"]).contains("positive"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--lr=-1"]).contains("lr"));
+    fails(&["train", "--data", "data/zh_tiny.txt", "--context=-5"]);
+    fails(&["train", "--data", "data/zh_tiny.txt", "--preset", "huge"]);
+    assert!(fails(&["sample", "--checkpoint", &d("nope")]).contains("not found"));
+    assert!(fails(&[
+        "eval",
+        "--checkpoint",
+        &d("nope"),
+        "--text",
+        "data/zh_tiny.txt"
+    ])
+    .contains("not found"));
+}
+
+#[test]
+fn damaged_checkpoints_fail_with_one_line() {
+    let run = trained_run();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, latest) = tinylm::train::checkpoint::list(run).pop().unwrap();
+    let copy = |name: &str| {
+        let dst = dir.path().join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["model.safetensors", "optim.safetensors", "state.json"] {
+            std::fs::copy(latest.join(f), dst.join(f)).unwrap();
+        }
+        dst
+    };
+    // Truncated weights.
+    let trunc = copy("truncated");
+    let bytes = std::fs::read(trunc.join("model.safetensors")).unwrap();
+    std::fs::write(trunc.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    assert!(fails(&["sample", "--checkpoint", trunc.to_str().unwrap()]).contains("truncated"));
+    // A config of another shape than the weights.
+    let other = copy("other-shape");
+    let state = std::fs::read_to_string(other.join("state.json")).unwrap();
+    std::fs::write(
+        other.join("state.json"),
+        state.replace("\"n_embd\": 64", "\"n_embd\": 128"),
+    )
+    .unwrap();
+    assert!(fails(&[
+        "eval",
+        "--checkpoint",
+        other.to_str().unwrap(),
+        "--text",
+        "data/zh_tiny.txt"
+    ])
+    .contains("shape"));
+    assert!(fails(&[
+        "train",
+        "--resume",
+        other.to_str().unwrap(),
+        "--data",
+        "data/zh_tiny.txt"
+    ])
+    .contains("shape"));
+    // Garbage state.
+    let garbage = copy("garbage");
+    std::fs::write(garbage.join("state.json"), "{not json").unwrap();
+    assert!(fails(&["sample", "--checkpoint", garbage.to_str().unwrap()]).contains("malformed"));
+    // An existing run directory is not overwritten without --resume.
+    assert!(fails(&[
+        "train",
+        "--data",
+        "data/zh_tiny.txt",
+        "--preset",
+        "tiny",
+        "--out",
+        run.to_str().unwrap()
+    ])
+    .contains("--resume"));
+}

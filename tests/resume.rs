@@ -1,0 +1,106 @@
+//! Train N steps, checkpoint, resume, train M more: the losses and the final weights
+//! equal those of an uninterrupted N+M run, bit for bit (same process, same threads).
+
+use candle_core::Device;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tinylm::data::{read_corpus, Corpus};
+use tinylm::tokenizer::Tokenizer;
+use tinylm::train::{self, checkpoint, config::TrainConfig, RunOptions};
+
+fn config() -> TrainConfig {
+    let mut c = TrainConfig::preset("tiny").unwrap();
+    c.model.block_size = 32;
+    c.model.n_embd = 32;
+    c.batch_size = 4;
+    c.max_steps = Some(12);
+    c.warmup_steps = 3;
+    c.log_interval = 1;
+    c.eval_interval = 5;
+    c.eval_batches = 1;
+    c.checkpoint_interval = 100;
+    c
+}
+
+fn opts(dir: &Path, stop_at: Option<usize>) -> RunOptions {
+    RunOptions {
+        run_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: false,
+        stop_at_step: stop_at,
+    }
+}
+
+/// (step, train loss) of every logged step, as written to metrics.jsonl.
+fn train_losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v["step"].as_u64()?, v["train_loss"].as_f64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
+    let cfg = config();
+    let text = read_corpus(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/zh_tiny.txt"
+    )))
+    .unwrap();
+    let tok = Tokenizer::Bytes;
+    let corpus = Corpus::split(
+        &text,
+        &tok,
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.model.block_size,
+    )
+    .unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let split = tempfile::tempdir().unwrap();
+
+    let a = train::run(&cfg, &corpus, &tok, &opts(whole.path(), None), None).unwrap();
+    assert_eq!(a.steps, 12);
+
+    let b1 = train::run(&cfg, &corpus, &tok, &opts(split.path(), Some(7)), None).unwrap();
+    assert!(b1.interrupted);
+    assert_eq!(b1.steps, 7);
+    let loaded = checkpoint::load(split.path(), false, &Device::Cpu).unwrap();
+    assert_eq!(loaded.state.step, 7);
+    let b2 = train::run(&cfg, &corpus, &tok, &opts(split.path(), None), Some(loaded)).unwrap();
+    assert_eq!(b2.steps, 12);
+
+    let la = train_losses(whole.path());
+    let lb = train_losses(split.path());
+    println!("uninterrupted: {la:?}\nresumed:       {lb:?}");
+    assert_eq!(la.len(), 12);
+    assert_eq!(la, lb, "training losses differ after resume");
+
+    let wa = checkpoint::load(whole.path(), false, &Device::Cpu).unwrap();
+    let wb = checkpoint::load(split.path(), false, &Device::Cpu).unwrap();
+    for (name, ta) in &wa.model {
+        let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = wb.model[name].flatten_all().unwrap().to_vec1().unwrap();
+        let same = va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "parameter {name} differs after resume");
+    }
+    for (name, ta) in &wa.optim {
+        let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = wb.optim[name].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs"
+        );
+    }
+    println!(
+        "verdict: {} losses and {} tensors identical",
+        la.len(),
+        wa.model.len() + wa.optim.len()
+    );
+}
