@@ -4,6 +4,7 @@
 //! streaming UTF-8 decoder (`utf8`) turns those into printable text.
 
 pub mod bpe;
+pub mod stats;
 pub mod utf8;
 
 use std::path::Path;
@@ -31,6 +32,31 @@ impl Tokenizer {
         match self {
             Tokenizer::Bytes => "bytes".to_string(),
             Tokenizer::Bpe(b) => format!("bpe:{}", b.vocab_size()),
+        }
+    }
+
+    /// Resolves a tokenizer spec: `bytes`, or the path of a `tokenizer.json`, or of a
+    /// directory holding one (such as a checkpoint directory).
+    pub fn load(spec: &str) -> anyhow::Result<Self> {
+        if spec == "bytes" {
+            return Ok(Tokenizer::Bytes);
+        }
+        let path = Path::new(spec);
+        let file = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_path_buf()
+        };
+        Ok(Tokenizer::Bpe(bpe::BpeTokenizer::load(&file)?))
+    }
+
+    /// Identifies the exact tokenizer, for checkpoints to refuse a different one:
+    /// `bytes`, or `bpe:<vocab>:<hash of the tokenizer.json contents>` (two BPEs of the
+    /// same size but different merges or pre-tokenizer differ here, not in `describe`).
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Tokenizer::Bytes => "bytes".to_string(),
+            Tokenizer::Bpe(b) => format!("bpe:{}:{}", b.vocab_size(), b.fingerprint()),
         }
     }
 
