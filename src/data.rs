@@ -60,12 +60,60 @@ pub fn split_documents(text: &[u8]) -> Vec<&[u8]> {
     docs
 }
 
+/// The raw text of the two halves of a split (see [`Corpus::split`]).
+pub struct SplitText {
+    pub train: Vec<u8>,
+    pub val: Vec<u8>,
+    pub train_docs: usize,
+    pub val_docs: usize,
+}
+
+/// Splits `text` into train and validation at document boundaries: a fraction
+/// `val_fraction` of the documents (at least one), chosen by `seed`, goes to validation.
+/// Each half is the concatenation of its documents, separated by a blank line as in the
+/// source. A one-document text is cut inside the document instead.
+pub fn split_text(text: &[u8], val_fraction: f64, seed: u64) -> anyhow::Result<SplitText> {
+    let docs = split_documents(text);
+    anyhow::ensure!(!docs.is_empty(), "the corpus holds no text");
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a));
+    let n_val = ((docs.len() as f64 * val_fraction).round() as usize).clamp(1, docs.len());
+    if docs.len() == 1 {
+        let d = docs[0];
+        let cut = ((d.len() as f64) * (1.0 - val_fraction)) as usize;
+        return Ok(SplitText {
+            train: d[..cut].to_vec(),
+            val: d[cut..].to_vec(),
+            train_docs: 1,
+            val_docs: 1,
+        });
+    }
+    let n_val = n_val.min(docs.len() - 1);
+    let mut is_val = vec![false; docs.len()];
+    for &i in &order[..n_val] {
+        is_val[i] = true;
+    }
+    let join = |want: bool| -> Vec<u8> {
+        let mut out = Vec::new();
+        for (d, &v) in docs.iter().zip(&is_val) {
+            if v == want {
+                out.extend_from_slice(d);
+                out.push(b'\n');
+            }
+        }
+        out
+    };
+    Ok(SplitText {
+        train: join(false),
+        val: join(true),
+        train_docs: docs.len() - n_val,
+        val_docs: n_val,
+    })
+}
+
 impl Corpus {
-    /// Splits `text` into train and validation at document boundaries: a fraction
-    /// `val_fraction` of the documents (at least one), chosen by `seed`, goes to
-    /// validation. Each half is the concatenation of its documents, separated by a
-    /// blank line as in the source. Both halves must hold more than `context + 1`
-    /// tokens.
+    /// Splits `text` (see [`split_text`]) and tokenizes both halves. Both must hold
+    /// more than `context + 1` tokens.
     pub fn split(
         text: &[u8],
         tokenizer: &Tokenizer,
@@ -73,35 +121,17 @@ impl Corpus {
         seed: u64,
         context: usize,
     ) -> anyhow::Result<Self> {
-        let docs = split_documents(text);
-        anyhow::ensure!(!docs.is_empty(), "the corpus holds no text");
-        let mut order: Vec<usize> = (0..docs.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a));
-        let n_val = ((docs.len() as f64 * val_fraction).round() as usize).clamp(1, docs.len());
-        // A one-document corpus is split inside the document: the last part is held out.
-        let (train_bytes, val_bytes) = if docs.len() == 1 {
-            let d = docs[0];
-            let cut = ((d.len() as f64) * (1.0 - val_fraction)) as usize;
-            (d[..cut].to_vec(), d[cut..].to_vec())
-        } else {
-            let mut is_val = vec![false; docs.len()];
-            for &i in &order[..n_val.min(docs.len() - 1)] {
-                is_val[i] = true;
-            }
-            let join = |want: bool| -> Vec<u8> {
-                let mut out = Vec::new();
-                for (d, &v) in docs.iter().zip(&is_val) {
-                    if v == want {
-                        out.extend_from_slice(d);
-                        out.push(b'\n');
-                    }
-                }
-                out
-            };
-            (join(false), join(true))
-        };
-        let train = tokenizer.encode(&train_bytes)?;
-        let val = tokenizer.encode(&val_bytes)?;
+        Self::tokenize(split_text(text, val_fraction, seed)?, tokenizer, context)
+    }
+
+    /// Tokenizes an already split text.
+    pub fn tokenize(
+        split: SplitText,
+        tokenizer: &Tokenizer,
+        context: usize,
+    ) -> anyhow::Result<Self> {
+        let train = tokenizer.encode(&split.train)?;
+        let val = tokenizer.encode(&split.val)?;
         for (name, toks) in [("training", &train), ("validation", &val)] {
             anyhow::ensure!(
                 toks.len() > context + 1,
@@ -114,8 +144,8 @@ impl Corpus {
         Ok(Self {
             train,
             val,
-            train_docs: docs.len().saturating_sub(n_val).max(1),
-            val_docs: n_val,
+            train_docs: split.train_docs,
+            val_docs: split.val_docs,
         })
     }
 }

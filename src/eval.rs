@@ -19,6 +19,8 @@ pub struct EvalReport {
     pub bits_per_byte: f64,
     pub bits_per_char: f64,
     pub perplexity: f64,
+    /// Tokenizer efficiency: 1 for bytes, ~3 for a BPE on this corpus.
+    pub bytes_per_token: f64,
     pub tokens: u64,
     pub bytes: u64,
     pub chars: u64,
@@ -33,6 +35,7 @@ impl EvalReport {
             bits_per_byte: bits / bytes.max(1) as f64,
             bits_per_char: bits / chars.max(1) as f64,
             perplexity: loss.exp(),
+            bytes_per_token: bytes as f64 / tokens.max(1) as f64,
             tokens,
             bytes,
             chars,

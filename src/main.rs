@@ -37,6 +37,36 @@ enum Command {
     Eval(EvalArgs),
     /// Benchmarks: `loss`, `attention` or `train`.
     Bench(BenchCmd),
+    /// Train a byte-level BPE tokenizer, or measure one on a text.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenizerCmd {
+    /// Train a byte-level BPE (all 256 bytes in its vocabulary, so any input encodes)
+    /// and save it as a standard tokenizer.json.
+    Train {
+        #[arg(long)]
+        data: PathBuf,
+        /// Total vocabulary, the 256 byte tokens included.
+        #[arg(long)]
+        vocab_size: usize,
+        #[arg(long, default_value = "tokenizer.json")]
+        out: PathBuf,
+        /// Longest run of Han characters in one pre-token (runs are cut into pieces of
+        /// this many characters before merges are learned).
+        #[arg(long, default_value_t = 2)]
+        han_piece: usize,
+    },
+    /// Bytes per token, characters per token and vocabulary use on a text.
+    Stats {
+        /// `bytes`, a tokenizer.json, or a directory holding one.
+        #[arg(long)]
+        tokenizer: String,
+        #[arg(long)]
+        text: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -60,6 +90,10 @@ struct TrainArgs {
     /// Named preset: default, bench-ref, tiny.
     #[arg(long, default_value = "default")]
     preset: String,
+    /// `bytes`, `bpe:N` (train a BPE of N tokens on the training split first), or the
+    /// path of a tokenizer.json. Stored in the run directory; sample and eval use it.
+    #[arg(long, default_value = "bytes")]
+    tokenizer: String,
     /// TOML file whose fields override the preset (same names as the stored config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -219,6 +253,7 @@ fn main() {
         Command::Sample(a) => cmd_sample(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Tokenizer(a) => cmd_tokenizer(a),
     };
     if let Err(e) = result {
         // One line that names the problem.
@@ -337,8 +372,7 @@ fn timestamp() -> String {
 
 fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     let device = setup(&a.common)?;
-    let tokenizer = Tokenizer::Bytes;
-    let (config, run_dir, resume) = match &a.resume {
+    let (mut config, run_dir, resume) = match &a.resume {
         Some(dir) => {
             let loaded = checkpoint::load(dir, false, &device)?;
             let mut config = loaded.state.config.clone();
@@ -371,26 +405,30 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         }
     };
     let text = read_corpus(&a.data)?;
-    let corpus = Corpus::split(
-        &text,
-        &tokenizer,
-        config.val_fraction,
-        config.seed,
-        config.model.block_size,
-    )?;
+    let split = tinylm::data::split_text(&text, config.val_fraction, config.seed)?;
+    let tokenizer = match (&resume, a.tokenizer.as_str()) {
+        // A resumed run keeps its tokenizer; an explicit different one is refused by
+        // the fingerprint check in train::run.
+        (Some(loaded), "bytes") => train::checkpoint_tokenizer(loaded)?,
+        (_, spec) => resolve_tokenizer(spec, &split.train)?,
+    };
+    config.model.vocab_size = tokenizer.vocab_size();
+    let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    tokenizer.save_to_dir(&run_dir)?;
     let config_toml = toml::to_string_pretty(&config)?;
     checkpoint::write_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
     println!("run directory: {}", run_dir.display());
     println!(
-        "corpus {}: {} training tokens ({} poems), {} validation tokens ({} poems); tokenizer {}",
+        "corpus {}: {} training tokens ({} poems), {} validation tokens ({} poems); tokenizer {} ({:.2} bytes/token)",
         a.data.display(),
         corpus.train.len(),
         corpus.train_docs,
         corpus.val.len(),
         corpus.val_docs,
-        tokenizer.describe()
+        tokenizer.describe(),
+        text.len() as f64 / (corpus.train.len() + corpus.val.len()).max(1) as f64
     );
     println!(
         "model: {} parameters; {} tokens per step; threads {}",
@@ -490,13 +528,7 @@ fn load_model(
     device: &candle_core::Device,
 ) -> anyhow::Result<(tinylm::model::Gpt, Tokenizer)> {
     let loaded = checkpoint::load(path, true, device)?;
-    let tokenizer = match loaded.state.tokenizer.as_str() {
-        "bytes" => Tokenizer::Bytes,
-        other => anyhow::bail!(
-            "checkpoint {} uses tokenizer {other}, which this build cannot load",
-            loaded.dir.display()
-        ),
-    };
+    let tokenizer = train::checkpoint_tokenizer(&loaded)?;
     let model = tinylm::model::Gpt::from_tensors(&loaded.state.config.model, loaded.model)
         .with_context(|| {
             format!(
@@ -505,6 +537,62 @@ fn load_model(
             )
         })?;
     Ok((model, tokenizer))
+}
+
+/// `bytes`, `bpe:N` (trained here on `train_text`), or a tokenizer.json path.
+fn resolve_tokenizer(spec: &str, train_text: &[u8]) -> anyhow::Result<Tokenizer> {
+    if let Some(n) = spec.strip_prefix("bpe:") {
+        let vocab: usize = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad tokenizer {spec:?}: expected bpe:<vocab size>"))?;
+        let text = std::str::from_utf8(train_text)
+            .context("a BPE is trained on UTF-8 text; the corpus is not UTF-8")?;
+        let t0 = std::time::Instant::now();
+        let bpe = tinylm::tokenizer::bpe::train_bpe_from_text(
+            text,
+            &tinylm::tokenizer::bpe::BpeTrainOptions::new(vocab),
+        )?;
+        println!(
+            "trained a BPE of {} tokens in {:.1} s",
+            bpe.vocab_size(),
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(Tokenizer::Bpe(bpe));
+    }
+    Tokenizer::load(spec)
+}
+
+fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenizerCmd::Train {
+            data,
+            vocab_size,
+            out,
+            han_piece,
+        } => {
+            let text = read_corpus(&data)?;
+            let mut opts = tinylm::tokenizer::bpe::BpeTrainOptions::new(vocab_size);
+            opts.han_piece = han_piece;
+            let t0 = std::time::Instant::now();
+            let bpe = tinylm::tokenizer::bpe::train_bpe(std::slice::from_ref(&data), &opts)?;
+            bpe.save(&out)?;
+            let tok = Tokenizer::Bpe(bpe);
+            let stats = tinylm::tokenizer::stats::stats(&tok, &text)?;
+            println!(
+                "trained {} in {:.1} s, saved to {}\n{stats}",
+                tok.describe(),
+                t0.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        TokenizerCmd::Stats { tokenizer, text } => {
+            let tok = Tokenizer::load(&tokenizer)?;
+            let bytes = read_corpus(&text)?;
+            println!("{}", tinylm::tokenizer::stats::stats(&tok, &bytes)?);
+            Ok(())
+        }
+    }
 }
 
 fn cmd_sample(a: SampleArgs) -> anyhow::Result<()> {
@@ -553,11 +641,12 @@ fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&rep)?);
     } else {
         println!(
-            "{}: {} tokens, {} bytes, {} characters\nloss {:.4} nats/token | {:.4} bits/byte | {:.4} bits/char | perplexity {:.3}",
+            "{}: {} tokens, {} bytes, {} characters ({:.2} bytes/token)\nloss {:.4} nats/token | {:.4} bits/byte | {:.4} bits/char | perplexity {:.3}",
             a.text.display(),
             rep.tokens,
             rep.bytes,
             rep.chars,
+            rep.bytes_per_token,
             rep.loss,
             rep.bits_per_byte,
             rep.bits_per_char,

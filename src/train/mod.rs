@@ -251,6 +251,39 @@ impl Trainer {
     }
 }
 
+/// The tokenizer a checkpoint was trained with: bytes, or the `tokenizer.json` in the
+/// checkpoint directory or its run directory, checked against the fingerprint recorded
+/// in the checkpoint.
+pub fn checkpoint_tokenizer(loaded: &checkpoint::Loaded) -> anyhow::Result<Tokenizer> {
+    let want = &loaded.state.tokenizer;
+    if want == "bytes" {
+        return Ok(Tokenizer::Bytes);
+    }
+    let candidates = [
+        Some(loaded.dir.join("tokenizer.json")),
+        loaded.dir.parent().map(|p| p.join("tokenizer.json")),
+    ];
+    let path = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "checkpoint {} was trained with tokenizer {want}, but no tokenizer.json is beside it",
+                loaded.dir.display()
+            )
+        })?;
+    let tok = Tokenizer::Bpe(crate::tokenizer::bpe::BpeTokenizer::load(&path)?);
+    anyhow::ensure!(
+        &tok.fingerprint() == want,
+        "{} is tokenizer {}, but checkpoint {} was trained with {want}",
+        path.display(),
+        tok.fingerprint(),
+        loaded.dir.display()
+    );
+    Ok(tok)
+}
+
 /// Prints a line above the progress bar (or plainly when there is none).
 fn say(pb: &indicatif::ProgressBar, line: &str) {
     if pb.is_hidden() {
@@ -296,7 +329,7 @@ pub fn run(
     let (mut trainer, mut state) = match resume {
         Some(loaded) => {
             anyhow::ensure!(
-                loaded.state.tokenizer == tokenizer.describe(),
+                loaded.state.tokenizer == tokenizer.fingerprint(),
                 "checkpoint {} was trained with tokenizer {}, not {}",
                 loaded.dir.display(),
                 loaded.state.tokenizer,
@@ -319,7 +352,7 @@ pub fn run(
                 step: 0,
                 horizon: config.max_steps.unwrap_or(usize::MAX),
                 sampler: trainer.sampler.state(),
-                tokenizer: tokenizer.describe(),
+                tokenizer: tokenizer.fingerprint(),
                 best_val_loss: None,
                 best_step: None,
                 elapsed_s: 0.0,
@@ -559,8 +592,8 @@ fn record_eval(
     say(
         pb,
         &format!(
-            "eval step {:>6} | val loss {:.4} | {:.3} bits/byte | {:.3} bits/char | ppl {:.2}",
-            state.step, rep.loss, rep.bits_per_byte, rep.bits_per_char, rep.perplexity
+            "eval step {:>6} | val loss {:.4} | {:.3} bits/byte | {:.3} bits/char | ppl {:.2} | {:.2} bytes/token",
+            state.step, rep.loss, rep.bits_per_byte, rep.bits_per_char, rep.perplexity, rep.bytes_per_token
         ),
     );
     append_metrics(
