@@ -86,7 +86,12 @@ fn bench_kernels(rounds: usize) {
     println!("|---|---|---|---|");
     // What the fwd+bwd rows spend outside the kernel: Σ x·w and its backward.
     let harness = || {
-        let grads = (x.as_tensor() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = (x.as_tensor() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         std::hint::black_box(grads);
     };
     ab(
@@ -111,7 +116,12 @@ fn bench_kernels(rounds: usize) {
     let h = Var::from_tensor(&randn(&[n, 4 * c])).unwrap();
     let wh = randn(&[n, 4 * c]);
     let harness = || {
-        let grads = (h.as_tensor() * &wh).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = (h.as_tensor() * &wh)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         std::hint::black_box(grads);
     };
     ab(
@@ -238,7 +248,6 @@ mod malloc {
     const M_TRIM_THRESHOLD: c_int = -1;
     const M_TOP_PAD: c_int = -2;
     const M_MMAP_THRESHOLD: c_int = -3;
-    const M_MMAP_MAX: c_int = -4;
 
     /// Applies a named set of glibc malloc settings; returns whether all were accepted.
     pub fn apply(mode: &str) -> bool {
@@ -253,12 +262,8 @@ mod malloc {
                         && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
                         && mallopt(M_TOP_PAD, 64 << 20) == 1
                 }
-                // Never mmap: every buffer comes from the heap and is reused.
-                "tuned" => {
-                    mallopt(M_MMAP_MAX, 0) == 1
-                        && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
-                        && mallopt(M_TOP_PAD, 64 << 20) == 1
-                }
+                // The recommendation: never mmap, keep the heap top for reuse.
+                "tuned" => tinylm::kernels::tune_glibc_malloc(),
                 other => panic!("unknown malloc mode {other}"),
             }
         }
@@ -345,6 +350,16 @@ fn main() {
             );
             bench_kernels(rounds);
             bench_adamw(rounds);
+        }
+        // For profiling (perf record): the fused fwd+bwd of one kernel in a loop.
+        Some("loop") => {
+            let h = Var::from_tensor(&randn(&[16 * 256, 1024])).unwrap();
+            let w = randn(&[16 * 256, 1024]);
+            for _ in 0..rounds {
+                let y = kernels::gelu(h.as_tensor()).unwrap();
+                let grads = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                std::hint::black_box(grads);
+            }
         }
         Some(other) => panic!("unknown case {other}"),
     }
