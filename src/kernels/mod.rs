@@ -8,10 +8,13 @@
 
 mod gelu;
 mod layer_norm;
+mod malloc;
 pub mod reference;
 mod util;
 
 pub(crate) use util::dispatch as dispatch_simd;
+
+pub use malloc::tune_glibc_malloc;
 
 use candle_core::{DType, Result, Tensor};
 
