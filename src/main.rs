@@ -230,6 +230,9 @@ struct BenchCmd {
 }
 
 fn main() {
+    // Keep freed activation buffers in the heap instead of returning them to the OS:
+    // otherwise every training step page-faults its temporaries back in (BENCHMARKS.md).
+    tinylm::kernels::tune_glibc_malloc();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
