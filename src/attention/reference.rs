@@ -9,7 +9,15 @@ use candle_core::{Device, Result, Tensor, D};
 fn causal_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
     let offset = tk - tq;
     let mask: Vec<f32> = (0..tq)
-        .flat_map(|i| (0..tk).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j <= i + offset {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (tq, tk), device)
 }
@@ -30,4 +38,3 @@ pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?; // [B, H, Tq, Tk]
     probs.matmul(v) // [B, H, Tq, Tk] x [B, H, Tk, D] -> [B, H, Tq, D]
 }
-

@@ -41,7 +41,9 @@ pub fn time_median_ms(warmup: usize, min_reps: usize, target_s: f64, mut f: impl
     let t0 = std::time::Instant::now();
     f();
     let first = t0.elapsed().as_secs_f64();
-    let reps = min_reps.max((target_s / first.max(1e-6)).ceil() as usize).min(50);
+    let reps = min_reps
+        .max((target_s / first.max(1e-6)).ceil() as usize)
+        .min(50);
     let mut ts = vec![first * 1e3];
     for _ in 1..reps {
         let t = std::time::Instant::now();

@@ -3,8 +3,8 @@
 //! right; the fused kernels are tested and benchmarked against it.
 
 use super::{CrossEntropyOptions, Reduction};
-use candle_core::{DType, Tensor, D};
 use candle_core::Result;
+use candle_core::{DType, Tensor, D};
 
 /// See [`super::cross_entropy`]. Computed in f32 whatever the logits' dtype.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions) -> Result<Tensor> {
@@ -24,7 +24,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions)
         None => Tensor::ones(n, DType::U8, x.device())?,
     };
     let safe_targets = keep.where_cond(&targets, &targets.zeros_like()?)?; // [N]
-    let nll = logp.gather(&safe_targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // [N]
+    let nll = logp
+        .gather(&safe_targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()?; // [N]
     let mut row = if o.label_smoothing > 0.0 {
         let eps = o.label_smoothing as f64;
         let smooth = (logp.sum(D::Minus1)?.neg()? / v as f64)?; // [N]

@@ -24,6 +24,9 @@ impl BpeTokenizer {
         anyhow::bail!("BPE tokenizers are not supported yet")
     }
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map(|v| v.as_slice()).unwrap_or(&[])
+        self.token_bytes
+            .get(id as usize)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 }
