@@ -322,6 +322,13 @@ fn single_query_impl<T: Elem>(dm: &Dims<T>, hd: &Head<T>, o: &mut [T], p: &mut [
     simd::scale_in_place(o, T::ONE / sum);
 }
 
+/// Whether one task per (b, h) balances the threads: tiles are only split across
+/// threads when there are few heads. Both schedules compute every tile identically.
+fn heads_keep_threads_busy(bh: usize) -> bool {
+    let threads = rayon::current_num_threads();
+    bh.is_multiple_of(threads) || bh >= 4 * threads
+}
+
 /// O [BH·Tq·D] and, when asked, the log-sum-exp [BH·Tq].
 fn forward<T: Elem>(dm: &Dims<T>, q: &[T], k: &[T], v: &[T], want_lse: bool) -> (Vec<T>, Vec<T>) {
     let (tq, tk, d) = (dm.tq, dm.tk, dm.d);
@@ -353,19 +360,49 @@ fn forward<T: Elem>(dm: &Dims<T>, q: &[T], k: &[T], v: &[T], want_lse: bool) -> 
         }
         return (out, Vec::new());
     }
+    let mut lse = vec![T::ZERO; dm.bh * tq];
+    let per_head = |bh: usize| {
+        (
+            &q[bh * tq * d..(bh + 1) * tq * d],
+            &k[bh * tk * d..(bh + 1) * tk * d],
+            &v[bh * tk * d..(bh + 1) * tk * d],
+        )
+    };
+    if heads_keep_threads_busy(dm.bh) {
+        // One task per head, Kᵀ packed into a per-thread scratch: no K-sized temporary
+        // (fresh large buffers cost page faults on every call).
+        out.par_chunks_mut(tq * d)
+            .zip(lse.par_chunks_mut(tq))
+            .enumerate()
+            .for_each_init(Vec::new, |kt, (bh, (o_bh, l_bh))| {
+                let (q, k, v) = per_head(bh);
+                kt.resize(tk * d, T::ZERO);
+                pack_transposed(dm, k, kt);
+                let hd = Head { q, k, v, kt };
+                for (i, (o, l)) in o_bh
+                    .chunks_mut(dm.bq * d)
+                    .zip(l_bh.chunks_mut(dm.bq))
+                    .enumerate()
+                {
+                    fwd_tile(dm, &hd, i, o, l);
+                }
+            });
+        return (out, lse);
+    }
+    // Few heads: query tiles in parallel too, sharing a packed Kᵀ.
     let mut kt = vec![T::ZERO; k.len()];
     kt.par_chunks_mut(tk * d)
         .zip(k.par_chunks(tk * d))
         .for_each(|(dst, src)| pack_transposed(dm, src, dst));
-    let mut lse = vec![T::ZERO; dm.bh * tq];
     out.par_chunks_mut(tq * d)
         .zip(lse.par_chunks_mut(tq))
         .enumerate()
         .for_each(|(bh, (o_bh, l_bh))| {
+            let (q, k, v) = per_head(bh);
             let hd = Head {
-                q: &q[bh * tq * d..(bh + 1) * tq * d],
-                k: &k[bh * tk * d..(bh + 1) * tk * d],
-                v: &v[bh * tk * d..(bh + 1) * tk * d],
+                q,
+                k,
+                v,
                 kt: &kt[bh * tk * d..(bh + 1) * tk * d],
             };
             o_bh.par_chunks_mut(dm.bq * d)
@@ -618,6 +655,18 @@ fn bwd_qtile_impl<T: Elem>(dm: &Dims<T>, g: &GradHead<T>, i: usize, dq: &mut [T]
     }
 }
 
+dispatched!(row_dots, row_dots_impl, (dm: &Dims<T>, go: &[T], o: &[T], delta: &mut [T]));
+
+/// δ_r = rowsum(dO_r ∘ O_r) for one head, with the same fused multiply-add chain as a
+/// gemm entry (see [`simd::dot_seq`]); compiled per ISA so that mul_add is one instruction.
+#[inline(always)]
+fn row_dots_impl<T: Elem>(dm: &Dims<T>, go: &[T], o: &[T], delta: &mut [T]) {
+    let d = dm.d;
+    for (r, x) in delta.iter_mut().enumerate() {
+        *x = simd::dot_seq(&go[r * d..(r + 1) * d], &o[r * d..(r + 1) * d]);
+    }
+}
+
 /// (dQ, dK, dV) from the inputs, the output O, dO and the log-sum-exp.
 #[allow(clippy::too_many_arguments)]
 fn backward<T: Elem>(
@@ -636,12 +685,54 @@ fn backward<T: Elem>(
     if tq == 0 || d == 0 {
         return (dq, dk, dv);
     }
+    if heads_keep_threads_busy(dm.bh) {
+        // One task per head with per-thread scratch for Kᵀ, Vᵀ and δ.
+        dq.par_chunks_mut(tq * d)
+            .zip(dk.par_chunks_mut(tk * d))
+            .zip(dv.par_chunks_mut(tk * d))
+            .enumerate()
+            .for_each_init(
+                || (Vec::new(), Vec::new(), Vec::new()),
+                |(kt, vt, delta), (bh, ((dq, dk), dv))| {
+                    let (kh, vh) = (
+                        &k[bh * tk * d..(bh + 1) * tk * d],
+                        &v[bh * tk * d..(bh + 1) * tk * d],
+                    );
+                    let (goh, oh) = (
+                        &go[bh * tq * d..(bh + 1) * tq * d],
+                        &o[bh * tq * d..(bh + 1) * tq * d],
+                    );
+                    kt.resize(tk * d, T::ZERO);
+                    vt.resize(tk * d, T::ZERO);
+                    delta.resize(tq, T::ZERO);
+                    pack_transposed(dm, kh, kt);
+                    pack_transposed(dm, vh, vt);
+                    row_dots(dm, goh, oh, delta);
+                    let g = GradHead {
+                        x: Head {
+                            q: &q[bh * tq * d..(bh + 1) * tq * d],
+                            k: kh,
+                            v: vh,
+                            kt,
+                        },
+                        vt,
+                        go: goh,
+                        lse: &lse[bh * tq..(bh + 1) * tq],
+                        delta,
+                    };
+                    bwd_head(dm, &g, dq, dk, dv);
+                },
+            );
+        return (dq, dk, dv);
+    }
     let mut delta = vec![T::ZERO; dm.bh * tq];
     delta.par_chunks_mut(tq).enumerate().for_each(|(bh, dl)| {
-        for (r, x) in dl.iter_mut().enumerate() {
-            let at = (bh * tq + r) * d;
-            *x = simd::dot_seq(&go[at..at + d], &o[at..at + d]);
-        }
+        row_dots(
+            dm,
+            &go[bh * tq * d..(bh + 1) * tq * d],
+            &o[bh * tq * d..(bh + 1) * tq * d],
+            dl,
+        )
     });
     let mut kt = vec![T::ZERO; k.len()];
     let mut vt = vec![T::ZERO; v.len()];
@@ -664,31 +755,22 @@ fn backward<T: Elem>(
         lse: &lse[bh * tq..(bh + 1) * tq],
         delta: &delta[bh * tq..(bh + 1) * tq],
     };
-    let threads = rayon::current_num_threads();
-    if dm.bh.is_multiple_of(threads) || dm.bh >= 4 * threads {
-        dq.par_chunks_mut(tq * d)
-            .zip(dk.par_chunks_mut(tk * d))
-            .zip(dv.par_chunks_mut(tk * d))
-            .enumerate()
-            .for_each(|(bh, ((dq, dk), dv))| bwd_head(dm, &head(bh), dq, dk, dv));
-    } else {
-        dk.par_chunks_mut(tk * d)
-            .zip(dv.par_chunks_mut(tk * d))
-            .enumerate()
-            .for_each(|(bh, (dk, dv))| {
-                let g = head(bh);
-                dk.par_chunks_mut(dm.bk * d)
-                    .zip(dv.par_chunks_mut(dm.bk * d))
-                    .enumerate()
-                    .for_each(|(j, (dk, dv))| bwd_ktile(dm, &g, j, dk, dv));
-            });
-        dq.par_chunks_mut(tq * d).enumerate().for_each(|(bh, dq)| {
+    dk.par_chunks_mut(tk * d)
+        .zip(dv.par_chunks_mut(tk * d))
+        .enumerate()
+        .for_each(|(bh, (dk, dv))| {
             let g = head(bh);
-            dq.par_chunks_mut(dm.bq * d)
+            dk.par_chunks_mut(dm.bk * d)
+                .zip(dv.par_chunks_mut(dm.bk * d))
                 .enumerate()
-                .for_each(|(i, dq)| bwd_qtile(dm, &g, i, dq));
+                .for_each(|(j, (dk, dv))| bwd_ktile(dm, &g, j, dk, dv));
         });
-    }
+    dq.par_chunks_mut(tq * d).enumerate().for_each(|(bh, dq)| {
+        let g = head(bh);
+        dq.par_chunks_mut(dm.bq * d)
+            .enumerate()
+            .for_each(|(i, dq)| bwd_qtile(dm, &g, i, dq));
+    });
     (dq, dk, dv)
 }
 
