@@ -1,0 +1,517 @@
+//! Scalar-looking building blocks that LLVM vectorises once they are inlined into a
+//! function compiled with AVX-512 / AVX2+FMA (see `fused::Isa`): a register-blocked
+//! matrix-multiply micro-kernel, chunked row reductions and a polynomial `exp`.
+//!
+//! Everything here is `#[inline(always)]` on purpose: a `#[target_feature]` wrapper in
+//! `fused.rs` instantiates the whole tile computation once per instruction set, and
+//! only inlined code inherits those features.
+
+use std::ops::{Add, Div, Mul, Sub};
+
+/// Lanes per chunk: one zmm register of f32 (two of f64).
+pub const L: usize = 16;
+/// Rows per micro-kernel block. 4 rows x 4 chunks = 16 f32 accumulators, leaving room
+/// for the 4 chunks of B and the broadcasts in AVX-512's 32 registers.
+const MR: usize = 4;
+
+/// The float types the fused kernel is instantiated for: f32 (what the model uses)
+/// and f64 (what the gradient checks use, through the very same tiling code).
+pub trait Elem:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INF: Self;
+    const INF: Self;
+    fn from_f64(x: f64) -> Self;
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    /// exp(x); exactly 0 for x = -inf.
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    const INF: Self = f32::INFINITY;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp_f32(self)
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        f32::ln(self)
+    }
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    const INF: Self = f64::INFINITY;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
+    /// libm's exp: the f64 instantiation exists for gradient checks, not for speed.
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+}
+
+/// Branch-free exp for f32 that vectorises (libm's `expf` is a scalar call and would
+/// cost more than the two tile GEMMs it sits between).
+///
+/// Cody-Waite reduction x = n·ln2 + r with |r| <= ln2/2, then a degree-7 Taylor
+/// polynomial for e^r (truncation error (ln2/2)^8/8! = 5.3e-9, below half an ulp), then
+/// scaling by 2^n built in the exponent bits. Inputs below -87 (including -inf, the
+/// causal mask) give exactly 0: the largest flushed value, e^-87 = 1.6e-38, is
+/// irrelevant next to the row maximum's e^0 = 1 in a softmax. NaN propagates.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75; // ln2 rounded to 17 bits: n·LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
+    let xc = x.clamp(-87.0, 88.0); // NaN stays NaN
+    let t = xc.mul_add(LOG2E, MAGIC);
+    let n = t - MAGIC;
+    let r = n.mul_add(-LN2_HI, xc);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = 1.0 / 5040.0;
+    p = p.mul_add(r, 1.0 / 720.0);
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    // t's low mantissa bits hold n + 2^22 (n in [-126, 127]); rebias to an exponent.
+    let ni = t.to_bits().wrapping_sub(0x4B40_0000) as i32;
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    let y = p * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn max<T: Elem>(a: T, b: T) -> T {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// x[i] <- x[i]·scale, returning the max of the new values (16 lanes, then folded in
+/// a fixed order). Scaling before the max keeps the row maximum's exp(x - max) exactly 1,
+/// as in the composed reference.
+#[inline(always)]
+pub fn scale_max<T: Elem>(x: &mut [T], scale: T) -> T {
+    let mut acc = [T::NEG_INF; L];
+    let mut chunks = x.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for l in 0..L {
+            c[l] = c[l] * scale;
+            acc[l] = max(acc[l], c[l]);
+        }
+    }
+    let mut m = T::NEG_INF;
+    for v in chunks.into_remainder() {
+        *v = *v * scale;
+        m = max(m, *v);
+    }
+    for a in acc {
+        m = max(m, a);
+    }
+    m
+}
+
+/// x[i] <- exp(x[i] - shift); returns the sum of the new values (16 partial sums
+/// folded in a fixed order, so deterministic).
+#[inline(always)]
+pub fn exp_shift_sum<T: Elem>(x: &mut [T], shift: T) -> T {
+    let mut acc = [T::ZERO; L];
+    let mut chunks = x.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for l in 0..L {
+            let e = (c[l] - shift).exp();
+            c[l] = e;
+            acc[l] = acc[l] + e;
+        }
+    }
+    let mut s = T::ZERO;
+    for v in chunks.into_remainder() {
+        let e = (*v - shift).exp();
+        *v = e;
+        s = s + e;
+    }
+    for a in acc {
+        s = s + a;
+    }
+    s
+}
+
+/// x[i] <- exp(x[i]·scale - shift), no sum (backward: shift is the row's log-sum-exp).
+/// The product is rounded before the subtraction exactly as in the forward.
+#[inline(always)]
+pub fn exp_scale_shift<T: Elem>(x: &mut [T], scale: T, shift: T) {
+    for v in x.iter_mut() {
+        *v = (*v * scale - shift).exp();
+    }
+}
+
+/// Dot product with one sequential fused multiply-add chain, the same arithmetic as a
+/// single entry of [`gemm`]: the backward's δ = rowsum(dO ∘ O) then cancels dP = dO·Vᵀ
+/// exactly where it should (a row that sees one key has a zero score gradient).
+#[inline(always)]
+pub fn dot_seq<T: Elem>(a: &[T], b: &[T]) -> T {
+    let mut s = T::ZERO;
+    for (&x, &y) in a.iter().zip(b) {
+        s = x.mul_add(y, s);
+    }
+    s
+}
+
+/// Dot product in 16 lanes, folded in a fixed order.
+#[inline(always)]
+pub fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::ZERO; L];
+    let mut ca = a.chunks_exact(L);
+    let mut cb = b.chunks_exact(L);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..L {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut s = T::ZERO;
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        s = x.mul_add(y, s);
+    }
+    for a in acc {
+        s = s + a;
+    }
+    s
+}
+
+/// x[i] *= s
+#[inline(always)]
+pub fn scale_in_place<T: Elem>(x: &mut [T], s: T) {
+    for v in x.iter_mut() {
+        *v = *v * s;
+    }
+}
+
+/// y[i] += a·x[i]
+#[inline(always)]
+pub fn axpy<T: Elem>(a: T, x: &[T], y: &mut [T]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = a.mul_add(xv, *yv);
+    }
+}
+
+/// A strided matrix operand: element (i, p) lives at `data[i·rs + p·cs]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// C[m×n] = (accumulate ? C : 0) + A[m×k]·B[k×n], with A strided (so that Aᵀ is free),
+/// B row-major with row stride `ldb`, C row-major with row stride `ldc`.
+///
+/// `n_lim(i0, i1)` may shorten the columns computed for rows i0..i1 (the rest of those
+/// rows is left untouched) and `k_range(i0, i1)` the inner range: the causal kernel
+/// uses them to skip the masked part of diagonal tiles. Both are rounded by the caller.
+///
+/// Every row's result depends only on its own inputs and a fixed loop order, so the
+/// result is the same whichever thread runs it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn gemm<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<T>,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+    n_lim: impl Fn(usize, usize) -> usize,
+    k_range: impl Fn(usize, usize) -> (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds are checked once here; the micro-kernels below then use raw pointers.
+    if k > 0 {
+        assert!(
+            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+            "gemm: A out of bounds"
+        );
+        assert!((k - 1) * ldb + n <= b.len(), "gemm: B out of bounds");
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
+    let mut i = 0;
+    while i < m {
+        let r = if i + MR <= m { MR } else { 1 };
+        let nl = n_lim(i, i + r).min(n);
+        let (k0, k1) = k_range(i, i + r);
+        let k1 = k1.min(k);
+        let k0 = k0.min(k1);
+        // SAFETY: the asserts above cover rows i..i+r, columns < n and inner indices < k.
+        unsafe {
+            if r == MR {
+                row_block::<T, MR>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate);
+            } else {
+                row_block::<T, 1>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate);
+            }
+        }
+        i += r;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn row_block<T: Elem, const R: usize>(
+    n: usize,
+    k0: usize,
+    k1: usize,
+    a: Strided<T>,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+    i: usize,
+    accumulate: bool,
+) {
+    let ap = a.data.as_ptr().add(i * a.rs);
+    let cp = c.as_mut_ptr().add(i * ldc);
+    let bp = b.as_ptr();
+    let mut j = 0;
+    while j + 4 * L <= n {
+        micro::<T, R, 4>(
+            k0,
+            k1,
+            ap,
+            a.rs,
+            a.cs,
+            bp.add(j),
+            ldb,
+            cp.add(j),
+            ldc,
+            accumulate,
+        );
+        j += 4 * L;
+    }
+    while j + L <= n {
+        micro::<T, R, 1>(
+            k0,
+            k1,
+            ap,
+            a.rs,
+            a.cs,
+            bp.add(j),
+            ldb,
+            cp.add(j),
+            ldc,
+            accumulate,
+        );
+        j += L;
+    }
+    if j < n {
+        micro_tail::<T, R>(
+            k0,
+            k1,
+            ap,
+            a.rs,
+            a.cs,
+            bp.add(j),
+            ldb,
+            cp.add(j),
+            ldc,
+            accumulate,
+            n - j,
+        );
+    }
+}
+
+/// R rows x V·16 columns, accumulated in registers over p in k0..k1.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro<T: Elem, const R: usize, const V: usize>(
+    k0: usize,
+    k1: usize,
+    a: *const T,
+    ars: usize,
+    acs: usize,
+    b: *const T,
+    ldb: usize,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[[T::ZERO; L]; V]; R];
+    if accumulate {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, ch) in row.iter_mut().enumerate() {
+                *ch = (c.add(r * ldc + v * L) as *const [T; L]).read_unaligned();
+            }
+        }
+    }
+    for p in k0..k1 {
+        let brow = b.add(p * ldb);
+        let mut bv = [[T::ZERO; L]; V];
+        for (v, ch) in bv.iter_mut().enumerate() {
+            *ch = (brow.add(v * L) as *const [T; L]).read_unaligned();
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = *a.add(r * ars + p * acs);
+            for v in 0..V {
+                for l in 0..L {
+                    row[v][l] = av.mul_add(bv[v][l], row[v][l]);
+                }
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, ch) in row.iter().enumerate() {
+            (c.add(r * ldc + v * L) as *mut [T; L]).write_unaligned(*ch);
+        }
+    }
+}
+
+/// R rows x w < 16 columns: B is copied into a zero-padded chunk.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro_tail<T: Elem, const R: usize>(
+    k0: usize,
+    k1: usize,
+    a: *const T,
+    ars: usize,
+    acs: usize,
+    b: *const T,
+    ldb: usize,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+    w: usize,
+) {
+    let mut acc = [[T::ZERO; L]; R];
+    if accumulate {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (l, x) in row.iter_mut().take(w).enumerate() {
+                *x = *c.add(r * ldc + l);
+            }
+        }
+    }
+    for p in k0..k1 {
+        let mut bv = [T::ZERO; L];
+        for (l, x) in bv.iter_mut().take(w).enumerate() {
+            *x = *b.add(p * ldb + l);
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = *a.add(r * ars + p * acs);
+            for l in 0..L {
+                row[l] = av.mul_add(bv[l], row[l]);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (l, x) in row.iter().take(w).enumerate() {
+            *c.add(r * ldc + l) = *x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_f32_matches_f64_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        println!("exp_f32 worst relative error on [-87, 88]: {worst:.3e} (f32 ulp = 1.19e-7)");
+        assert!(worst < 2.5e-7, "exp_f32 too inaccurate: {worst}");
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-1000.0), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gemm_matches_naive_for_odd_shapes() {
+        for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (9, 70, 13), (4, 64, 64), (7, 33, 0)] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 11) as f64) - 5.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 13) as f64) - 6.0).collect();
+            let mut c = vec![1.0f64; m * n];
+            // A given transposed (rs = 1, cs = m) to exercise the strided operand.
+            let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let a_op = Strided {
+                data: &at,
+                rs: 1,
+                cs: m,
+            };
+            gemm(
+                m,
+                n,
+                k,
+                a_op,
+                &b,
+                n,
+                &mut c,
+                n,
+                true,
+                |_, _| usize::MAX,
+                |_, _| (0, usize::MAX),
+            );
+            let mut worst = 0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let want = 1.0 + (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f64>();
+                    worst = worst.max((c[i * n + j] - want).abs());
+                }
+            }
+            println!("gemm {m}x{n}x{k}: max |diff| {worst:e} (integers: exact expected)");
+            assert_eq!(worst, 0.0);
+        }
+    }
+}
