@@ -65,10 +65,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
         let mut trainer = Trainer::new(&config, &device)?;
         let (warmup, reps) = if args.quick { (1, 2) } else { (2, 7) };
+        // Baseline after the model and optimizer exist, before any step: the growth
+        // then counts activations, gradients and temporaries, as PyTorch's figure does.
+        let base = reset_peak_rss();
         for _ in 0..warmup {
             trainer.step(&tokens, config.lr)?;
         }
-        let base = reset_peak_rss();
         let mut totals = Vec::new();
         let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
