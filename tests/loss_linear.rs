@@ -6,26 +6,52 @@ mod loss_util;
 
 use candle_core::{Device, Tensor, Var};
 use loss_util::*;
-use tinylm::loss::{self, linear::linear_cross_entropy_chunked, reference, CrossEntropyOptions, Reduction};
+use tinylm::loss::{
+    self, linear::linear_cross_entropy_chunked, reference, CrossEntropyOptions, Reduction,
+};
 
-type Lce = dyn Fn(&Tensor, &Tensor, &Tensor, &CrossEntropyOptions) -> candle_core::Result<Tensor> + Send + Sync;
+type Lce = dyn Fn(&Tensor, &Tensor, &Tensor, &CrossEntropyOptions) -> candle_core::Result<Tensor>
+    + Send
+    + Sync;
 
 fn tgt(t: &[u32]) -> Tensor {
     Tensor::from_vec(t.to_vec(), t.len(), &Device::Cpu).unwrap()
 }
 
 /// Loss (summed for `None`) and the gradients of hidden and weight via autograd.
-fn run(f: &Lce, h: &Tensor, w: &Tensor, t: &[u32], o: &CrossEntropyOptions) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn run(
+    f: &Lce,
+    h: &Tensor,
+    w: &Tensor,
+    t: &[u32],
+    o: &CrossEntropyOptions,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let hv = Var::from_tensor(h).unwrap();
     let wv = Var::from_tensor(w).unwrap();
     let l = f(hv.as_tensor(), wv.as_tensor(), &tgt(t), o).unwrap();
-    let s = if o.reduction == Reduction::None { l.sum_all().unwrap() } else { l.clone() };
+    let s = if o.reduction == Reduction::None {
+        l.sum_all().unwrap()
+    } else {
+        l.clone()
+    };
     let g = s.backward().unwrap();
-    (to_f64(&l), to_f64(g.get(hv.as_tensor()).unwrap()), to_f64(g.get(wv.as_tensor()).unwrap()))
+    (
+        to_f64(&l),
+        to_f64(g.get(hv.as_tensor()).unwrap()),
+        to_f64(g.get(wv.as_tensor()).unwrap()),
+    )
 }
 
 /// f64 truth: logits = h·Wᵀ, then the textbook CE; dH = G·W, dW = Gᵀ·h.
-fn truth(h: &[f64], w: &[f64], t: &[u32], n: usize, d: usize, v: usize, o: &CrossEntropyOptions) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn truth(
+    h: &[f64],
+    w: &[f64],
+    t: &[u32],
+    n: usize,
+    d: usize,
+    v: usize,
+    o: &CrossEntropyOptions,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut z = vec![0.0; n * v];
     for i in 0..n {
         for j in 0..v {
@@ -43,7 +69,11 @@ fn truth(h: &[f64], w: &[f64], t: &[u32], n: usize, d: usize, v: usize, o: &Cros
             }
         }
     }
-    let l = if o.reduction == Reduction::None { rows } else { vec![red] };
+    let l = if o.reduction == Reduction::None {
+        rows
+    } else {
+        vec![red]
+    };
     (l, dh, dw)
 }
 
@@ -52,8 +82,14 @@ fn finite_difference_gradients_f64_across_chunks() {
     // f64 inputs run the same chunked code in f64; chunks of 2 rows cross boundaries.
     let mut worst = 0.0f64;
     for &(n, d, v) in &[(1, 3, 1), (1, 5, 7), (5, 7, 13), (3, 4, 17)] {
-        let h: Vec<f64> = uniform(30 + n as u64, n * d).iter().map(|u| 1.5 * u).collect();
-        let w: Vec<f64> = uniform(40 + v as u64, v * d).iter().map(|u| 1.5 * u).collect();
+        let h: Vec<f64> = uniform(30 + n as u64, n * d)
+            .iter()
+            .map(|u| 1.5 * u)
+            .collect();
+        let w: Vec<f64> = uniform(40 + v as u64, v * d)
+            .iter()
+            .map(|u| 1.5 * u)
+            .collect();
         let t = targets(50, n, v);
         for (name, o) in option_sweep() {
             let f = |h: &[f64], w: &[f64]| -> f64 {
@@ -62,7 +98,8 @@ fn finite_difference_gradients_f64_across_chunks() {
                 let l = linear_cross_entropy_chunked(&ht, &wt, &tgt(&t), &o, 2).unwrap();
                 l.sum_all().unwrap().to_scalar::<f64>().unwrap()
             };
-            let chunked: Box<Lce> = Box::new(|h, w, t, o| linear_cross_entropy_chunked(h, w, t, o, 2));
+            let chunked: Box<Lce> =
+                Box::new(|h, w, t, o| linear_cross_entropy_chunked(h, w, t, o, 2));
             let ht = Tensor::from_vec(h.clone(), (n, d), &Device::Cpu).unwrap();
             let wt = Tensor::from_vec(w.clone(), (v, d), &Device::Cpu).unwrap();
             let (_, gh, gw) = run(chunked.as_ref(), &ht, &wt, &t, &o);
@@ -91,12 +128,28 @@ fn finite_difference_gradients_f64_across_chunks() {
 #[test]
 fn agrees_with_f64_truth_and_reference() {
     let (n, d, v) = (45, 24, 301);
-    let h: Vec<f64> = uniform(60, n * d).iter().map(|u| (*u as f32) as f64 * 2.0).collect();
-    let w: Vec<f64> = uniform(61, v * d).iter().map(|u| (*u as f32) as f64 * 0.5).collect();
+    let h: Vec<f64> = uniform(60, n * d)
+        .iter()
+        .map(|u| (*u as f32) as f64 * 2.0)
+        .collect();
+    let w: Vec<f64> = uniform(61, v * d)
+        .iter()
+        .map(|u| (*u as f32) as f64 * 0.5)
+        .collect();
     let mut t = targets(62, n, v);
     t[7] = 2;
-    let h32 = Tensor::from_vec(h.iter().map(|&a| a as f32).collect::<Vec<_>>(), (n, d), &Device::Cpu).unwrap();
-    let w32 = Tensor::from_vec(w.iter().map(|&a| a as f32).collect::<Vec<_>>(), (v, d), &Device::Cpu).unwrap();
+    let h32 = Tensor::from_vec(
+        h.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+        (n, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let w32 = Tensor::from_vec(
+        w.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+        (v, d),
+        &Device::Cpu,
+    )
+    .unwrap();
     for (name, o) in option_sweep() {
         let (lt, dht, dwt) = truth(&h, &w, &t, n, d, v, &o);
         let small: Box<Lce> = Box::new(|h, w, t, o| linear_cross_entropy_chunked(h, w, t, o, 8));
@@ -107,9 +160,18 @@ fn agrees_with_f64_truth_and_reference() {
         let gmax = dht.iter().chain(&dwt).fold(0.0f64, |a, b| a.max(b.abs()));
         let floor_l = 4.0 * f32::EPSILON as f64 * lmax;
         let floor_g = 4.0 * f32::EPSILON as f64 * gmax;
-        let er = (max_abs_diff(&lr, &lt), max_abs_diff(&dhr, &dht).max(max_abs_diff(&dwr, &dwt)));
-        for (label, l, dh, dw) in [("one chunk", &lf, &dhf, &dwf), ("8-row chunks", &lc, &dhc, &dwc)] {
-            let ef = (max_abs_diff(l, &lt), max_abs_diff(dh, &dht).max(max_abs_diff(dw, &dwt)));
+        let er = (
+            max_abs_diff(&lr, &lt),
+            max_abs_diff(&dhr, &dht).max(max_abs_diff(&dwr, &dwt)),
+        );
+        for (label, l, dh, dw) in [
+            ("one chunk", &lf, &dhf, &dwf),
+            ("8-row chunks", &lc, &dhc, &dwc),
+        ] {
+            let ef = (
+                max_abs_diff(l, &lt),
+                max_abs_diff(dh, &dht).max(max_abs_diff(dw, &dwt)),
+            );
             let ok = ef.0 <= 2.0 * er.0 + floor_l && ef.1 <= 2.0 * er.1 + floor_g;
             println!(
                 "{name:>14} {label:>12}: loss err {:.2e} (ref {:.2e}), grad err {:.2e} (ref {:.2e}) -> {}",
@@ -127,15 +189,42 @@ fn agrees_with_f64_truth_and_reference() {
 #[test]
 fn all_ignored_zero_and_bitwise_repeatable() {
     let (n, d, v) = (6, 8, 33);
-    let h = Tensor::from_vec(uniform(70, n * d).iter().map(|&a| a as f32).collect::<Vec<_>>(), (n, d), &Device::Cpu).unwrap();
-    let w = Tensor::from_vec(uniform(71, v * d).iter().map(|&a| a as f32).collect::<Vec<_>>(), (v, d), &Device::Cpu).unwrap();
-    let o = CrossEntropyOptions { ignore_index: Some(4), label_smoothing: 0.1, ..Default::default() };
+    let h = Tensor::from_vec(
+        uniform(70, n * d)
+            .iter()
+            .map(|&a| a as f32)
+            .collect::<Vec<_>>(),
+        (n, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let w = Tensor::from_vec(
+        uniform(71, v * d)
+            .iter()
+            .map(|&a| a as f32)
+            .collect::<Vec<_>>(),
+        (v, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let o = CrossEntropyOptions {
+        ignore_index: Some(4),
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
     let (l, dh, dw) = run(&loss::linear_cross_entropy, &h, &w, &[4; 6], &o);
-    println!("all ignored: loss {l:?}, max |dh| {}, max |dw| {}", dh.iter().fold(0.0f64, |a, b| a.max(b.abs())), dw.iter().fold(0.0f64, |a, b| a.max(b.abs())));
+    println!(
+        "all ignored: loss {l:?}, max |dh| {}, max |dw| {}",
+        dh.iter().fold(0.0f64, |a, b| a.max(b.abs())),
+        dw.iter().fold(0.0f64, |a, b| a.max(b.abs()))
+    );
     assert!(l.iter().chain(&dh).chain(&dw).all(|&a| a == 0.0));
 
     let t = targets(72, n, v);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let small: Box<Lce> = Box::new(|h, w, t, o| linear_cross_entropy_chunked(h, w, t, o, 4));
     let first = pool.install(|| run(small.as_ref(), &h, &w, &t, &o));
     for _ in 0..3 {
@@ -150,19 +239,39 @@ fn reduction_none_weights_rows_and_accumulation_matches() {
     let (n, d, v) = (12, 10, 29);
     let hf: Vec<f32> = uniform(80, n * d).iter().map(|&a| a as f32).collect();
     let h = Tensor::from_vec(hf.clone(), (n, d), &Device::Cpu).unwrap();
-    let w = Tensor::from_vec(uniform(81, v * d).iter().map(|&a| a as f32).collect::<Vec<_>>(), (v, d), &Device::Cpu).unwrap();
+    let w = Tensor::from_vec(
+        uniform(81, v * d)
+            .iter()
+            .map(|&a| a as f32)
+            .collect::<Vec<_>>(),
+        (v, d),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut t = targets(82, n, v);
     t[0] = 3;
     t[1] = 3;
     t[9] = 3;
     // Per-row weights through Reduction::None.
-    let o = CrossEntropyOptions { reduction: Reduction::None, ignore_index: Some(3), ..Default::default() };
-    let wts = Tensor::from_vec((0..n).map(|i| 0.25 + i as f32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+    let o = CrossEntropyOptions {
+        reduction: Reduction::None,
+        ignore_index: Some(3),
+        ..Default::default()
+    };
+    let wts = Tensor::from_vec(
+        (0..n).map(|i| 0.25 + i as f32).collect::<Vec<_>>(),
+        n,
+        &Device::Cpu,
+    )
+    .unwrap();
     let weighted = |f: &Lce| {
         let (hv, wv) = (Var::from_tensor(&h).unwrap(), Var::from_tensor(&w).unwrap());
         let l = f(hv.as_tensor(), wv.as_tensor(), &tgt(&t), &o).unwrap();
         let g = (l * &wts).unwrap().sum_all().unwrap().backward().unwrap();
-        (to_f64(g.get(hv.as_tensor()).unwrap()), to_f64(g.get(wv.as_tensor()).unwrap()))
+        (
+            to_f64(g.get(hv.as_tensor()).unwrap()),
+            to_f64(g.get(wv.as_tensor()).unwrap()),
+        )
     };
     let (fh, fw) = weighted(&loss::linear_cross_entropy);
     let (rh, rw) = weighted(&reference::linear_cross_entropy);
@@ -170,10 +279,17 @@ fn reduction_none_weights_rows_and_accumulation_matches() {
     println!("none, weighted rows: fused vs reference max diff {e:.1e}");
     assert!(e < 1e-5);
     // Micro-batches with the global normaliser sum to the big batch's gradients.
-    let o = CrossEntropyOptions { ignore_index: Some(3), z_loss: 1e-3, ..Default::default() };
+    let o = CrossEntropyOptions {
+        ignore_index: Some(3),
+        z_loss: 1e-3,
+        ..Default::default()
+    };
     let total = t.iter().filter(|&&a| a != 3).count() as f32;
     let (_, bh, bw) = run(&loss::linear_cross_entropy, &h, &w, &t, &o);
-    let om = CrossEntropyOptions { normalizer: Some(total), ..o.clone() };
+    let om = CrossEntropyOptions {
+        normalizer: Some(total),
+        ..o.clone()
+    };
     let mut acc_h = Vec::new();
     let mut acc_w = vec![0.0; v * d];
     for (a, b) in [(0, 5), (5, 12)] {
