@@ -1,8 +1,375 @@
-//! `tinylm bench loss`: not written yet.
+//! `tinylm bench loss [--json]`: the fused cross-entropy kernels against the composed
+//! reference, on the case names of `shared/bench/torch_reference.py`.
+//!
+//! Cases: `ce_fwd_NxV`, `ce_fwdbwd_NxV` for N x V in 16384x256, 8192x8192, 4096x32768,
+//! 4096x50304, and `linear_ce_fwdbwd_4096x50304_d512`. Implementations, timed
+//! interleaved (one call of each in turn, repeated) so that machine noise hits all alike:
+//!
+//! * `fused`: for `ce_fwd`, [`loss::cross_entropy`] on logits that need no gradient; for
+//!   `ce_fwdbwd`, [`loss::cross_entropy_loss_and_grad`] (loss and d(logits), one pass);
+//!   for `linear_ce_fwdbwd`, [`loss::linear_cross_entropy`] + `backward()` to hidden and
+//!   weight.
+//! * `fused_reuse` (ce_fwdbwd only): [`loss::cross_entropy_loss_and_grad_into`], the
+//!   same kernel writing into a gradient buffer reused across calls (no page faults).
+//! * `fused_autograd` (ce_fwdbwd only): [`loss::cross_entropy`] on a `Var` + candle's
+//!   `backward()`, i.e. the fused kernel plus candle's gradient store (which adds a
+//!   zero-filled [N, V] accumulator and an [N, V] add).
+//! * `reference`: the composed candle ops of [`loss::reference`], with `backward()`.
+//! * `matmuls` (linear case only): the three products the fused op is built on, h·Wᵀ,
+//!   G·W and Gᵀ·h, at the same shapes: the floor the 1.2x target is measured against.
+//!
+//! Memory: peak live heap bytes during one call minus before it (inputs already built),
+//! from the counting allocator. Bandwidth: a read+write stream (b = 1.0001·a over 2 x 512
+//! MiB) measured in the same run gives the floor 8·N·V bytes / bandwidth for fwd+bwd
+//! (4·N·V for fwd); `pct_of_floor` is floor time / measured time.
 
-use super::BenchArgs;
+use super::{alloc, median, BenchArgs};
+use crate::loss::{self, reference, CrossEntropyOptions};
+use candle_core::{Device, Tensor, Var};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::time::Instant;
+
+/// One result row; the first six fields are the record every bench prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub case: String,
+    #[serde(rename = "impl")]
+    pub imp: String,
+    pub median_ms: f64,
+    pub tokens_per_s: f64,
+    pub gb_per_s: f64,
+    pub peak_extra_bytes: usize,
+    /// Bandwidth-floor time / measured time (CE cases), percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pct_of_floor: Option<f64>,
+    /// Matmul throughput (linear case), GFLOP/s counting 3 · 2·N·V·D.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    pub reps: usize,
+    pub threads: usize,
+}
+
+/// Read+write bandwidth in GB/s (10^9 B/s), counting 8 bytes per element as the CE
+/// floor does: b[i] = 1.0001·a[i] over `bytes`/8 f32 elements in each of a and b, on
+/// the rayon threads, median of 5 after a warm-up (both buffers pre-touched).
+pub fn measure_bandwidth(bytes: usize) -> f64 {
+    let n = bytes / 8;
+    let a = vec![1.0f32; n];
+    let mut b = vec![0.0f32; n];
+    let mut run = || {
+        b.par_chunks_mut(1 << 16)
+            .zip(a.par_chunks(1 << 16))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d = *s * 1.0001;
+                }
+            });
+    };
+    run();
+    let mut ts: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    std::hint::black_box(&b);
+    (8 * n) as f64 / median(&mut ts) / 1e9
+}
+
+type BoxFn<'a> = Box<dyn FnMut() -> anyhow::Result<()> + 'a>;
+
+/// Times the implementations interleaved: `warmup` rounds, then `rounds` rounds of one
+/// call each in turn. The first warm-up call of each also measures its peak extra heap.
+/// Returns (name, median ms, samples, peak extra bytes).
+fn interleaved(
+    impls: &mut [(&str, BoxFn<'_>)],
+    warmup: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<(String, f64, usize, usize)>> {
+    let mut peaks = vec![0usize; impls.len()];
+    for w in 0..warmup.max(1) {
+        for (k, (_, f)) in impls.iter_mut().enumerate() {
+            let base = alloc::reset_peak();
+            f()?;
+            if w == 0 {
+                peaks[k] = alloc::peak_since(base);
+            }
+        }
+    }
+    let mut samples = vec![Vec::new(); impls.len()];
+    for _ in 0..rounds {
+        for (k, (_, f)) in impls.iter_mut().enumerate() {
+            let t = Instant::now();
+            f()?;
+            samples[k].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(impls
+        .iter()
+        .zip(samples.iter_mut())
+        .zip(peaks)
+        .map(|(((name, _), s), p)| (name.to_string(), median(s), s.len(), p))
+        .collect())
+}
+
+/// Deterministic logits ~ 2·N(0,1)-ish (sum of uniforms), as the PyTorch cases use
+/// `randn·2`, and targets uniform in [0, V).
+fn inputs(n: usize, v: usize) -> anyhow::Result<(Tensor, Tensor)> {
+    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let x: Vec<f32> = (0..n * v)
+        .map(|_| {
+            let r = next();
+            // Irwin-Hall(4) in [-2, 2], variance 1/3 per uniform: scale to std ≈ 2.
+            let u = ((r & 0xFFFF) + ((r >> 16) & 0xFFFF) + ((r >> 32) & 0xFFFF) + (r >> 48)) as f32
+                / 65536.0
+                - 2.0;
+            u * 3.4641
+        })
+        .collect();
+    let t: Vec<u32> = (0..n).map(|_| (next() % v as u64) as u32).collect();
+    Ok((
+        Tensor::from_vec(x, (n, v), &Device::Cpu)?,
+        Tensor::from_vec(t, n, &Device::Cpu)?,
+    ))
+}
+
+fn ce_cases(
+    args: &BenchArgs,
+    bw: f64,
+    threads: usize,
+    out: &mut Vec<Record>,
+) -> anyhow::Result<()> {
+    let shapes: &[(usize, usize)] = if args.quick {
+        &[(512, 256), (64, 8192)]
+    } else {
+        &[(16384, 256), (8192, 8192), (4096, 32768), (4096, 50304)]
+    };
+    let o = CrossEntropyOptions::default();
+    let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
+    for &(n, v) in shapes {
+        let (x, t) = inputs(n, v)?;
+        let big = n * v >= 100_000_000;
+        let (warmup, rounds) = if args.quick {
+            (1, 2)
+        } else if big {
+            (1, 5)
+        } else {
+            (2, 9)
+        };
+        let fwd = format!("ce_fwd_{n}x{v}");
+        if wanted(&fwd) {
+            let mut impls: Vec<(&str, BoxFn)> = vec![
+                (
+                    "fused",
+                    Box::new(|| {
+                        std::hint::black_box(loss::cross_entropy(&x, &t, &o)?);
+                        Ok(())
+                    }),
+                ),
+                (
+                    "reference",
+                    Box::new(|| {
+                        std::hint::black_box(reference::cross_entropy(&x, &t, &o)?);
+                        Ok(())
+                    }),
+                ),
+            ];
+            for (imp, ms, reps, peak) in interleaved(&mut impls, warmup, rounds)? {
+                let bytes = 4.0 * (n * v) as f64;
+                out.push(Record {
+                    case: fwd.clone(),
+                    imp,
+                    median_ms: ms,
+                    tokens_per_s: n as f64 / (ms / 1e3),
+                    gb_per_s: bytes / (ms / 1e3) / 1e9,
+                    peak_extra_bytes: peak,
+                    pct_of_floor: Some(100.0 * (bytes / (bw * 1e9)) / (ms / 1e3)),
+                    gflops: None,
+                    reps,
+                    threads,
+                });
+            }
+        }
+        let fb = format!("ce_fwdbwd_{n}x{v}");
+        if wanted(&fb) {
+            let var = Var::from_tensor(&x)?;
+            let mut buf = vec![0f32; n * v];
+            let mut impls: Vec<(&str, BoxFn)> = vec![
+                (
+                    "fused",
+                    Box::new(|| {
+                        std::hint::black_box(loss::cross_entropy_loss_and_grad(&x, &t, &o)?);
+                        Ok(())
+                    }),
+                ),
+                (
+                    "fused_reuse",
+                    Box::new(|| {
+                        std::hint::black_box(loss::cross_entropy_loss_and_grad_into(
+                            &x, &t, &o, &mut buf,
+                        )?);
+                        Ok(())
+                    }),
+                ),
+                (
+                    "fused_autograd",
+                    Box::new(|| {
+                        let l = loss::cross_entropy(var.as_tensor(), &t, &o)?;
+                        std::hint::black_box(l.backward()?);
+                        Ok(())
+                    }),
+                ),
+                (
+                    "reference",
+                    Box::new(|| {
+                        let l = reference::cross_entropy(var.as_tensor(), &t, &o)?;
+                        std::hint::black_box(l.backward()?);
+                        Ok(())
+                    }),
+                ),
+            ];
+            for (imp, ms, reps, peak) in interleaved(&mut impls, warmup, rounds)? {
+                let bytes = 8.0 * (n * v) as f64;
+                out.push(Record {
+                    case: fb.clone(),
+                    imp,
+                    median_ms: ms,
+                    tokens_per_s: n as f64 / (ms / 1e3),
+                    gb_per_s: bytes / (ms / 1e3) / 1e9,
+                    peak_extra_bytes: peak,
+                    pct_of_floor: Some(100.0 * (bytes / (bw * 1e9)) / (ms / 1e3)),
+                    gflops: None,
+                    reps,
+                    threads,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn linear_case(args: &BenchArgs, threads: usize, out: &mut Vec<Record>) -> anyhow::Result<()> {
+    let (n, v, d) = if args.quick {
+        (256, 4096, 64)
+    } else {
+        (4096, 50304, 512)
+    };
+    let case = format!("linear_ce_fwdbwd_{n}x{v}_d{d}");
+    if !args.filter.as_deref().is_none_or(|f| case.contains(f)) {
+        return Ok(());
+    }
+    let (h0, t) = inputs(n, d)?;
+    let t = (t.to_dtype(candle_core::DType::F64)? * (v as f64 / d as f64))?
+        .floor()?
+        .to_dtype(candle_core::DType::U32)?;
+    let (w0, _) = inputs(v, d)?;
+    let w0 = (w0 * (0.5 / (d as f64).sqrt()))?; // randn · d^-1/2 as in the PyTorch case
+    let h0 = (h0 * 0.5)?; // randn
+    let (h, w) = (Var::from_tensor(&h0)?, Var::from_tensor(&w0)?);
+    let o = CrossEntropyOptions::default();
+    // A gradient-shaped [N, V] operand for the two backward products.
+    let g = Tensor::zeros((n, v), candle_core::DType::F32, &Device::Cpu)?;
+    let mut impls: Vec<(&str, BoxFn)> = vec![
+        (
+            "fused",
+            Box::new(|| {
+                let l = loss::linear_cross_entropy(h.as_tensor(), w.as_tensor(), &t, &o)?;
+                std::hint::black_box(l.backward()?);
+                Ok(())
+            }),
+        ),
+        (
+            "matmuls",
+            Box::new(|| {
+                std::hint::black_box(h0.matmul(&w0.t()?)?); // [N, D] x [D, V]
+                std::hint::black_box(g.matmul(&w0)?); // [N, V] x [V, D]
+                std::hint::black_box(g.t()?.matmul(&h0)?); // [V, N] x [N, D]
+                Ok(())
+            }),
+        ),
+        (
+            "reference",
+            Box::new(|| {
+                let l = reference::linear_cross_entropy(h.as_tensor(), w.as_tensor(), &t, &o)?;
+                std::hint::black_box(l.backward()?);
+                Ok(())
+            }),
+        ),
+    ];
+    let rounds = if args.quick { 2 } else { 3 };
+    for (imp, ms, reps, peak) in interleaved(&mut impls, 1, rounds)? {
+        let flops = 3.0 * 2.0 * (n * v * d) as f64;
+        out.push(Record {
+            case: case.clone(),
+            imp,
+            median_ms: ms,
+            tokens_per_s: n as f64 / (ms / 1e3),
+            // Logits-equivalent traffic (8·N·V), for comparison with the CE cases.
+            gb_per_s: 8.0 * (n * v) as f64 / (ms / 1e3) / 1e9,
+            peak_extra_bytes: peak,
+            pct_of_floor: None,
+            gflops: Some(flops / (ms / 1e3) / 1e9),
+            reps,
+            threads,
+        });
+    }
+    Ok(())
+}
 
 /// Runs the loss bench cases.
-pub fn run(_args: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tinylm bench loss is not implemented yet")
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let records = collect(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    }
+    Ok(())
+}
+
+/// Runs the cases and returns the records; prints the table unless `args.json`.
+pub fn collect(args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
+    if !alloc::installed() {
+        eprintln!("note: the counting allocator is not installed; peak_extra_bytes will read 0");
+    }
+    let threads = rayon::current_num_threads();
+    let bw = measure_bandwidth(if args.quick { 64 << 20 } else { 1 << 30 });
+    if args.json {
+        eprintln!("loss bench: {threads} rayon threads, measured read+write bandwidth {bw:.1} GB/s (8 B/element)");
+    } else {
+        println!("loss bench: {threads} rayon threads, measured read+write bandwidth {bw:.1} GB/s (8 B/element)");
+    }
+    let mut out = Vec::new();
+    ce_cases(args, bw, threads, &mut out)?;
+    linear_case(args, threads, &mut out)?;
+    if !args.json {
+        println!(
+            "{:<36} {:<15} {:>10} {:>12} {:>8} {:>8} {:>12}",
+            "case", "impl", "median_ms", "tokens/s", "GB/s", "%floor", "peak_MB"
+        );
+        for r in &out {
+            let extra = match (r.pct_of_floor, r.gflops) {
+                (Some(p), _) => format!("{p:.0}%"),
+                (None, Some(g)) => format!("{g:.0}GF"),
+                _ => String::new(),
+            };
+            println!(
+                "{:<36} {:<15} {:>10.2} {:>12.4e} {:>8.2} {:>8} {:>12.1}",
+                r.case,
+                r.imp,
+                r.median_ms,
+                r.tokens_per_s,
+                r.gb_per_s,
+                extra,
+                r.peak_extra_bytes as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    Ok(out)
 }

@@ -357,6 +357,46 @@ pub fn cross_entropy_loss_and_grad(
     Ok((loss, g.expect("asked for a gradient")))
 }
 
+/// [`cross_entropy_loss_and_grad`] for f32 logits into a gradient buffer the caller
+/// owns and reuses: `grad` [N·V] receives d(loss)/d(logits). Returns the loss values
+/// (one, or N for `None`). A buffer written before costs no page faults, which on this
+/// machine are a large share of writing a fresh [N, V] gradient (see BENCHMARKS.md).
+pub fn cross_entropy_loss_and_grad_into(
+    logits: &Tensor,
+    targets: &Tensor,
+    o: &CrossEntropyOptions,
+    grad: &mut [f32],
+) -> Result<Vec<f64>> {
+    let (logits, targets) = prepare(logits, targets)?;
+    let (n, v) = logits.dims2()?;
+    if grad.len() != n * v {
+        bail!(
+            "cross_entropy: gradient buffer of {} for [{n}, {v}]",
+            grad.len()
+        )
+    }
+    let (ls, ll) = logits.storage_and_layout();
+    let (ts, tl) = targets.storage_and_layout();
+    let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
+        bail!("cross_entropy: the fused kernel runs on the CPU only")
+    };
+    let Logits::F32(x) = logits_slice(ls, ll)? else {
+        bail!("cross_entropy_loss_and_grad_into: f32 logits only")
+    };
+    let t = targets_slice(ts, tl)?;
+    let counted = count_rows(t, o.ignore_index);
+    let p = params(o, v);
+    let outs = kernel::run::<f32, f32>(
+        x,
+        t,
+        &p,
+        RowScale::Uniform(row_factor(o, counted)),
+        Some(grad),
+    )
+    .map_err(kernel_err)?;
+    Ok(reduce(o, &outs, counted))
+}
+
 /// Lets the graph hold the op by `Arc` while the caller keeps a handle for the stats.
 struct ArcOp(Arc<CeOp>);
 

@@ -120,7 +120,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes' 5.0000001201e-1, which is 0.5 in f32
     let er = p * r * r + r + 1.0;
     let scale = f32::from_bits(((ki + 127) as u32) << 23);
     let y = er * scale;
@@ -488,7 +488,7 @@ fn row<T: Elem<F>, F: Real>(
             let (m, bad) = pass_max::<F, F>(&y);
             let y_t = y[t];
             // argmax == target, first index on ties (as torch.argmax).
-            let correct = y_t == m && !y[..t].iter().any(|&yv| yv == m);
+            let correct = y_t == m && !y[..t].contains(&m);
             (m, bad, y_t, correct)
         } else {
             let (m, bad) = pass_max::<T, F>(xs);
@@ -499,7 +499,7 @@ fn row<T: Elem<F>, F: Real>(
     };
     let err = if bad > F::ZERO {
         1
-    } else if !(m > -F::INF) {
+    } else if m == -F::INF {
         2
     } else {
         0

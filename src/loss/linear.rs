@@ -39,7 +39,8 @@ struct Chunked {
     dw: Option<Tensor>,
 }
 
-/// The chunk loop. `h` [N, D] and `w` [V, D] are detached, contiguous f32.
+/// The chunk loop. `h` [N, D] and `w` [V, D] are detached, contiguous f32 (or f64).
+#[allow(clippy::too_many_arguments)]
 fn chunked(
     h: &Tensor,
     w: &Tensor,

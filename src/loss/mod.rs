@@ -14,7 +14,10 @@ pub mod kernel;
 pub mod linear;
 pub mod reference;
 
-pub use fused::{cross_entropy_loss_and_grad, cross_entropy_with_stats, CrossEntropyStats};
+pub use fused::{
+    cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into, cross_entropy_with_stats,
+    CrossEntropyStats,
+};
 pub use kernel::set_simd_cap;
 
 use candle_core::{DType, Result, Tensor};
