@@ -33,6 +33,9 @@ pub struct TrainState {
     pub elapsed_s: f64,
     /// Validation loss at this step, if evaluated here.
     pub val_loss: Option<f64>,
+    /// Elapsed seconds when warmup ended: the start of a time-budget run's decay.
+    #[serde(default)]
+    pub warmup_end_s: Option<f64>,
 }
 
 /// A checkpoint read back: its state, the weights and the optimizer moments.

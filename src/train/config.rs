@@ -210,6 +210,27 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Learning rate of a time-budget run: linear warmup over `warmup_steps`, then
+    /// cosine decay to `min_lr` over the rest of the budget, by elapsed time
+    /// (`warmup_end_s`: when warmup ended).
+    pub fn lr_at_time(
+        &self,
+        step: usize,
+        elapsed_s: f64,
+        warmup_end_s: Option<f64>,
+        budget_s: f64,
+    ) -> f64 {
+        let Some(t0) = warmup_end_s.filter(|_| step >= self.warmup_steps) else {
+            return self.lr * (step + 1).min(self.warmup_steps.max(1)) as f64
+                / self.warmup_steps.max(1) as f64;
+        };
+        let progress = ((elapsed_s - t0) / (budget_s - t0).max(1e-9)).clamp(0.0, 1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.min_lr + cosine * (self.lr - self.min_lr)
+    }
+}
+
 /// Names accepted by `--preset`.
 pub const PRESETS: &[&str] = &["default", "bench-ref", "tiny"];
 

@@ -340,9 +340,7 @@ pub fn run(
             // A resumed run may be given a new end (e.g. more steps).
             state.config.max_steps = config.max_steps;
             state.config.time_budget_s = config.time_budget_s;
-            if let Some(m) = config.max_steps {
-                state.horizon = m;
-            }
+            state.horizon = config.max_steps.unwrap_or(usize::MAX);
             (trainer, state)
         }
         None => {
@@ -357,6 +355,7 @@ pub fn run(
                 best_step: None,
                 elapsed_s: 0.0,
                 val_loss: None,
+                warmup_end_s: None,
             };
             (trainer, state)
         }
@@ -394,22 +393,27 @@ pub fn run(
     };
 
     let time_budget = cfg.time_budget_s.unwrap_or(f64::INFINITY);
-    let pb = if opts.progress {
-        indicatif::ProgressBar::new(if state.horizon == usize::MAX {
-            0
-        } else {
-            state.horizon as u64
-        })
-    } else {
+    // A step-count run shows steps; a time-budget run shows seconds of its budget.
+    let by_time = cfg.max_steps.is_none();
+    let pb = if !opts.progress {
         indicatif::ProgressBar::hidden()
+    } else if by_time {
+        indicatif::ProgressBar::new(time_budget.ceil() as u64)
+    } else {
+        indicatif::ProgressBar::new(state.horizon as u64)
     };
+    let unit = if by_time { "s" } else { "steps" };
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps (ETA {eta}) {msg}",
-        )?
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} (ETA {{eta}}) {{msg}}"
+        ))?
         .progress_chars("=> "),
     );
-    pb.set_position(state.step as u64);
+    pb.set_position(if by_time {
+        state.elapsed_s as u64
+    } else {
+        state.step as u64
+    });
 
     let started = Instant::now();
     let elapsed0 = state.elapsed_s;
@@ -421,14 +425,20 @@ pub fn run(
     let mut tokens_done = 0usize;
     let mut train_time = 0f64;
     let mut eval_time_per_call = None;
-    // Step times (seconds) of this session's steps, for the horizon estimate.
-    let mut step_secs: Vec<f64> = Vec::new();
 
     while state.step < state.horizon {
         let step = state.step;
-        // Phase: learning rate. Before the horizon is known (time-budget runs) the
-        // schedule is still in warmup, which does not depend on it.
-        let lr = cfg.lr_at(step, state.horizon);
+        // Phase: learning rate. A time-budget run decays over the fraction of its
+        // budget spent (so it ends at min_lr whatever the machine's speed); a
+        // step-count run over its steps (deterministic).
+        if step == cfg.warmup_steps && state.warmup_end_s.is_none() {
+            state.warmup_end_s = Some(elapsed(&started));
+        }
+        let lr = if by_time {
+            cfg.lr_at_time(step, elapsed(&started), state.warmup_end_s, time_budget)
+        } else {
+            cfg.lr_at(step, state.horizon)
+        };
 
         // Phase: evaluation (at step 0 too: the initial loss is worth seeing).
         if step % cfg.eval_interval == 0 {
@@ -453,8 +463,11 @@ pub fn run(
         state.sampler = trainer.sampler.state();
         tokens_done += cfg.tokens_per_step();
         train_time += dt;
-        step_secs.push(dt);
-        pb.inc(1);
+        pb.set_position(if by_time {
+            elapsed(&started) as u64
+        } else {
+            state.step as u64
+        });
 
         if out.applied {
             bad_steps = 0;
@@ -478,19 +491,6 @@ pub fn run(
                      (lower --lr?); last good checkpoint: {keep}"
                 );
             }
-        }
-
-        // A time-budget run fixes its horizon once step times are known: the steps that
-        // fit in the remaining budget, with evaluations accounted for.
-        if state.horizon == usize::MAX && step_secs.len() == 20 {
-            let mut recent = step_secs[5..].to_vec();
-            let per_step = crate::bench::median(&mut recent);
-            let per_eval = eval_time_per_call.unwrap_or(0.0) / cfg.eval_interval as f64;
-            let left =
-                (time_budget - elapsed(&started) - eval_time_per_call.unwrap_or(0.0)).max(0.0);
-            state.horizon = state.step + (left / (per_step + per_eval)) as usize;
-            state.horizon = state.horizon.max(cfg.warmup_steps + 1).max(state.step + 1);
-            pb.set_length(state.horizon as u64);
         }
 
         // Phase: log.
@@ -528,7 +528,8 @@ pub fn run(
             )?;
         }
 
-        let out_of_time = elapsed(&started) >= time_budget;
+        // The final evaluation must fit in the budget too.
+        let out_of_time = elapsed(&started) + eval_time_per_call.unwrap_or(0.0) >= time_budget;
         interrupted = opts.stop.load(Ordering::SeqCst) || opts.stop_at_step == Some(state.step);
         let last = state.step >= state.horizon || out_of_time || interrupted;
         if last {
