@@ -118,6 +118,10 @@ struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long)]
     checkpoint_interval: Option<usize>,
+    /// Consecutive steps with a non-finite loss or gradient (each skipped) before the
+    /// run stops, keeping its last good checkpoint.
+    #[arg(long)]
+    max_bad_steps: Option<usize>,
     /// Tokens of the sample printed at the end (0 = none).
     #[arg(long, default_value_t = 300)]
     sample_tokens: usize,
@@ -293,6 +297,7 @@ fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(c.eval_batches, a.eval_batches);
     set!(c.log_interval, a.log_interval);
     set!(c.checkpoint_interval, a.checkpoint_interval);
+    set!(c.max_bad_steps, a.max_bad_steps);
     set!(c.seed, a.seed);
     if let Some(s) = a.max_steps {
         c.max_steps = Some(s);
@@ -336,10 +341,40 @@ fn timestamp() -> String {
 }
 
 fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    train::faults::check_env()?;
     let device = setup(&a.common)?;
     let tokenizer = Tokenizer::Bytes;
-    let (config, run_dir, resume) = match &a.resume {
-        Some(dir) => {
+    // The run directory: --out, else the resumed run (the parent of a checkpoint
+    // directory), else a new runs/<preset>-<time>.
+    let new_config = match &a.resume {
+        Some(_) => None,
+        None => Some(resolve_config(&a)?),
+    };
+    let run_dir = match (&a.out, &a.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(dir)) if dir.join("state.json").exists() => dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.clone()),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => PathBuf::from("runs").join(format!("{}-{}", a.preset, timestamp())),
+    };
+    if let Some(dir) = &a.resume {
+        anyhow::ensure!(dir.exists(), "checkpoint {} not found", dir.display());
+    }
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    // Held until this function returns, on every path.
+    let (lock, note) = checkpoint::RunLock::acquire(&run_dir)?;
+    if let Some(note) = note {
+        println!("{note}");
+    }
+    let tidied = checkpoint::clean_stale(&run_dir)?;
+    if tidied > 0 {
+        println!("removed {tidied} leftovers of an interrupted checkpoint write");
+    }
+    let (config, resume) = match (new_config, &a.resume) {
+        (None, Some(dir)) => {
             let loaded = checkpoint::load(dir, false, &device)?;
             let mut config = loaded.state.config.clone();
             if let Some(s) = a.max_steps {
@@ -348,26 +383,24 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             if let Some(t) = a.time_budget {
                 config.time_budget_s = Some(t);
             }
-            let run_dir = a.out.clone().unwrap_or_else(|| dir.clone());
+            if let Some(n) = a.max_bad_steps {
+                config.max_bad_steps = n;
+            }
             println!(
                 "resuming {} at step {}",
                 loaded.dir.display(),
                 loaded.state.step
             );
-            (config, run_dir, Some(loaded))
+            (config, Some(loaded))
         }
-        None => {
-            let config = resolve_config(&a)?;
-            let run_dir = a.out.clone().unwrap_or_else(|| {
-                PathBuf::from("runs").join(format!("{}-{}", a.preset, timestamp()))
-            });
+        (config, _) => {
             anyhow::ensure!(
                 checkpoint::list(&run_dir).is_empty(),
                 "run directory {} already holds checkpoints: continue it with --resume {} or choose another --out",
                 run_dir.display(),
                 run_dir.display()
             );
-            (config, run_dir, None)
+            (config.expect("a new run has a config"), None)
         }
     };
     let text = read_corpus(&a.data)?;
@@ -378,8 +411,12 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         config.seed,
         config.model.block_size,
     )?;
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    // Refused here, before any large allocation, with the estimate.
+    let mem = train::memory::check(
+        &config,
+        corpus.train.len() + corpus.val.len(),
+        train::memory::available_bytes(),
+    )?;
     let config_toml = toml::to_string_pretty(&config)?;
     checkpoint::write_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
     println!("run directory: {}", run_dir.display());
@@ -398,14 +435,22 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         config.tokens_per_step(),
         tinylm::device::threads()
     );
+    println!(
+        "memory: about {mem}{}",
+        train::memory::available_bytes()
+            .map(|b| format!(", of {} available", train::memory::human(b)))
+            .unwrap_or_default()
+    );
     println!("config:\n{config_toml}");
 
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
+        let release = lock.releaser();
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 eprintln!("second interrupt: exiting without a checkpoint");
+                release();
                 std::process::exit(130);
             }
             eprintln!(
