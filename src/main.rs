@@ -244,35 +244,22 @@ fn setup(c: &Common) -> anyhow::Result<candle_core::Device> {
     tinylm::device::select(&c.device)
 }
 
-/// Merges TOML table `over` into `base`, key by key.
-fn merge_toml(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge_toml(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
 fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut c = TrainConfig::preset(&a.preset)?;
     if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let over: toml::Value = toml::from_str(&text)
-            .with_context(|| format!("malformed config {}", path.display()))?;
-        let mut base = toml::Value::try_from(&c)?;
-        merge_toml(&mut base, over);
-        c = base
-            .try_into()
-            .with_context(|| format!("invalid config {}", path.display()))?;
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            len <= train::config_file::MAX_CONFIG_BYTES as u64,
+            "config {} is {len} bytes, too large to be a config",
+            path.display()
+        );
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read config {} (is it UTF-8 text?)", path.display())
+        })?;
+        c = train::config_file::config_from_toml(&c, &text)
+            .with_context(|| format!("config {}", path.display()))?;
     }
     let m = &mut c.model;
     macro_rules! set {

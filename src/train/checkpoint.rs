@@ -158,6 +158,7 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// disk.
 fn write_file_synced(path: &Path, bytes: &[u8], budget: &mut Option<u64>) -> std::io::Result<()> {
     let mut f = fs::File::create(path)?;
+    super::faults::checkpoint_write_pause();
     if let Some(left) = budget {
         let n = (*left).min(bytes.len() as u64) as usize;
         f.write_all(&bytes[..n])?;

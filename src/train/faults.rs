@@ -7,6 +7,9 @@
 //! - `checkpoint-write-fail:after-bytes=N`: every checkpoint save of this process
 //!   fails once it has written N bytes of its files, with the error a full disk gives
 //!   (ENOSPC), as if the disk filled up in the middle of the write.
+//! - `checkpoint-write-delay:ms=N`: every file of a checkpoint save sleeps N ms after
+//!   it is written, so that a test that kills the process at random moments often
+//!   lands in the middle of a save.
 //! - `nan-loss:from-step=A,to-step=B`: the A-th to B-th optimizer steps of this process
 //!   (counted from 1, also in a resumed run) report a NaN loss, as a diverging model
 //!   would. `to-step` defaults to "forever".
@@ -21,6 +24,7 @@ pub const ENV: &str = "TINYLM_FAULT_INJECT";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     CheckpointWriteFail { after_bytes: u64 },
+    CheckpointWriteDelay { ms: u64 },
     NanLoss { from_step: usize, to_step: usize },
 }
 
@@ -44,12 +48,15 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<Fault>> {
             "checkpoint-write-fail" => Fault::CheckpointWriteFail {
                 after_bytes: take("after-bytes", &mut kv).unwrap_or(0),
             },
+            "checkpoint-write-delay" => Fault::CheckpointWriteDelay {
+                ms: take("ms", &mut kv).unwrap_or(0),
+            },
             "nan-loss" => Fault::NanLoss {
                 from_step: take("from-step", &mut kv).unwrap_or(1) as usize,
                 to_step: take("to-step", &mut kv).map_or(usize::MAX, |v| v as usize),
             },
             other => anyhow::bail!(
-                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, nan-loss)"
+                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss)"
             ),
         };
         if let Some(k) = kv.keys().next() {
@@ -87,6 +94,15 @@ pub fn checkpoint_write_limit() -> Option<u64> {
         Fault::CheckpointWriteFail { after_bytes } => Some(*after_bytes),
         _ => None,
     })
+}
+
+/// Sleeps as `checkpoint-write-delay` asks, if injected.
+pub fn checkpoint_write_pause() {
+    for f in active() {
+        if let Fault::CheckpointWriteDelay { ms } = f {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+    }
 }
 
 /// Counts an optimizer step of this process; true when its loss is to be NaN.

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod config_file;
 pub mod faults;
 pub mod memory;
 pub mod optim;
