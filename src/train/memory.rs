@@ -7,11 +7,13 @@
 //!
 //! The formula, in f32 values (4 bytes each), with P parameters:
 //!
-//!     P           = V·C + T·C + L·(12·C² + 13·C) + 2·C
-//!     weights     = P,  gradients = P,  AdamW moments = 2·P
-//!     checkpoint  = 3·P          (serialised model + moments, while a save runs)
-//!     activations = B·T·(L·(34·C + 5·H·T) + 4·V + 4·C)
-//!     corpus      = 5 bytes per token (the text and its u32 ids)
+//! ```text
+//! P           = V·C + T·C + L·(12·C² + 13·C) + 2·C
+//! weights     = P,  gradients = P,  AdamW moments = 2·P
+//! checkpoint  = 3·P          (serialised model + moments, while a save runs)
+//! activations = B·T·(L·(34·C + 5·H·T) + 4·V + 4·C)
+//! corpus      = 5 bytes per token (the text and its u32 ids)
+//! ```
 //!
 //! Activations are what autograd keeps for one micro-batch with materialised attention:
 //! per layer and token about 34·C values (layer norms and their statistics, q/k/v and
