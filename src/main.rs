@@ -361,7 +361,17 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         println!("removed {tidied} leftovers of an interrupted checkpoint write");
     }
     let (config, resume) = match (new_config, &a.resume) {
-        (None, Some(dir)) => {
+        (Some(config), _) => {
+            anyhow::ensure!(
+                checkpoint::list(&run_dir).is_empty(),
+                "run directory {} already holds checkpoints: continue it with --resume {} or choose another --out",
+                run_dir.display(),
+                run_dir.display()
+            );
+            (config, None)
+        }
+        (None, resume) => {
+            let dir = resume.as_ref().unwrap_or(&run_dir);
             let loaded = checkpoint::load(dir, false, &device)?;
             let mut config = loaded.state.config.clone();
             if let Some(s) = a.max_steps {
@@ -379,15 +389,6 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
                 loaded.state.step
             );
             (config, Some(loaded))
-        }
-        (config, _) => {
-            anyhow::ensure!(
-                checkpoint::list(&run_dir).is_empty(),
-                "run directory {} already holds checkpoints: continue it with --resume {} or choose another --out",
-                run_dir.display(),
-                run_dir.display()
-            );
-            (config.expect("a new run has a config"), None)
         }
     };
     let text = read_corpus(&a.data)?;

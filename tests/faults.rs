@@ -770,6 +770,29 @@ fn hostile_files_give_one_line_errors() {
         &[],
     );
     assert!(e.contains("checksum"), "{e}");
+    // A state whose config would overflow or exhaust memory is refused on resume.
+    type Resume = (&'static str, fn(&mut serde_json::Value), &'static str);
+    let resumes: [Resume; 2] = [
+        (
+            "keep-last",
+            |v| v["config"]["keep_last"] = u64::MAX.into(),
+            "keep_last 18446744073709551615 is implausibly large",
+        ),
+        (
+            "batch",
+            |v| v["config"]["batch_size"] = (1u64 << 40).into(),
+            "needs about",
+        ),
+    ];
+    for (name, edit, want) in resumes {
+        let d = case(name);
+        edit_state(&d, edit);
+        let e = run_fails(
+            &train_args(&d, &["--resume", d.to_str().unwrap(), "--max-steps", "4"]),
+            &[],
+        );
+        assert!(e.contains(want), "{name}: {e}");
+    }
 
     // Malformed config files.
     let cfgs: Vec<(&str, Vec<u8>, &str)> = vec![

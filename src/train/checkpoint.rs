@@ -292,7 +292,8 @@ pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<usize>) -> anyh
     let all = list(run_dir);
     let n = all.len();
     for (i, (step, dir)) in all.into_iter().enumerate() {
-        if i + keep_last.max(1) < n && Some(step) != best_step {
+        // Saturating: a huge keep_last from a hostile config must keep all, not wrap.
+        if i.saturating_add(keep_last.max(1)) < n && Some(step) != best_step {
             let doomed = run_dir.join(format!(
                 ".{}.deleting-{}",
                 step_dir_name(step),

@@ -131,6 +131,19 @@ pub fn check(
         config.eval_batches.checked_mul(config.batch_size),
         m.n_layer.checked_mul(12).and_then(|x| x.checked_add(4)),
     ];
+    // Counts a step loop adds to or compares with: far below any overflow.
+    let limit = 1usize << 52;
+    for (name, v) in [
+        ("warmup_steps", config.warmup_steps),
+        ("max_steps", config.max_steps.unwrap_or(0)),
+        ("eval_interval", config.eval_interval),
+        ("log_interval", config.log_interval),
+        ("checkpoint_interval", config.checkpoint_interval),
+        ("keep_last", config.keep_last),
+        ("max_bad_steps", config.max_bad_steps),
+    ] {
+        anyhow::ensure!(v <= limit, "{name} {v} is implausibly large");
+    }
     let fits_usize = products.iter().all(|p| p.is_some());
     if let Some(avail) = available {
         anyhow::ensure!(
@@ -175,6 +188,12 @@ mod tests {
         c.batch_size = usize::MAX / 2;
         assert!(check(&c, 1000, Some(f64::INFINITY)).is_err());
         assert!(check(&c, 1000, None).is_err());
+        let mut c = TrainConfig::preset("tiny").unwrap();
+        c.warmup_steps = usize::MAX;
+        assert!(check(&c, 1000, None)
+            .unwrap_err()
+            .to_string()
+            .contains("warmup_steps"));
     }
 
     #[test]
