@@ -383,13 +383,23 @@ impl Tmpfs {
             .is_ok_and(|s| s.success());
         ok.then(|| Tmpfs(at.to_path_buf()))
     }
-    fn remount_read_only(&self) {
-        assert!(Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success());
+    /// Remounts read-only or read-write; retried, since a remount to read-only fails
+    /// (EBUSY) while a file is open for writing.
+    fn remount(&self, mode: &str) {
+        for _ in 0..200 {
+            let ok = Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("cannot remount {} {mode}", self.0.display());
     }
 }
 
@@ -418,7 +428,7 @@ fn real_full_disk_and_read_only_directory() {
     sample_works(&run);
     let before = snapshot(&run.join("step-00000002"));
     // Read-only: refused up front (the lock cannot be taken), checkpoint intact.
-    fs.remount_read_only();
+    fs.remount("ro");
     let e = run_fails(
         &train_args(
             &run,
@@ -429,6 +439,51 @@ fn real_full_disk_and_read_only_directory() {
     assert!(e.contains("Read-only file system"), "{e}");
     assert_eq!(snapshot(&run.join("step-00000002")), before);
     sample_works(&run);
+
+    // Read-only while a run is going: its next checkpoint write fails cleanly.
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt2"), "8m") else {
+        panic!("a second tmpfs could not be mounted");
+    };
+    let run = fs.0.join("run");
+    let args = train_args(
+        &run,
+        &[
+            "--max-steps",
+            "100000",
+            "--checkpoint-interval",
+            "2",
+            "--log-interval",
+            "100000",
+        ],
+    );
+    let r = Running::spawn(&args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint::list(&run).is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs.remount("ro");
+    let (status, _, err) = r.finish();
+    println!("{err}");
+    assert_eq!(status.code(), Some(1));
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("cannot write checkpoint"), "{err}");
+    assert!(lines[0].contains("Read-only file system"), "{err}");
+    let (step, ckpt) = checkpoint::list(&run).pop().unwrap();
+    checkpoint::load(&ckpt, false, &candle_core::Device::Cpu).unwrap();
+    sample_works(&run);
+    // Writable again: the resume takes over the lock the failed run could not delete.
+    fs.remount("rw");
+    let end = (step + 2).to_string();
+    let out = run_ok(
+        &train_args(
+            &run,
+            &["--resume", run.to_str().unwrap(), "--max-steps", &end],
+        ),
+        &[],
+    );
+    assert!(out.contains(&format!("done after {end} steps")), "{out}");
 }
 
 #[test]
