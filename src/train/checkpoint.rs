@@ -573,10 +573,7 @@ impl RunLock {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => anyhow::bail!("cannot create lock file {}: {e}", path.display()),
             }
-            // Small and ours: a lock file larger than this is not one of ours.
-            let text = fs::read(&path)
-                .map(|b| String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned())
-                .unwrap_or_default();
+            let text = read_lock(&path).unwrap_or_default();
             let mut it = text.split_whitespace();
             let owner: Option<u32> = it.next().and_then(|s| s.parse().ok());
             let started: Option<u64> = it.next().and_then(|s| s.parse().ok());
@@ -617,10 +614,18 @@ impl RunLock {
     }
 }
 
+/// The start of a lock file: ours are ~20 bytes, and a larger file is not read whole.
+fn read_lock(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)?.take(64).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Removes the lock file at `path` if it still holds `token`: never a lock another
 /// process took over meanwhile.
 fn release_lock(path: &Path, token: &str) {
-    if fs::read_to_string(path).is_ok_and(|t| t == token) {
+    if read_lock(path).is_ok_and(|t| t == token) {
         let _ = fs::remove_file(path);
     }
 }
