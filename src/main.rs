@@ -152,6 +152,10 @@ struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long)]
     checkpoint_interval: Option<usize>,
+    /// Consecutive steps with a non-finite loss or gradient (each skipped) before the
+    /// run stops, keeping its last good checkpoint.
+    #[arg(long)]
+    max_bad_steps: Option<usize>,
     /// Tokens of the sample printed at the end (0 = none).
     #[arg(long, default_value_t = 300)]
     sample_tokens: usize,
@@ -278,35 +282,22 @@ fn setup(c: &Common) -> anyhow::Result<candle_core::Device> {
     tinylm::device::select(&c.device)
 }
 
-/// Merges TOML table `over` into `base`, key by key.
-fn merge_toml(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge_toml(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
 fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut c = TrainConfig::preset(&a.preset)?;
     if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let over: toml::Value = toml::from_str(&text)
-            .with_context(|| format!("malformed config {}", path.display()))?;
-        let mut base = toml::Value::try_from(&c)?;
-        merge_toml(&mut base, over);
-        c = base
-            .try_into()
-            .with_context(|| format!("invalid config {}", path.display()))?;
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            len <= train::config_file::MAX_CONFIG_BYTES as u64,
+            "config {} is {len} bytes, too large to be a config",
+            path.display()
+        );
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read config {} (is it UTF-8 text?)", path.display())
+        })?;
+        c = train::config_file::config_from_toml(&c, &text)
+            .with_context(|| format!("config {}", path.display()))?;
     }
     let m = &mut c.model;
     macro_rules! set {
@@ -331,6 +322,7 @@ fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(c.eval_batches, a.eval_batches);
     set!(c.log_interval, a.log_interval);
     set!(c.checkpoint_interval, a.checkpoint_interval);
+    set!(c.max_bad_steps, a.max_bad_steps);
     set!(c.seed, a.seed);
     if let Some(s) = a.max_steps {
         c.max_steps = Some(s);
@@ -374,9 +366,49 @@ fn timestamp() -> String {
 }
 
 fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    train::faults::check_env()?;
     let device = setup(&a.common)?;
-    let (mut config, run_dir, resume) = match &a.resume {
-        Some(dir) => {
+    // The run directory: --out, else the resumed run (the parent of a checkpoint
+    // directory), else a new runs/<preset>-<time>.
+    let new_config = match &a.resume {
+        Some(_) => None,
+        None => Some(resolve_config(&a)?),
+    };
+    let run_dir = match (&a.out, &a.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(dir)) if dir.join("state.json").exists() => dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.clone()),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => PathBuf::from("runs").join(format!("{}-{}", a.preset, timestamp())),
+    };
+    if let Some(dir) = &a.resume {
+        anyhow::ensure!(dir.exists(), "checkpoint {} not found", dir.display());
+    }
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    // Held until this function returns, on every path.
+    let (lock, note) = checkpoint::RunLock::acquire(&run_dir)?;
+    if let Some(note) = note {
+        println!("{note}");
+    }
+    let tidied = checkpoint::clean_stale(&run_dir)?;
+    if tidied > 0 {
+        println!("removed {tidied} leftovers of an interrupted checkpoint write");
+    }
+    let (mut config, resume) = match (new_config, &a.resume) {
+        (Some(config), _) => {
+            anyhow::ensure!(
+                checkpoint::list(&run_dir).is_empty(),
+                "run directory {} already holds checkpoints: continue it with --resume {} or choose another --out",
+                run_dir.display(),
+                run_dir.display()
+            );
+            (config, None)
+        }
+        (None, resume) => {
+            let dir = resume.as_ref().unwrap_or(&run_dir);
             let loaded = checkpoint::load(dir, false, &device)?;
             let mut config = loaded.state.config.clone();
             if let Some(s) = a.max_steps {
@@ -385,26 +417,15 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             if let Some(t) = a.time_budget {
                 config.time_budget_s = Some(t);
             }
-            let run_dir = a.out.clone().unwrap_or_else(|| dir.clone());
+            if let Some(n) = a.max_bad_steps {
+                config.max_bad_steps = n;
+            }
             println!(
                 "resuming {} at step {}",
                 loaded.dir.display(),
                 loaded.state.step
             );
-            (config, run_dir, Some(loaded))
-        }
-        None => {
-            let config = resolve_config(&a)?;
-            let run_dir = a.out.clone().unwrap_or_else(|| {
-                PathBuf::from("runs").join(format!("{}-{}", a.preset, timestamp()))
-            });
-            anyhow::ensure!(
-                checkpoint::list(&run_dir).is_empty(),
-                "run directory {} already holds checkpoints: continue it with --resume {} or choose another --out",
-                run_dir.display(),
-                run_dir.display()
-            );
-            (config, run_dir, None)
+            (config, Some(loaded))
         }
     };
     let text = read_corpus(&a.data)?;
@@ -417,9 +438,13 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     };
     config.model.vocab_size = tokenizer.vocab_size();
     let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     tokenizer.save_to_dir(&run_dir)?;
+    // Refused here, before any large allocation, with the estimate.
+    let mem = train::memory::check(
+        &config,
+        corpus.train.len() + corpus.val.len(),
+        train::memory::available_bytes(),
+    )?;
     let config_toml = toml::to_string_pretty(&config)?;
     checkpoint::write_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
     println!("run directory: {}", run_dir.display());
@@ -439,14 +464,22 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         config.tokens_per_step(),
         tinylm::device::threads()
     );
+    println!(
+        "memory: about {mem}{}",
+        train::memory::available_bytes()
+            .map(|b| format!(", of {} available", train::memory::human(b)))
+            .unwrap_or_default()
+    );
     println!("config:\n{config_toml}");
 
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
+        let release = lock.releaser();
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 eprintln!("second interrupt: exiting without a checkpoint");
+                release();
                 std::process::exit(130);
             }
             eprintln!(

@@ -6,6 +6,9 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod config;
+pub mod config_file;
+pub mod faults;
+pub mod memory;
 
 use crate::data::{eval_windows, Corpus, WindowSampler};
 use crate::eval::{evaluate_windows, EvalReport};
@@ -231,6 +234,9 @@ impl Trainer {
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         }
         let grad_norm = sq.sqrt();
+        if faults::nan_loss_next_step() {
+            loss_sum = f64::NAN;
+        }
         let applied = loss_sum.is_finite() && grad_norm.is_finite();
         if applied {
             let scale = if c.grad_clip > 0.0 && grad_norm > c.grad_clip {
@@ -340,6 +346,7 @@ pub fn run(
             // A resumed run may be given a new end (e.g. more steps).
             state.config.max_steps = config.max_steps;
             state.config.time_budget_s = config.time_budget_s;
+            state.config.max_bad_steps = config.max_bad_steps;
             state.horizon = config.max_steps.unwrap_or(usize::MAX);
             (trainer, state)
         }
