@@ -805,7 +805,7 @@ fn hostile_files_give_one_line_errors() {
         (
             "tokenizer",
             |v| v["tokenizer"] = "bpe:4000000000".into(),
-            "cannot load",
+            "no tokenizer.json",
         ),
         ("files", |v| v["files"] = "garbage".into(), "malformed"),
     ];
@@ -815,6 +815,12 @@ fn hostile_files_give_one_line_errors() {
         let e = sample_fails(&d);
         assert!(e.contains(want), "{name}: {e}");
     }
+    // A tokenizer file of garbage beside a BPE checkpoint.
+    let d = case("garbage-tokenizer");
+    edit_state(&d, |v| v["tokenizer"] = "bpe:300:0123456789abcdef".into());
+    std::fs::write(d.join("tokenizer.json"), b"\x00\xffnot a tokenizer{{{").unwrap();
+    let e = sample_fails(&d);
+    assert!(e.contains("tokenizer"), "garbage tokenizer: {e}");
     // Resuming from a damaged checkpoint fails the same way, nothing written.
     let d = case("flip-resume");
     let mut b = std::fs::read(d.join("model.safetensors")).unwrap();
