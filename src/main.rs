@@ -91,9 +91,10 @@ struct TrainArgs {
     #[arg(long, default_value = "default")]
     preset: String,
     /// `bytes`, `bpe:N` (train a BPE of N tokens on the training split first), or the
-    /// path of a tokenizer.json. Stored in the run directory; sample and eval use it.
-    #[arg(long, default_value = "bytes")]
-    tokenizer: String,
+    /// path of a tokenizer.json (default: the preset's). Stored in the run directory;
+    /// sample and eval use it.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// TOML file whose fields override the preset (same names as the stored config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -430,12 +431,26 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     };
     let text = read_corpus(&a.data)?;
     let split = tinylm::data::split_text(&text, config.val_fraction, config.seed)?;
-    let tokenizer = match (&resume, a.tokenizer.as_str()) {
+    let tokenizer = match (&resume, &a.tokenizer) {
         // A resumed run keeps its tokenizer; an explicit different one is refused by
         // the fingerprint check in train::run.
-        (Some(loaded), "bytes") => train::checkpoint_tokenizer(loaded)?,
-        (_, spec) => resolve_tokenizer(spec, &split.train)?,
+        (Some(loaded), None) => train::checkpoint_tokenizer(loaded)?,
+        (_, Some(spec)) => resolve_tokenizer(spec, &split.train)?,
+        (None, None) => resolve_tokenizer(&config.tokenizer, &split.train)?,
     };
+    if let Some(loaded) = &resume {
+        // Checked before anything is written into the run directory.
+        anyhow::ensure!(
+            loaded.state.tokenizer == tokenizer.fingerprint(),
+            "checkpoint {} was trained with tokenizer {}, not {}",
+            loaded.dir.display(),
+            loaded.state.tokenizer,
+            tokenizer.fingerprint()
+        );
+    }
+    if let Some(spec) = &a.tokenizer {
+        config.tokenizer = spec.clone();
+    }
     config.model.vocab_size = tokenizer.vocab_size();
     let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
     tokenizer.save_to_dir(&run_dir)?;
@@ -607,6 +622,13 @@ fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
             han_piece,
         } => {
             let text = read_corpus(&data)?;
+            if let Err(e) = std::str::from_utf8(&text) {
+                anyhow::bail!(
+                    "{} is not UTF-8 (first bad byte at offset {}): a BPE is trained on UTF-8 text",
+                    data.display(),
+                    e.valid_up_to()
+                );
+            }
             let mut opts = tinylm::tokenizer::bpe::BpeTrainOptions::new(vocab_size);
             opts.han_piece = han_piece;
             let t0 = std::time::Instant::now();

@@ -177,6 +177,31 @@ fn bad_inputs_fail_with_one_line() {
     assert!(train(&["--data", "data/zh_tiny.txt", "--lr=-1"]).contains("lr"));
     fails(&["train", "--data", "data/zh_tiny.txt", "--context=-5"]);
     fails(&["train", "--data", "data/zh_tiny.txt", "--preset", "huge"]);
+    // A BPE is trained on UTF-8 only: a non-UTF-8 corpus is refused, not mangled.
+    let latin1 = d("latin1.txt");
+    let mut bytes = std::fs::read("data/zh_tiny.txt").unwrap();
+    bytes[100] = 0xFF;
+    std::fs::write(&latin1, &bytes).unwrap();
+    assert!(train(&["--data", &latin1, "--tokenizer", "bpe:300"]).contains("UTF-8"));
+    assert!(fails(&[
+        "tokenizer",
+        "train",
+        "--data",
+        &latin1,
+        "--vocab-size",
+        "300",
+        "--out",
+        &d("t.json")
+    ])
+    .contains("UTF-8"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--tokenizer", "bpe:many"]).contains("bpe:"));
+    assert!(train(&[
+        "--data",
+        "data/zh_tiny.txt",
+        "--tokenizer",
+        &d("missing.json")
+    ])
+    .contains("missing.json"));
     assert!(fails(&["sample", "--checkpoint", &d("nope")]).contains("not found"));
     assert!(fails(&[
         "eval",
@@ -234,6 +259,23 @@ fn damaged_checkpoints_fail_with_one_line() {
     let garbage = copy("garbage");
     std::fs::write(garbage.join("state.json"), "{not json").unwrap();
     assert!(fails(&["sample", "--checkpoint", garbage.to_str().unwrap()]).contains("malformed"));
+    // A checkpoint refuses to continue with another tokenizer, and writes nothing.
+    let before = std::fs::read_dir(run).unwrap().count();
+    let e = fails(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--tokenizer",
+        "bpe:300",
+        "--data",
+        "data/zh_tiny.txt",
+    ]);
+    assert!(
+        e.contains("trained with tokenizer bytes, not bpe:300"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(run).unwrap().count(), before);
+    assert!(!run.join("tokenizer.json").exists());
     // An existing run directory is not overwritten without --resume.
     assert!(fails(&[
         "train",
