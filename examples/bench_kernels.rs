@@ -20,15 +20,7 @@ use std::time::Instant;
 use tinylm::kernels::{self, reference};
 use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
 
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        0.5 * (xs[n / 2 - 1] + xs[n / 2])
-    }
-}
+use tinylm::bench::median;
 
 fn ms(f: &mut dyn FnMut()) -> f64 {
     let t = Instant::now();

@@ -440,13 +440,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     };
     if let Some(loaded) = &resume {
         // Checked before anything is written into the run directory.
-        anyhow::ensure!(
-            loaded.state.tokenizer == tokenizer.fingerprint(),
-            "checkpoint {} was trained with tokenizer {}, not {}",
-            loaded.dir.display(),
-            loaded.state.tokenizer,
-            tokenizer.fingerprint()
-        );
+        train::ensure_same_tokenizer(loaded, &tokenizer)?;
     }
     if let Some(spec) = &a.tokenizer {
         config.tokenizer = spec.clone();

@@ -290,6 +290,22 @@ pub fn checkpoint_tokenizer(loaded: &checkpoint::Loaded) -> anyhow::Result<Token
     Ok(tok)
 }
 
+/// Refuses to continue a checkpoint with a tokenizer other than the one it was
+/// trained with.
+pub fn ensure_same_tokenizer(
+    loaded: &checkpoint::Loaded,
+    tokenizer: &Tokenizer,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        loaded.state.tokenizer == tokenizer.fingerprint(),
+        "checkpoint {} was trained with tokenizer {}, not {}",
+        loaded.dir.display(),
+        loaded.state.tokenizer,
+        tokenizer.fingerprint()
+    );
+    Ok(())
+}
+
 /// Prints a line above the progress bar (or plainly when there is none).
 fn say(pb: &indicatif::ProgressBar, line: &str) {
     if pb.is_hidden() {
@@ -334,13 +350,7 @@ pub fn run(
     let metrics_path = opts.run_dir.join("metrics.jsonl");
     let (mut trainer, mut state) = match resume {
         Some(loaded) => {
-            anyhow::ensure!(
-                loaded.state.tokenizer == tokenizer.fingerprint(),
-                "checkpoint {} was trained with tokenizer {}, not {}",
-                loaded.dir.display(),
-                loaded.state.tokenizer,
-                tokenizer.describe()
-            );
+            ensure_same_tokenizer(&loaded, tokenizer)?;
             let trainer = Trainer::from_checkpoint(&loaded, &opts.device)?;
             let mut state = loaded.state;
             // A resumed run may be given a new end (e.g. more steps).
