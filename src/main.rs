@@ -101,12 +101,14 @@ struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Optimizer steps (overrides the time budget's estimate).
+    /// Optimizer steps: the cosine schedule runs over them and the run is bit-for-bit
+    /// reproducible at a fixed --threads (without it, the preset's time budget rules).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Training wall-clock budget in seconds.
     #[arg(long)]
     time_budget: Option<f64>,
+    /// Seeds the initialisation, the train/validation split and the batch sampler.
     #[arg(long)]
     seed: Option<u64>,
     /// Layers (L).
@@ -136,6 +138,7 @@ struct TrainArgs {
     /// Linear warmup steps.
     #[arg(long)]
     warmup: Option<usize>,
+    /// AdamW decoupled weight decay of the weight matrices (not biases, gains, embeddings).
     #[arg(long)]
     weight_decay: Option<f64>,
     /// Global gradient-norm clip (0 = off).
