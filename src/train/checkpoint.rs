@@ -45,6 +45,10 @@ pub struct TrainState {
     /// Elapsed seconds when warmup ended: the start of a time-budget run's decay.
     #[serde(default)]
     pub warmup_end_s: Option<f64>,
+    /// AdamW updates applied (its bias-correction t): fewer than `step` when
+    /// non-finite steps were skipped. Absent in older checkpoints: then `step`.
+    #[serde(default)]
+    pub optimizer_steps: Option<u64>,
 }
 
 /// A checkpoint read back: its state, the weights and the optimizer moments.

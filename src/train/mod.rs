@@ -177,7 +177,13 @@ impl Trainer {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         optimizer
-            .set_state(loaded.state.step as u64, &moments)
+            .set_state(
+                loaded
+                    .state
+                    .optimizer_steps
+                    .unwrap_or(loaded.state.step as u64),
+                &moments,
+            )
             .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", loaded.dir.display()))?;
         Ok(Self {
             model,
@@ -373,6 +379,7 @@ pub fn run(
                 elapsed_s: 0.0,
                 val_loss: None,
                 warmup_end_s: None,
+                optimizer_steps: None,
             };
             (trainer, state)
         }
@@ -399,9 +406,13 @@ pub fn run(
         )
     };
     let save = |trainer: &Trainer, state: &TrainState| -> anyhow::Result<PathBuf> {
+        let state = TrainState {
+            optimizer_steps: Some(trainer.optimizer.step_count()),
+            ..state.clone()
+        };
         let dir = checkpoint::save(
             &opts.run_dir,
-            state,
+            &state,
             &trainer.model.named_tensors(),
             &optimizer_tensors(&trainer.model, &trainer.optimizer)?,
         )?;
