@@ -212,16 +212,12 @@ impl TrainConfig {
     /// decay to `min_lr` at the horizon.
     pub fn lr_at(&self, step: usize, horizon: usize) -> f64 {
         if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+            return self.warmup_lr(step);
         }
         let span = horizon.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.min_lr + cosine * (self.lr - self.min_lr)
+        self.cosine_lr((step - self.warmup_steps) as f64 / span)
     }
-}
 
-impl TrainConfig {
     /// Learning rate of a time-budget run: linear warmup over `warmup_steps`, then
     /// cosine decay to `min_lr` over the rest of the budget, by elapsed time
     /// (`warmup_end_s`: when warmup ended).
@@ -232,12 +228,21 @@ impl TrainConfig {
         warmup_end_s: Option<f64>,
         budget_s: f64,
     ) -> f64 {
-        let Some(t0) = warmup_end_s.filter(|_| step >= self.warmup_steps) else {
-            return self.lr * (step + 1).min(self.warmup_steps.max(1)) as f64
-                / self.warmup_steps.max(1) as f64;
-        };
-        let progress = ((elapsed_s - t0) / (budget_s - t0).max(1e-9)).clamp(0.0, 1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        match warmup_end_s.filter(|_| step >= self.warmup_steps) {
+            None => self.warmup_lr(step),
+            Some(t0) => self.cosine_lr((elapsed_s - t0) / (budget_s - t0).max(1e-9)),
+        }
+    }
+
+    /// Linear warmup from lr/warmup to lr at the last warmup step.
+    fn warmup_lr(&self, step: usize) -> f64 {
+        let w = self.warmup_steps.max(1);
+        self.lr * (step + 1).min(w) as f64 / w as f64
+    }
+
+    /// Cosine from `lr` (progress 0) to `min_lr` (progress 1 and beyond).
+    fn cosine_lr(&self, progress: f64) -> f64 {
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.clamp(0.0, 1.0)).cos());
         self.min_lr + cosine * (self.lr - self.min_lr)
     }
 }
@@ -254,6 +259,23 @@ mod tests {
         for p in PRESETS {
             TrainConfig::preset(p).unwrap().validate().unwrap();
         }
+    }
+
+    #[test]
+    fn time_schedule_decays_over_the_budget_after_warmup() {
+        let c = TrainConfig::preset("default").unwrap();
+        let w = c.warmup_steps;
+        // During warmup the clock does not matter; the step does.
+        assert_eq!(
+            c.lr_at_time(w / 2, 200.0, None, 300.0),
+            c.lr_at(w / 2, 10_000)
+        );
+        // Warmup ended at t = 20 s: peak there, halfway at 160 s, floor at and past the budget.
+        assert!((c.lr_at_time(w, 20.0, Some(20.0), 300.0) - c.lr).abs() < 1e-12);
+        let mid = 0.5 * (c.lr + c.min_lr);
+        assert!((c.lr_at_time(w + 50, 160.0, Some(20.0), 300.0) - mid).abs() < 1e-12);
+        assert!((c.lr_at_time(w + 99, 300.0, Some(20.0), 300.0) - c.min_lr).abs() < 1e-12);
+        assert!((c.lr_at_time(w + 99, 400.0, Some(20.0), 300.0) - c.min_lr).abs() < 1e-12);
     }
 
     #[test]
