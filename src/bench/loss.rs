@@ -141,6 +141,34 @@ fn inputs(n: usize, v: usize) -> anyhow::Result<(Tensor, Tensor)> {
     ))
 }
 
+/// A cross-entropy record: `bytes` is the bandwidth floor's traffic (4·N·V for the
+/// forward, 8·N·V for forward + backward) at `bw` GB/s.
+#[allow(clippy::too_many_arguments)]
+fn ce_record(
+    case: &str,
+    n: usize,
+    imp: String,
+    ms: f64,
+    reps: usize,
+    peak: usize,
+    bytes: f64,
+    bw: f64,
+    threads: usize,
+) -> Record {
+    Record {
+        case: case.to_string(),
+        imp,
+        median_ms: ms,
+        tokens_per_s: n as f64 / (ms / 1e3),
+        gb_per_s: bytes / (ms / 1e3) / 1e9,
+        peak_extra_bytes: peak,
+        pct_of_floor: Some(100.0 * (bytes / (bw * 1e9)) / (ms / 1e3)),
+        gflops: None,
+        reps,
+        threads,
+    }
+}
+
 fn ce_cases(
     args: &BenchArgs,
     bw: f64,
@@ -183,19 +211,17 @@ fn ce_cases(
                 ),
             ];
             for (imp, ms, reps, peak) in interleaved(&mut impls, warmup, rounds)? {
-                let bytes = 4.0 * (n * v) as f64;
-                out.push(Record {
-                    case: fwd.clone(),
+                out.push(ce_record(
+                    &fwd,
+                    n,
                     imp,
-                    median_ms: ms,
-                    tokens_per_s: n as f64 / (ms / 1e3),
-                    gb_per_s: bytes / (ms / 1e3) / 1e9,
-                    peak_extra_bytes: peak,
-                    pct_of_floor: Some(100.0 * (bytes / (bw * 1e9)) / (ms / 1e3)),
-                    gflops: None,
+                    ms,
                     reps,
+                    peak,
+                    4.0 * (n * v) as f64,
+                    bw,
                     threads,
-                });
+                ));
             }
         }
         let fb = format!("ce_fwdbwd_{n}x{v}");
@@ -237,19 +263,17 @@ fn ce_cases(
                 ),
             ];
             for (imp, ms, reps, peak) in interleaved(&mut impls, warmup, rounds)? {
-                let bytes = 8.0 * (n * v) as f64;
-                out.push(Record {
-                    case: fb.clone(),
+                out.push(ce_record(
+                    &fb,
+                    n,
                     imp,
-                    median_ms: ms,
-                    tokens_per_s: n as f64 / (ms / 1e3),
-                    gb_per_s: bytes / (ms / 1e3) / 1e9,
-                    peak_extra_bytes: peak,
-                    pct_of_floor: Some(100.0 * (bytes / (bw * 1e9)) / (ms / 1e3)),
-                    gflops: None,
+                    ms,
                     reps,
+                    peak,
+                    8.0 * (n * v) as f64,
+                    bw,
                     threads,
-                });
+                ));
             }
         }
     }
