@@ -1,17 +1,19 @@
 //! `tinylm bench train`: whole training steps of the `bench-ref` and `default` presets,
 //! timed by phase, with MFU against the matmul rate measured in the same run and the
 //! growth of peak resident memory (as `../shared/bench/torch_reference.py` measures
-//! PyTorch's `gpt_step_*` cases).
+//! PyTorch's `gpt_step_*` cases). With several presets selected, each runs in a child
+//! process of its own, so that one preset's peak memory is not hidden by the heap the
+//! previous one left behind.
 
 use super::{median, BenchArgs};
 use crate::train::config::TrainConfig;
 use crate::train::Trainer;
 use candle_core::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Record {
-    case: &'static str,
+    case: String,
     preset: String,
     tokens_per_s: f64,
     median_ms: f64,
@@ -45,59 +47,108 @@ fn reset_peak_rss() -> u64 {
     rss().0
 }
 
+/// One preset's steps, measured in this process.
+fn measure(preset: &str, quick: bool, matmul: f64, device: &Device) -> anyhow::Result<Record> {
+    let mut config = TrainConfig::preset(preset)?;
+    // The model the preset really trains: a BPE preset's vocabulary is its size.
+    if let Some(n) = config.tokenizer.strip_prefix("bpe:") {
+        config.model.vocab_size = n.parse()?;
+    }
+    if quick {
+        config.model.n_layer = 1;
+        config.model.block_size = 64;
+        config.batch_size = 2;
+    }
+    // Token ids drawn from the corpus bytes, folded into the vocabulary: a step's time
+    // does not depend on which ids they are.
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt"))?;
+    let v = config.model.vocab_size;
+    let tokens: Vec<u32> = text
+        .windows(2)
+        .map(|w| ((w[0] as usize * 256 + w[1] as usize) % v) as u32)
+        .collect();
+    let mut trainer = Trainer::new(&config, device)?;
+    let (warmup, reps) = if quick { (1, 2) } else { (2, 7) };
+    // Baseline after the model and optimizer exist, before any step: the growth
+    // then counts activations, gradients and temporaries, as PyTorch's figure does.
+    let base = reset_peak_rss();
+    for _ in 0..warmup {
+        trainer.step(&tokens, config.lr)?;
+    }
+    let mut totals = Vec::new();
+    let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        let out = trainer.step(&tokens, config.lr)?;
+        totals.push(t.elapsed().as_secs_f64() * 1e3);
+        fwd.push(out.times.forward * 1e3);
+        bwd.push(out.times.backward * 1e3);
+        opt.push(out.times.optimizer * 1e3);
+    }
+    let peak = rss().1.saturating_sub(base);
+    let ms = median(&mut totals);
+    let tokens_per_s = config.tokens_per_step() as f64 / (ms / 1e3);
+    Ok(Record {
+        case: "gpt_step".to_string(),
+        preset: preset.to_string(),
+        tokens_per_s,
+        median_ms: ms,
+        forward_ms: median(&mut fwd),
+        backward_ms: median(&mut bwd),
+        optimizer_ms: median(&mut opt),
+        mfu: tokens_per_s * config.model.flops_per_token() / matmul,
+        peak_rss_bytes: peak,
+        threads: crate::device::threads(),
+        matmul_gflops: matmul / 1e9,
+    })
+}
+
+/// Runs `tinylm bench train --filter <preset> --json` in a child process.
+fn measure_in_child(preset: &str, quick: bool) -> anyhow::Result<Record> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "train", "--json", "--filter", preset])
+        .args(["--threads", &crate::device::threads().to_string()]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench train for {preset} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let mut records: Vec<Record> = serde_json::from_slice(&out.stdout)?;
+    records
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("bench train for {preset} printed no record"))
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let matmul = crate::device::measure_matmul_flops(&device)?;
-    let mut records = Vec::new();
-    for preset in ["bench-ref", "default"] {
-        if let Some(f) = &args.filter {
-            if !preset.contains(f.as_str()) && !"gpt_step".contains(f.as_str()) {
-                continue;
+    let presets: Vec<&str> = ["bench-ref", "default"]
+        .into_iter()
+        .filter(|p| match &args.filter {
+            Some(f) => p.contains(f.as_str()) || "gpt_step".contains(f.as_str()),
+            None => true,
+        })
+        .collect();
+    // Only the `tinylm` binary can be re-invoked as `bench train`.
+    let is_cli = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s == "tinylm"))
+        .unwrap_or(false);
+    let records = presets
+        .iter()
+        .map(|p| {
+            if presets.len() > 1 && is_cli {
+                measure_in_child(p, args.quick)
+            } else {
+                measure(p, args.quick, matmul, &device)
             }
-        }
-        let mut config = TrainConfig::preset(preset)?;
-        if args.quick {
-            config.model.n_layer = 1;
-            config.model.block_size = 64;
-            config.batch_size = 2;
-        }
-        let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt"))?;
-        let tokens: Vec<u32> = text.iter().map(|&b| b as u32).collect();
-        let mut trainer = Trainer::new(&config, &device)?;
-        let (warmup, reps) = if args.quick { (1, 2) } else { (2, 7) };
-        // Baseline after the model and optimizer exist, before any step: the growth
-        // then counts activations, gradients and temporaries, as PyTorch's figure does.
-        let base = reset_peak_rss();
-        for _ in 0..warmup {
-            trainer.step(&tokens, config.lr)?;
-        }
-        let mut totals = Vec::new();
-        let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..reps {
-            let t = std::time::Instant::now();
-            let out = trainer.step(&tokens, config.lr)?;
-            totals.push(t.elapsed().as_secs_f64() * 1e3);
-            fwd.push(out.times.forward * 1e3);
-            bwd.push(out.times.backward * 1e3);
-            opt.push(out.times.optimizer * 1e3);
-        }
-        let peak = rss().1.saturating_sub(base);
-        let ms = median(&mut totals);
-        let tokens_per_s = config.tokens_per_step() as f64 / (ms / 1e3);
-        records.push(Record {
-            case: "gpt_step",
-            preset: preset.to_string(),
-            tokens_per_s,
-            median_ms: ms,
-            forward_ms: median(&mut fwd),
-            backward_ms: median(&mut bwd),
-            optimizer_ms: median(&mut opt),
-            mfu: tokens_per_s * config.model.flops_per_token() / matmul,
-            peak_rss_bytes: peak,
-            threads: crate::device::threads(),
-            matmul_gflops: matmul / 1e9,
-        });
-    }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
     } else {
