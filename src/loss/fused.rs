@@ -108,6 +108,21 @@ pub(crate) fn logits_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Logits<'
     })
 }
 
+/// Calls `f` with the CPU slices of contiguous logits and targets (the storage guards
+/// live for the call).
+fn with_cpu_inputs<R>(
+    logits: &Tensor,
+    targets: &Tensor,
+    f: impl FnOnce(Logits<'_>, &[u32]) -> Result<R>,
+) -> Result<R> {
+    let (ls, ll) = logits.storage_and_layout();
+    let (ts, tl) = targets.storage_and_layout();
+    let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
+        bail!("cross_entropy: the fused kernel runs on the CPU only")
+    };
+    f(logits_slice(ls, ll)?, targets_slice(ts, tl)?)
+}
+
 fn targets_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         bail!("cross_entropy: targets must be contiguous")
@@ -209,16 +224,11 @@ impl CeOp {
         scale: RowScale<'_>,
     ) -> Result<Tensor> {
         let (n, v) = logits.dims2()?;
-        let (ls, ll) = logits.storage_and_layout();
-        let (ts, tl) = targets.storage_and_layout();
-        let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
-            bail!("cross_entropy: the fused kernel runs on the CPU only")
-        };
-        let x = logits_slice(ls, ll)?;
-        let t = targets_slice(ts, tl)?;
         let p = params(&self.opts, v);
-        let (_, g) = run_logits(&x, n, v, t, &p, scale, true)?;
-        Ok(g.expect("asked for a gradient"))
+        with_cpu_inputs(logits, targets, |x, t| {
+            let (_, g) = run_logits(&x, n, v, t, &p, scale, true)?;
+            Ok(g.expect("asked for a gradient"))
+        })
     }
 }
 
@@ -330,31 +340,19 @@ pub fn cross_entropy_loss_and_grad(
 ) -> Result<(Tensor, Tensor)> {
     let (logits, targets) = prepare(logits, targets)?;
     let (n, v) = logits.dims2()?;
-    let (ls, ll) = logits.storage_and_layout();
-    let (ts, tl) = targets.storage_and_layout();
-    let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
-        bail!("cross_entropy: the fused kernel runs on the CPU only")
-    };
-    let x = logits_slice(ls, ll)?;
-    let t = targets_slice(ts, tl)?;
-    let counted = count_rows(t, o.ignore_index);
     let p = params(o, v);
-    let (outs, g) = run_logits(
-        &x,
-        n,
-        v,
-        t,
-        &p,
-        RowScale::Uniform(row_factor(o, counted)),
-        true,
-    )?;
-    let (st, shape) = loss_storage(reduce(o, &outs, counted), matches!(x, Logits::F64(_)), o);
-    let loss = match st {
-        CpuStorage::F64(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
-        CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu)?,
-        _ => unreachable!("loss_storage makes f32 or f64"),
-    };
-    Ok((loss, g.expect("asked for a gradient")))
+    with_cpu_inputs(&logits, &targets, |x, t| {
+        let counted = count_rows(t, o.ignore_index);
+        let scale = RowScale::Uniform(row_factor(o, counted));
+        let (outs, g) = run_logits(&x, n, v, t, &p, scale, true)?;
+        let is_f64 = matches!(x, Logits::F64(_));
+        let loss = match loss_storage(reduce(o, &outs, counted), is_f64, o) {
+            (CpuStorage::F64(v), shape) => Tensor::from_vec(v, shape, &Device::Cpu)?,
+            (CpuStorage::F32(v), shape) => Tensor::from_vec(v, shape, &Device::Cpu)?,
+            _ => unreachable!("loss_storage makes f32 or f64"),
+        };
+        Ok((loss, g.expect("asked for a gradient")))
+    })
 }
 
 /// [`cross_entropy_loss_and_grad`] for f32 logits into a gradient buffer the caller
@@ -375,26 +373,16 @@ pub fn cross_entropy_loss_and_grad_into(
             grad.len()
         )
     }
-    let (ls, ll) = logits.storage_and_layout();
-    let (ts, tl) = targets.storage_and_layout();
-    let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
-        bail!("cross_entropy: the fused kernel runs on the CPU only")
-    };
-    let Logits::F32(x) = logits_slice(ls, ll)? else {
-        bail!("cross_entropy_loss_and_grad_into: f32 logits only")
-    };
-    let t = targets_slice(ts, tl)?;
-    let counted = count_rows(t, o.ignore_index);
     let p = params(o, v);
-    let outs = kernel::run::<f32, f32>(
-        x,
-        t,
-        &p,
-        RowScale::Uniform(row_factor(o, counted)),
-        Some(grad),
-    )
-    .map_err(kernel_err)?;
-    Ok(reduce(o, &outs, counted))
+    with_cpu_inputs(&logits, &targets, |x, t| {
+        let Logits::F32(x) = x else {
+            bail!("cross_entropy_loss_and_grad_into: f32 logits only")
+        };
+        let counted = count_rows(t, o.ignore_index);
+        let scale = RowScale::Uniform(row_factor(o, counted));
+        let outs = kernel::run::<f32, f32>(x, t, &p, scale, Some(grad)).map_err(kernel_err)?;
+        Ok(reduce(o, &outs, counted))
+    })
 }
 
 /// Lets the graph hold the op by `Arc` while the caller keeps a handle for the stats.
