@@ -944,6 +944,53 @@ impl CustomOp3 for FusedAttention {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Slice entry points for the native training step (`model::native`), which owns its
+// buffers and bypasses candle's graph.
+
+fn causal_dims(bh: usize, t: usize, d: usize) -> Dims<f32> {
+    let o = FusedOptions::default();
+    Dims {
+        bh,
+        tq: t,
+        tk: t,
+        d,
+        causal: true,
+        bq: o.block_q,
+        bk: o.block_k,
+        scale: (1.0 / (d.max(1) as f64).sqrt()) as f32, // as `dims_of`
+    }
+}
+
+/// Causal self-attention of contiguous q, k, v [BH, T, D] (f32) -> (O [BH, T, D],
+/// log-sum-exp [BH, T]), exactly what [`attention`] computes for tensors.
+pub(crate) fn causal_forward_f32(
+    bh: usize,
+    t: usize,
+    d: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    forward(&causal_dims(bh, t, d), q, k, v, true)
+}
+
+/// The backward of [`causal_forward_f32`]: (dQ, dK, dV), each [BH, T, D].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn causal_backward_f32(
+    bh: usize,
+    t: usize,
+    d: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    go: &[f32],
+    lse: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    backward(&causal_dims(bh, t, d), q, k, v, o, go, lse)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@
 //! count) and compiled for AVX-512 / AVX2 / baseline, chosen at run time. Other dtypes
 //! and devices fall back to `reference`.
 
-mod gelu;
-mod layer_norm;
+pub(crate) mod gelu;
+pub(crate) mod layer_norm;
 mod malloc;
 pub mod reference;
 mod util;

@@ -14,6 +14,7 @@
 //! that checkpoints are ordinary safetensors files.
 
 pub mod init;
+pub mod native;
 
 use crate::attention;
 use crate::kernels;

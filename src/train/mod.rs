@@ -13,7 +13,7 @@ pub mod memory;
 use crate::data::{eval_windows, Corpus, WindowSampler};
 use crate::eval::{evaluate_windows, EvalReport};
 use crate::loss::CrossEntropyOptions;
-use crate::model::Gpt;
+use crate::model::{native, Gpt};
 use crate::tokenizer::Tokenizer;
 use adamw::{AdamW, AdamWConfig, ParamGroup};
 use candle_core::{Device, Tensor};
@@ -197,6 +197,9 @@ impl Trainer {
     /// One optimizer step at learning rate `lr`: grad_accum micro-batches of forward +
     /// backward with gradients summed, global-norm clip, AdamW. A non-finite loss or
     /// gradient skips the update.
+    ///
+    /// f32 models on the CPU run the native step (`model::native`: no candle graph,
+    /// gradients accumulated in place); other devices and dtypes run candle's autograd.
     pub fn step(&mut self, tokens: &[u32], lr: f64) -> anyhow::Result<StepOutcome> {
         let c = &self.config;
         let (b, t, k) = (c.batch_size, c.model.block_size, c.grad_accum);
@@ -205,35 +208,13 @@ impl Trainer {
             normalizer: Some((b * t * k) as f32),
             ..Default::default()
         };
-        let params: Vec<Tensor> = self
-            .model
-            .params()
-            .iter()
-            .map(|(_, v)| v.as_tensor().clone())
-            .collect();
-        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut times = StepTimes::default();
-        let mut loss_sum = 0.0;
-        for _ in 0..k {
-            let batch = self.sampler.next_batch(tokens, b, t);
-            let x = Tensor::from_vec(batch.inputs, (b, t), &self.device)?; // [B, T]
-            let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?; // [B, T]
-            let t0 = Instant::now();
-            let loss = self.model.loss(&x, &y, &opts)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let t1 = Instant::now();
-            let mut store = loss.backward()?;
-            for (g, p) in grads.iter_mut().zip(&params) {
-                if let Some(new) = store.remove(p) {
-                    *g = Some(match g.take() {
-                        None => new,
-                        Some(acc) => (acc + new)?,
-                    });
-                }
-            }
-            times.forward += (t1 - t0).as_secs_f64();
-            times.backward += t1.elapsed().as_secs_f64();
-        }
+        let (mut loss_sum, grads) = if native::supported(&self.model) {
+            self.native_micro_steps(tokens, &opts, &mut times)?
+        } else {
+            self.graph_micro_steps(tokens, &opts, &mut times)?
+        };
+        let c = &self.config;
         let t2 = Instant::now();
         let mut sq = 0f64;
         for g in grads.iter().flatten() {
@@ -260,6 +241,79 @@ impl Trainer {
             applied,
             times,
         })
+    }
+
+    /// The micro-steps through `model::native`: (summed loss, gradients).
+    fn native_micro_steps(
+        &mut self,
+        tokens: &[u32],
+        opts: &CrossEntropyOptions,
+        times: &mut StepTimes,
+    ) -> anyhow::Result<(f64, Vec<Option<Tensor>>)> {
+        let c = &self.config;
+        let (b, t) = (c.batch_size, c.model.block_size);
+        let mut grads = native::zero_grads(&self.model);
+        let mut loss_sum = 0.0;
+        for _ in 0..c.grad_accum {
+            let batch = self.sampler.next_batch(tokens, b, t);
+            let out = native::loss_and_grad_into(
+                &self.model,
+                &batch.inputs,
+                &batch.targets,
+                (b, t),
+                opts,
+                &mut grads,
+            )?;
+            loss_sum += out.loss;
+            times.forward += out.forward_s;
+            times.backward += out.backward_s;
+        }
+        let grads = grads
+            .into_iter()
+            .zip(self.model.params())
+            .map(|(g, (_, p))| Ok(Some(Tensor::from_vec(g, p.shape(), &self.device)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((loss_sum, grads))
+    }
+
+    /// The micro-steps through candle's graph and autograd: (summed loss, gradients).
+    fn graph_micro_steps(
+        &mut self,
+        tokens: &[u32],
+        opts: &CrossEntropyOptions,
+        times: &mut StepTimes,
+    ) -> anyhow::Result<(f64, Vec<Option<Tensor>>)> {
+        let c = &self.config;
+        let (b, t) = (c.batch_size, c.model.block_size);
+        let params: Vec<Tensor> = self
+            .model
+            .params()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut loss_sum = 0.0;
+        for _ in 0..c.grad_accum {
+            let batch = self.sampler.next_batch(tokens, b, t);
+            let x = Tensor::from_vec(batch.inputs, (b, t), &self.device)?; // [B, T]
+            let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?; // [B, T]
+            let t0 = Instant::now();
+            let loss = self.model.loss(&x, &y, opts)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let t1 = Instant::now();
+            let mut store = loss.backward()?;
+            for (g, p) in grads.iter_mut().zip(&params) {
+                if let Some(new) = store.remove(p) {
+                    *g = Some(match g.take() {
+                        None => new,
+                        Some(acc) => (acc + new)?,
+                    });
+                }
+            }
+            times.forward += (t1 - t0).as_secs_f64();
+            times.backward += t1.elapsed().as_secs_f64();
+        }
+        Ok((loss_sum, grads))
     }
 }
 

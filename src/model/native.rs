@@ -1,0 +1,614 @@
+//! The training step without candle's graph: the whole GPT's forward and backward on
+//! raw f32 buffers, layer by layer, in the manner of llm.c's `train_gpt2.c`.
+//!
+//! Why it exists: with every heavy op already fused, the candle graph around them cost
+//! more than the ops (BENCHMARKS.md, "Training step": ~24% of the step was candle's
+//! element-wise pool waiting between ops, ~20% its single-threaded unary/binary maps
+//! and the zero-fill + add that its autograd spends on every gradient). Here each layer
+//! is a forward/backward pair of the same fused kernels (LayerNorm, GELU, attention,
+//! cross-entropy) and gemm calls that write into their destination: the bias and the
+//! residual are the gemm's initial value, weight gradients accumulate in the gemm
+//! (so micro-batches sum with no extra pass), and nothing is zero-filled to be added to.
+//!
+//! Notation as in `model`: B batch, T positions, C width, H heads, D = C/H, V
+//! vocabulary, N = B·T rows, L layers.
+//!
+//! The candle graph (`Gpt::loss` + `backward`) stays the reference: tests/native.rs
+//! compares every gradient with it and with the f64 reference, and checks bitwise
+//! determinism and micro-batch accumulation. The math per layer (x is the residual
+//! stream [N, C]):
+//!
+//! ```text
+//! a   = LN1(x)                                   [N, C]
+//! qkv = a · W_attnᵀ + b_attn  -> q, k, v          [N, 3C] -> 3 x [B, H, T, D]
+//! o   = causal_attention(q, k, v)                [B, H, T, D] -> y [N, C]
+//! x2  = x + y · W_projᵀ + b_proj                 [N, C]
+//! m   = LN2(x2)                                  [N, C]
+//! f   = m · W_fcᵀ + b_fc,  g = GELU(f)           [N, 4C]
+//! out = x2 + g · W_mpᵀ + b_mp                    [N, C]
+//! ```
+
+use super::Gpt;
+use crate::attention::fused as attn;
+use crate::kernels::{gelu, layer_norm};
+use crate::loss::fused::{count_rows, params as ce_params, reduce, row_factor};
+use crate::loss::kernel::{self, KernelError, RowScale};
+use crate::loss::linear::chunk_rows;
+use crate::loss::{CrossEntropyOptions, Reduction};
+use candle_core::{bail, CpuStorage, Layout, Result, Storage};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::time::Instant;
+
+const LN_EPS: f64 = super::LN_EPS;
+
+/// Rows per parallel task of the element-wise passes; fixed, so that partial sums (the
+/// bias gradients) do not depend on the thread count.
+const ROWS_PER_TASK: usize = 64;
+
+/// What one call returns.
+#[derive(Debug, Clone, Copy)]
+pub struct NativeOutcome {
+    /// The loss as `opts` reduces it; NaN when the logits were not finite (the gradients
+    /// are then incomplete and the step must be skipped).
+    pub loss: f64,
+    /// Seconds in the forward (including the output head's fused backward, as in
+    /// candle's `linear_cross_entropy`) and in the rest of the backward.
+    pub forward_s: f64,
+    pub backward_s: f64,
+}
+
+/// Zeroed gradient buffers, one per parameter in `GptConfig::param_shapes` order.
+pub fn zero_grads(model: &Gpt) -> Vec<Vec<f32>> {
+    model
+        .config
+        .param_shapes()
+        .iter()
+        .map(|(_, s)| vec![0f32; s.iter().product()])
+        .collect()
+}
+
+/// Whether [`loss_and_grad_into`] can run this model: f32 parameters on the CPU, fused
+/// kernels.
+pub fn supported(model: &Gpt) -> bool {
+    !model.reference_kernels
+        && model.params().iter().all(|(_, v)| {
+            v.device().is_cpu()
+                && v.dtype() == candle_core::DType::F32
+                && v.as_tensor().is_contiguous()
+        })
+}
+
+/// Next-token cross-entropy of idx [B, T] against targets [B, T] (row-major u32), and its
+/// gradient with respect to every parameter *added into* `grads` (see [`zero_grads`]),
+/// so that k calls with `opts.normalizer = B·T·k` accumulate the gradient of the mean
+/// over the k micro-batches. Reductions mean and sum.
+pub fn loss_and_grad_into(
+    model: &Gpt,
+    idx: &[u32],
+    targets: &[u32],
+    (b, t): (usize, usize),
+    opts: &CrossEntropyOptions,
+    grads: &mut [Vec<f32>],
+) -> Result<NativeOutcome> {
+    let cfg = &model.config;
+    if !supported(model) {
+        bail!("native step: needs f32 CPU parameters and the fused kernels")
+    }
+    if opts.reduction == Reduction::None {
+        bail!("native step: reduction none is not a training loss")
+    }
+    if idx.len() != b * t || targets.len() != b * t {
+        bail!("native step: idx and targets must hold B·T = {} ids", b * t)
+    }
+    if t == 0 || t > cfg.block_size {
+        bail!("native step: T = {t} is outside 1..={}", cfg.block_size)
+    }
+    if let Some(&bad) = idx.iter().find(|&&i| i as usize >= cfg.vocab_size) {
+        bail!(
+            "native step: token id {bad} is outside the vocabulary of {}",
+            cfg.vocab_size
+        )
+    }
+    let shapes = cfg.param_shapes();
+    if grads.len() != shapes.len()
+        || grads
+            .iter()
+            .zip(&shapes)
+            .any(|(g, (_, s))| g.len() != s.iter().product::<usize>())
+    {
+        bail!("native step: gradient buffers do not match the parameters")
+    }
+    let guards: Vec<_> = model
+        .params()
+        .iter()
+        .map(|(_, v)| v.as_tensor().storage_and_layout())
+        .collect();
+    let w = guards
+        .iter()
+        .map(|(s, l)| f32_slice(s, l))
+        .collect::<Result<Vec<_>>>()?;
+    let dm = Dims {
+        b,
+        t,
+        c: cfg.n_embd,
+        h: cfg.n_head,
+        v: cfg.vocab_size,
+        n: b * t,
+    };
+    let t0 = Instant::now();
+    // ---- forward
+    let mut x = embed(&dm, idx, w[0], w[1]); // [N, C]
+    let mut acts = Vec::with_capacity(cfg.n_layer);
+    for l in 0..cfg.n_layer {
+        let (a, out) = block_forward(&dm, &w[2 + 12 * l..14 + 12 * l], x);
+        acts.push(a);
+        x = out;
+    }
+    let nw = w.len();
+    let (lnf, lnf_mean, lnf_rstd) = layer_norm::forward(&x, w[nw - 2], w[nw - 1], LN_EPS);
+    // ---- output head and loss, with the head's backward (dwte, d lnf) in the same pass
+    let (loss, dlnf) = match head(&dm, &lnf, w[0], targets, opts, &mut grads[0]) {
+        Ok(r) => r,
+        Err(HeadError::NonFinite) => {
+            return Ok(NativeOutcome {
+                loss: f64::NAN,
+                forward_s: t0.elapsed().as_secs_f64(),
+                backward_s: 0.0,
+            })
+        }
+        Err(HeadError::Other(e)) => return Err(e),
+    };
+    let t1 = Instant::now();
+    // ---- backward
+    let (dx, dg, db) = layer_norm::backward(&x, &dlnf, w[nw - 2], &lnf_mean, &lnf_rstd, true);
+    drop((lnf, dlnf, x));
+    add_into(&mut grads[nw - 2], &dg);
+    add_into(&mut grads[nw - 1], &db);
+    let mut dx = dx.expect("asked for dx");
+    for l in (0..cfg.n_layer).rev() {
+        let a = acts.pop().expect("one per layer");
+        dx = block_backward(
+            &dm,
+            &w[2 + 12 * l..14 + 12 * l],
+            a,
+            dx,
+            &mut grads[2 + 12 * l..14 + 12 * l],
+        );
+    }
+    embed_backward(&dm, idx, &dx, grads);
+    Ok(NativeOutcome {
+        loss,
+        forward_s: (t1 - t0).as_secs_f64(),
+        backward_s: t1.elapsed().as_secs_f64(),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    v: usize,
+    n: usize,
+}
+
+impl Dims {
+    fn d(&self) -> usize {
+        self.c / self.h
+    }
+}
+
+fn f32_slice<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+    let Storage::Cpu(CpuStorage::F32(data)) = s else {
+        bail!("native step: f32 CPU parameters only")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("native step: non-contiguous parameter"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Matrix products: gemm writing (or adding) into its destination.
+
+/// dst [m, n] = (dst if `acc` else 0) + A · B, with A [m, k] and B [k, n] given as
+/// (data, row stride, column stride). Parallel over the rayon pool; each entry's k-sum
+/// runs in a fixed order, so results repeat bit for bit at a fixed thread count.
+/// With `acc` false every entry of dst is written and none is read.
+fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    acc: bool,
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+) {
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            dst[..m * n].fill(MaybeUninit::new(0.0));
+        }
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(a.len() > last(a_rs, a_cs, m, k), "gemm: lhs too small");
+    assert!(b.len() > last(b_rs, b_cs, k, n), "gemm: rhs too small");
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index gemm forms inside the three slices,
+    // dst does not alias a or b (a &mut and two & borrows), and gemm reads dst only
+    // when `acc` (callers pass initialised dst then, see the wrappers).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr() as *mut f32,
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// A new buffer of n values, all of which `fill` writes (no zero-fill first: the
+/// model's buffers are megabytes, and every one is overwritten).
+fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: every caller's `fill` writes all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
+fn as_uninit(x: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; initialised values stay initialised (gemm only writes f32s).
+    unsafe { &mut *(x as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// dst [m, n] += x [m, k] · wᵀ, w [n, k]: a linear layer's forward onto its bias.
+fn mm_nt_acc(dst: &mut [f32], x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) {
+    gemm_into((m, n, k), as_uninit(dst), true, (x, k, 1), (w, 1, k))
+}
+
+/// dy [m, k] · w [k, n] -> new [m, n]: a linear layer's input gradient.
+fn mm_nn(dy: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+    filled(m * n, |d| {
+        gemm_into((m, n, k), d, false, (dy, k, 1), (w, n, 1))
+    })
+}
+
+/// dst [m, n] += dyᵀ · x with dy [k, m], x [k, n]: a linear layer's weight gradient.
+fn mm_tn_acc(dst: &mut [f32], dy: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
+    gemm_into((m, n, k), as_uninit(dst), true, (dy, 1, m), (x, n, 1))
+}
+
+// ---------------------------------------------------------------------------------------
+// Element-wise passes, parallel over fixed row blocks.
+
+/// out [N, n] = bias broadcast over rows (+ residual [N, n]): the initial value a
+/// linear layer's gemm then adds x · Wᵀ to.
+fn bias_init(bias: &[f32], residual: Option<&[f32]>, rows: usize) -> Vec<f32> {
+    let n = bias.len();
+    filled(rows * n, |out| match residual {
+        None => out.par_chunks_mut(ROWS_PER_TASK * n).for_each(|o| {
+            for r in o.chunks_exact_mut(n) {
+                r.write_copy_of_slice(bias);
+            }
+        }),
+        Some(res) => out
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .zip(res.par_chunks(ROWS_PER_TASK * n))
+            .for_each(|(o, x)| {
+                for (r, xr) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                    for ((o, &x), &b) in r.iter_mut().zip(xr).zip(bias) {
+                        o.write(x + b);
+                    }
+                }
+            }),
+    })
+}
+
+/// out [n] += Σ_rows dy [rows, n]: a bias gradient. Per-block partial sums, added in
+/// block order.
+fn add_colsum(out: &mut [f32], dy: &[f32]) {
+    let n = out.len();
+    let parts: Vec<Vec<f32>> = dy
+        .par_chunks(ROWS_PER_TASK * n)
+        .map(|blk| {
+            let mut p = vec![0f32; n];
+            for r in blk.chunks_exact(n) {
+                for (a, &x) in p.iter_mut().zip(r) {
+                    *a += x;
+                }
+            }
+            p
+        })
+        .collect();
+    for p in parts {
+        for (o, x) in out.iter_mut().zip(p) {
+            *o += x;
+        }
+    }
+}
+
+/// dst += src, element-wise.
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(1 << 15)
+        .zip(src.par_chunks(1 << 15))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d += s;
+            }
+        });
+}
+
+/// Rows [N, S·C] (row b·T + t, column s·C + h·D + e) -> S x [B, H, T, D].
+fn rows_to_heads(dm: &Dims, src: &[f32], s_parts: usize) -> Vec<f32> {
+    let (b, t, c, h, d) = (dm.b, dm.t, dm.c, dm.h, dm.d());
+    let width = s_parts * c;
+    // One task per (s, b): a contiguous [H, T, D] block of the output, all written.
+    filled(s_parts * b * c * t, |out| {
+        out.par_chunks_mut(h * t * d)
+            .enumerate()
+            .for_each(|(sb, dst)| {
+                let (s, bi) = (sb / b, sb % b);
+                for hi in 0..h {
+                    for ti in 0..t {
+                        let from = (bi * t + ti) * width + s * c + hi * d;
+                        let to = (hi * t + ti) * d;
+                        dst[to..to + d].write_copy_of_slice(&src[from..from + d]);
+                    }
+                }
+            })
+    })
+}
+
+/// S parts of [B, H, T, D] -> rows [N, S·C] (the inverse of [`rows_to_heads`]).
+fn heads_to_rows(dm: &Dims, parts: &[&[f32]]) -> Vec<f32> {
+    let (t, c, h, d) = (dm.t, dm.c, dm.h, dm.d());
+    let width = parts.len() * c;
+    // One task per batch element: its T rows of the output, all written.
+    filled(dm.n * width, |out| {
+        out.par_chunks_mut(t * width)
+            .enumerate()
+            .for_each(|(bi, dst)| {
+                for (s, src) in parts.iter().enumerate() {
+                    for hi in 0..h {
+                        for ti in 0..t {
+                            let from = ((bi * h + hi) * t + ti) * d;
+                            let to = ti * width + s * c + hi * d;
+                            dst[to..to + d].write_copy_of_slice(&src[from..from + d]);
+                        }
+                    }
+                }
+            })
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Layers: forward/backward pairs.
+
+/// x [N, C] = wte[idx] + wpe[t]. wte [V, C], wpe [block, C].
+fn embed(dm: &Dims, idx: &[u32], wte: &[f32], wpe: &[f32]) -> Vec<f32> {
+    let c = dm.c;
+    filled(dm.n * c, |x| {
+        x.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
+            let (tok, pos) = (idx[r] as usize, r % dm.t);
+            for ((o, &a), &p) in row
+                .iter_mut()
+                .zip(&wte[tok * c..(tok + 1) * c])
+                .zip(&wpe[pos * c..(pos + 1) * c])
+            {
+                o.write(a + p);
+            }
+        })
+    })
+}
+
+/// dwte[idx[r]] += dx[r] (rows in order: deterministic), dwpe[t] += Σ_b dx[b, t].
+fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], grads: &mut [Vec<f32>]) {
+    let c = dm.c;
+    {
+        let dwte = &mut grads[0];
+        for (r, &tok) in idx.iter().enumerate() {
+            let tok = tok as usize;
+            for (g, &x) in dwte[tok * c..(tok + 1) * c]
+                .iter_mut()
+                .zip(&dx[r * c..(r + 1) * c])
+            {
+                *g += x;
+            }
+        }
+    }
+    grads[1][..dm.t * c]
+        .par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(ti, g)| {
+            for bi in 0..dm.b {
+                let r = bi * dm.t + ti;
+                for (g, &x) in g.iter_mut().zip(&dx[r * c..(r + 1) * c]) {
+                    *g += x;
+                }
+            }
+        });
+}
+
+/// What a block's backward needs from its forward.
+struct BlockActs {
+    /// Block input [N, C].
+    x: Vec<f32>,
+    /// LN1 output [N, C] and its row statistics [N].
+    ln1: (Vec<f32>, Vec<f32>, Vec<f32>),
+    /// q, k, v [3, B, H, T, D].
+    qkv: Vec<f32>,
+    /// Attention output [B, H, T, D] and log-sum-exp [B, H, T].
+    att: Vec<f32>,
+    lse: Vec<f32>,
+    /// att with the heads side by side [N, C].
+    atty: Vec<f32>,
+    /// x + attention [N, C].
+    x2: Vec<f32>,
+    ln2: (Vec<f32>, Vec<f32>, Vec<f32>),
+    /// Before GELU [N, 4C], and after.
+    fc: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// One block: x [N, C] -> ([saved activations], out [N, C]). `w` is the block's 12
+/// parameters in `param_shapes` order.
+fn block_forward(dm: &Dims, w: &[&[f32]], x: Vec<f32>) -> (BlockActs, Vec<f32>) {
+    let (n, c) = (dm.n, dm.c);
+    let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
+    let ln1 = layer_norm::forward(&x, w[0], w[1], LN_EPS); // [N, C]
+    let mut qkv_rows = bias_init(w[3], None, n); // [N, 3C]
+    mm_nt_acc(&mut qkv_rows, &ln1.0, w[2], (n, 3 * c, c)); // [N, C] x [C, 3C]
+    let qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
+    drop(qkv_rows);
+    let part = b * h * t * d;
+    let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
+    let (att, lse) = attn::causal_forward_f32(b * h, t, d, q, k, v); // [B, H, T, D]
+    let atty = heads_to_rows(dm, &[&att]); // [N, C]
+    let mut x2 = bias_init(w[5], Some(&x), n); // [N, C]
+    mm_nt_acc(&mut x2, &atty, w[4], (n, c, c)); // x + [N, C] x [C, C]
+    let ln2 = layer_norm::forward(&x2, w[6], w[7], LN_EPS);
+    let mut fc = bias_init(w[9], None, n); // [N, 4C]
+    mm_nt_acc(&mut fc, &ln2.0, w[8], (n, 4 * c, c)); // [N, C] x [C, 4C]
+    let act = gelu::forward(&fc); // [N, 4C]
+    let mut out = bias_init(w[11], Some(&x2), n); // [N, C]
+    mm_nt_acc(&mut out, &act, w[10], (n, c, 4 * c)); // x2 + [N, 4C] x [4C, C]
+    let acts = BlockActs {
+        x,
+        ln1,
+        qkv,
+        att,
+        lse,
+        atty,
+        x2,
+        ln2,
+        fc,
+        act,
+    };
+    (acts, out)
+}
+
+/// One block backward: d(out) [N, C] -> d(x) [N, C]; parameter gradients added into `g`
+/// (the block's 12 buffers).
+fn block_backward(
+    dm: &Dims,
+    w: &[&[f32]],
+    a: BlockActs,
+    dout: Vec<f32>,
+    g: &mut [Vec<f32>],
+) -> Vec<f32> {
+    let (n, c) = (dm.n, dm.c);
+    let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
+    // MLP: out = x2 + act · W_mpᵀ + b_mp
+    mm_tn_acc(&mut g[10], &dout, &a.act, (c, 4 * c, n)); // [C, N] x [N, 4C]
+    add_colsum(&mut g[11], &dout);
+    let dact = mm_nn(&dout, w[10], (n, 4 * c, c)); // [N, C] x [C, 4C]
+    drop(a.act);
+    let dfc = gelu::backward(&a.fc, &dact); // [N, 4C]
+    drop((dact, a.fc));
+    mm_tn_acc(&mut g[8], &dfc, &a.ln2.0, (4 * c, c, n)); // [4C, N] x [N, C]
+    add_colsum(&mut g[9], &dfc);
+    let dln2 = mm_nn(&dfc, w[8], (n, c, 4 * c)); // [N, 4C] x [4C, C]
+    drop(dfc);
+    let (dx2, dg, db) = layer_norm::backward(&a.x2, &dln2, w[6], &a.ln2.1, &a.ln2.2, true);
+    add_into(&mut g[6], &dg);
+    add_into(&mut g[7], &db);
+    let mut dx2 = dx2.expect("asked for dx");
+    add_into(&mut dx2, &dout); // the residual path
+    drop((dout, dln2, a.x2, a.ln2));
+    // Attention: x2 = x + atty · W_projᵀ + b_proj
+    mm_tn_acc(&mut g[4], &dx2, &a.atty, (c, c, n)); // [C, N] x [N, C]
+    add_colsum(&mut g[5], &dx2);
+    let datty = mm_nn(&dx2, w[4], (n, c, c)); // [N, C] x [C, C]
+    let datt = rows_to_heads(dm, &datty, 1); // [B, H, T, D]
+    drop(datty);
+    let part = b * h * t * d;
+    let (q, k, v) = (&a.qkv[..part], &a.qkv[part..2 * part], &a.qkv[2 * part..]);
+    let (dq, dk, dv) = attn::causal_backward_f32(b * h, t, d, q, k, v, &a.att, &datt, &a.lse);
+    drop((datt, a.att, a.lse, a.qkv));
+    let dqkv = heads_to_rows(dm, &[&dq, &dk, &dv]); // [N, 3C]
+    drop((dq, dk, dv));
+    mm_tn_acc(&mut g[2], &dqkv, &a.ln1.0, (3 * c, c, n)); // [3C, N] x [N, C]
+    add_colsum(&mut g[3], &dqkv);
+    let dln1 = mm_nn(&dqkv, w[2], (n, c, 3 * c)); // [N, 3C] x [3C, C]
+    drop(dqkv);
+    let (dx, dg, db) = layer_norm::backward(&a.x, &dln1, w[0], &a.ln1.1, &a.ln1.2, true);
+    add_into(&mut g[0], &dg);
+    add_into(&mut g[1], &db);
+    let mut dx = dx.expect("asked for dx");
+    add_into(&mut dx, &dx2); // the residual path
+    dx
+}
+
+enum HeadError {
+    NonFinite,
+    Other(candle_core::Error),
+}
+
+/// The tied output head fused with the loss, in row chunks (as `loss::linear`):
+///   logits_c = h_c · wteᵀ          [c, C] x [C, V]
+///   the CE kernel turns logits_c into d(loss)/d(logits_c) in place
+///   dh_c = dlogits_c · wte          [c, V] x [V, C]
+///   dwte += dlogits_cᵀ · h_c        [V, c] x [c, C]
+/// Returns (loss, dh [N, C]).
+fn head(
+    dm: &Dims,
+    hs: &[f32],
+    wte: &[f32],
+    targets: &[u32],
+    opts: &CrossEntropyOptions,
+    dwte: &mut [f32],
+) -> std::result::Result<(f64, Vec<f32>), HeadError> {
+    let (n, c, v) = (dm.n, dm.c, dm.v);
+    let p = ce_params(opts, v);
+    let counted = count_rows(targets, opts.ignore_index);
+    let scale = RowScale::Uniform(row_factor(opts, counted));
+    let rows_per_chunk = chunk_rows(n, v);
+    let mut logits = vec![0f32; rows_per_chunk * v];
+    let mut dh = vec![0f32; n * c];
+    let mut outs = Vec::with_capacity(n);
+    let mut s = 0;
+    while s < n {
+        let rows = rows_per_chunk.min(n - s);
+        let hc = &hs[s * c..(s + rows) * c];
+        let lg = &mut logits[..rows * v];
+        gemm_into((rows, v, c), as_uninit(lg), false, (hc, c, 1), (wte, 1, c)); // [c, C] x [C, V]
+        match kernel::run_in_place::<f32>(lg, &targets[s..s + rows], &p, scale) {
+            Ok(o) => outs.extend(o),
+            Err(KernelError::NonFinite { .. }) => return Err(HeadError::NonFinite),
+            Err(e) => {
+                return Err(HeadError::Other(crate::loss::fused::kernel_err(e)));
+            }
+        }
+        let dhc = as_uninit(&mut dh[s * c..(s + rows) * c]);
+        gemm_into((rows, c, v), dhc, false, (lg, v, 1), (wte, c, 1)); // [c, V] x [V, C]
+        mm_tn_acc(dwte, lg, hc, (v, c, rows)); // [V, c] x [c, C]
+        s += rows;
+    }
+    let loss = reduce(opts, &outs, counted)[0];
+    Ok((loss, dh))
+}

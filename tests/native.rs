@@ -1,0 +1,251 @@
+//! The native training step (`model::native`: the whole forward and backward on raw
+//! buffers, no candle graph) against candle's autograd over the same model:
+//! per-tensor agreement with the f64 reference no worse than 2x the composed f32
+//! reference's own error, micro-batch accumulation, bitwise repeatability, gradients on
+//! every parameter, all-ignored targets, non-finite logits.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use tinylm::loss::CrossEntropyOptions;
+use tinylm::model::native::{loss_and_grad_into, zero_grads};
+use tinylm::model::{Gpt, GptConfig};
+
+/// Byte windows of the tiny corpus: (inputs, targets), each B·T ids.
+fn windows(b: usize, t: usize, v: usize) -> (Vec<u32>, Vec<u32>) {
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt")).unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..b {
+        let s = 700 + 3001 * i;
+        x.extend(text[s..s + t].iter().map(|&c| c as u32 % v as u32));
+        y.extend(text[s + 1..s + t + 1].iter().map(|&c| c as u32 % v as u32));
+    }
+    (x, y)
+}
+
+/// Odd shapes on purpose: V and T not multiples of any vector width or tile.
+fn odd_config() -> GptConfig {
+    GptConfig {
+        vocab_size: 203,
+        block_size: 80,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+    }
+}
+
+/// candle's autograd gradients of `model.loss`, as f64 vectors in parameter order.
+fn graph_grads(model: &Gpt, x: &[u32], y: &[u32], b: usize, t: usize) -> (f64, Vec<Vec<f64>>) {
+    let dev = Device::Cpu;
+    let xt = Tensor::from_vec(x.to_vec(), (b, t), &dev).unwrap();
+    let yt = Tensor::from_vec(y.to_vec(), (b, t), &dev).unwrap();
+    let loss = model
+        .loss(&xt, &yt, &CrossEntropyOptions::default())
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let value = loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let gs = model
+        .params()
+        .iter()
+        .map(|(n, v)| {
+            grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{n}: no gradient"))
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    (value, gs)
+}
+
+fn native(model: &Gpt, x: &[u32], y: &[u32], b: usize, t: usize) -> (f64, Vec<Vec<f32>>) {
+    let mut g = zero_grads(model);
+    let out =
+        loss_and_grad_into(model, x, y, (b, t), &CrossEntropyOptions::default(), &mut g).unwrap();
+    (out.loss, g)
+}
+
+/// max |a - r| / max |r|.
+fn rel_err(a: impl Iterator<Item = f64> + Clone, r: &[f64]) -> f64 {
+    let scale = r.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    a.zip(r).fold(0f64, |m, (a, r)| m.max((a - r).abs())) / scale
+}
+
+#[test]
+fn native_step_matches_the_f64_reference_within_twice_the_f32_reference_error() {
+    let cfg = odd_config();
+    let (b, t) = (3, 77);
+    let model = Gpt::new(&cfg, 11, &Device::Cpu).unwrap();
+    let (x, y) = windows(b, t, cfg.vocab_size);
+
+    let (l64, g64) = graph_grads(&model.to_f64_reference().unwrap(), &x, &y, b, t);
+    let mut composed = Gpt::from_tensors(&cfg, model.named_tensors()).unwrap();
+    composed.reference_kernels = true;
+    let (l_ref, g_ref) = graph_grads(&composed, &x, &y, b, t);
+    let (l_graph, g_graph) = graph_grads(&model, &x, &y, b, t);
+    let (l_nat, g_nat) = native(&model, &x, &y, b, t);
+
+    println!("loss: f64 {l64:.9}  f32 composed {l_ref:.9}  f32 fused graph {l_graph:.9}  native {l_nat:.9}");
+    assert!((l_nat - l64).abs() <= 2.0 * (l_ref - l64).abs() + 2e-6);
+    println!(
+        "{:<24} {:>12} {:>12} {:>12}",
+        "tensor", "composed f32", "fused graph", "native"
+    );
+    let mut worst = 0f64;
+    let mut bad = Vec::new();
+    for (i, (name, _)) in model.params().iter().enumerate() {
+        let e_ref = rel_err(g_ref[i].iter().copied(), &g64[i]);
+        let e_graph = rel_err(g_graph[i].iter().copied(), &g64[i]);
+        let e_nat = rel_err(g_nat[i].iter().map(|&v| v as f64), &g64[i]);
+        println!("{name:<24} {e_ref:>12.3e} {e_graph:>12.3e} {e_nat:>12.3e}");
+        // Both errors are a few f32 ulps (1e-7..1e-6); 1e-7 of slack where they are at
+        // that floor.
+        if e_nat > 2.0 * e_ref + 1e-7 {
+            bad.push(format!(
+                "{name}: native {e_nat:.3e} vs composed {e_ref:.3e}"
+            ));
+        }
+        worst = worst.max(e_nat / (e_ref + 1e-7));
+    }
+    println!(
+        "verdict: {} tensors, worst native/composed error ratio {worst:.2}, {} over 2x",
+        g64.len(),
+        bad.len()
+    );
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn micro_batches_accumulate_to_the_big_batch_gradient() {
+    let cfg = odd_config();
+    let (b, t) = (4, 33);
+    let model = Gpt::new(&cfg, 5, &Device::Cpu).unwrap();
+    let (x, y) = windows(b, t, cfg.vocab_size);
+    let (big_loss, big) = native(&model, &x, &y, b, t);
+
+    // Two micro-batches of B/2, each normalised by the whole step's B·T.
+    let opts = CrossEntropyOptions {
+        normalizer: Some((b * t) as f32),
+        ..Default::default()
+    };
+    let mut acc = zero_grads(&model);
+    let mut loss = 0.0;
+    let half = b / 2 * t;
+    for k in 0..2 {
+        let r = k * half..(k + 1) * half;
+        let o =
+            loss_and_grad_into(&model, &x[r.clone()], &y[r], (b / 2, t), &opts, &mut acc).unwrap();
+        loss += o.loss;
+    }
+    println!("loss: big batch {big_loss:.9}, two micro-batches {loss:.9}");
+    assert!((loss - big_loss).abs() < 1e-5);
+    let mut worst = 0f64;
+    for (i, (name, _)) in model.params().iter().enumerate() {
+        let r: Vec<f64> = big[i].iter().map(|&v| v as f64).collect();
+        let e = rel_err(acc[i].iter().map(|&v| v as f64), &r);
+        worst = worst.max(e);
+        assert!(e < 2e-5, "{name}: relative difference {e:.3e}");
+    }
+    println!("verdict: worst relative difference {worst:.3e} (f32 summation order only)");
+}
+
+#[test]
+fn native_step_repeats_bit_for_bit() {
+    let cfg = odd_config();
+    let (b, t) = (2, 80);
+    let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+    let (x, y) = windows(b, t, cfg.vocab_size);
+    let (l1, g1) = native(&model, &x, &y, b, t);
+    let (l2, g2) = native(&model, &x, &y, b, t);
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    for (a, b) in g1.iter().zip(&g2) {
+        assert!(a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+#[test]
+fn native_step_gives_every_parameter_a_finite_nonzero_gradient() {
+    let cfg = tinylm::train::config::TrainConfig::preset("bench-ref")
+        .unwrap()
+        .model;
+    let model = Gpt::new(&cfg, 7, &Device::Cpu).unwrap();
+    let (b, t) = (2, cfg.block_size);
+    let (x, y) = windows(b, t, cfg.vocab_size);
+    let (loss, g) = native(&model, &x, &y, b, t);
+    println!(
+        "initial loss {loss:.4} (ln {} = {:.4})",
+        cfg.vocab_size,
+        (cfg.vocab_size as f64).ln()
+    );
+    let mut bad = Vec::new();
+    for ((name, _), g) in model.params().iter().zip(&g) {
+        let max = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if g.iter().any(|v| !v.is_finite()) {
+            bad.push(format!("{name}: non-finite"));
+        } else if max == 0.0 {
+            bad.push(format!("{name}: all zero"));
+        }
+    }
+    println!("{} parameters, {} bad", g.len(), bad.len());
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn all_ignored_targets_give_zero_loss_and_zero_gradients() {
+    let cfg = odd_config();
+    let model = Gpt::new(&cfg, 2, &Device::Cpu).unwrap();
+    let (b, t) = (2, 9);
+    let (x, _) = windows(b, t, cfg.vocab_size);
+    let y = vec![7u32; b * t];
+    let opts = CrossEntropyOptions {
+        ignore_index: Some(7),
+        ..Default::default()
+    };
+    let mut g = zero_grads(&model);
+    let o = loss_and_grad_into(&model, &x, &y, (b, t), &opts, &mut g).unwrap();
+    assert_eq!(o.loss, 0.0);
+    assert!(g.iter().flatten().all(|&v| v == 0.0));
+}
+
+#[test]
+fn non_finite_logits_report_nan_and_bad_input_is_refused() {
+    let cfg = odd_config();
+    let model = Gpt::new(&cfg, 2, &Device::Cpu).unwrap();
+    let (b, t) = (2, 9);
+    let (x, y) = windows(b, t, cfg.vocab_size);
+    // Poison the final LayerNorm gain: every logit becomes NaN.
+    let mut named: HashMap<String, Tensor> = model.named_tensors();
+    let c = cfg.n_embd;
+    named.insert(
+        "ln_f.weight".into(),
+        Tensor::from_vec(vec![f32::NAN; c], c, &Device::Cpu).unwrap(),
+    );
+    let poisoned = Gpt::from_tensors(&cfg, named).unwrap();
+    let mut g = zero_grads(&poisoned);
+    let o = loss_and_grad_into(
+        &poisoned,
+        &x,
+        &y,
+        (b, t),
+        &CrossEntropyOptions::default(),
+        &mut g,
+    )
+    .unwrap();
+    assert!(o.loss.is_nan(), "got {}", o.loss);
+
+    let mut g = zero_grads(&model);
+    let opts = CrossEntropyOptions::default();
+    let too_long = vec![0u32; 81];
+    assert!(loss_and_grad_into(&model, &too_long, &too_long, (1, 81), &opts, &mut g).is_err());
+    let bad_id = vec![cfg.vocab_size as u32; 4];
+    assert!(loss_and_grad_into(&model, &bad_id, &bad_id, (1, 4), &opts, &mut g).is_err());
+    let f64_model = model.to_f64_reference().unwrap();
+    assert!(loss_and_grad_into(&f64_model, &x, &y, (b, t), &opts, &mut g).is_err());
+}
