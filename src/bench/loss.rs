@@ -3,7 +3,9 @@
 //!
 //! Cases: `ce_fwd_NxV`, `ce_fwdbwd_NxV` for N x V in 16384x256, 8192x8192, 4096x32768,
 //! 4096x50304, and `linear_ce_fwdbwd_4096x50304_d512`. Implementations, timed
-//! interleaved (one call of each in turn, repeated) so that machine noise hits all alike:
+//! interleaved (one call of each in turn, repeated) so that machine noise hits all alike
+//! (for `ce_fwdbwd`, the two kernel variants and the two graph paths as separate groups,
+//! see `ce_cases`):
 //!
 //! * `fused`: for `ce_fwd`, [`loss::cross_entropy`] on logits that need no gradient; for
 //!   `ce_fwdbwd`, [`loss::cross_entropy_loss_and_grad`] (loss and d(logits), one pass);
@@ -57,14 +59,13 @@ pub fn measure_bandwidth(bytes: usize) -> f64 {
     let n = bytes / 8;
     let a = vec![1.0f32; n];
     let mut b = vec![0.0f32; n];
+    // Streaming stores, as the kernel's gradient writes: a plain store loop would also
+    // read every destination line first (write-allocate), moving 12 bytes per element
+    // while 8 are counted, and understate the bandwidth by up to a third.
     let mut run = || {
         b.par_chunks_mut(1 << 16)
             .zip(a.par_chunks(1 << 16))
-            .for_each(|(d, s)| {
-                for (d, s) in d.iter_mut().zip(s) {
-                    *d = *s * 1.0001;
-                }
-            });
+            .for_each(|(d, s)| crate::loss::kernel::stream_scale_f32(d, s, 1.0001));
     };
     run();
     let mut ts: Vec<f64> = (0..5)
@@ -228,7 +229,13 @@ fn ce_cases(
         if wanted(&fb) {
             let var = Var::from_tensor(&x)?;
             let mut buf = vec![0f32; n * v];
-            let mut impls: Vec<(&str, BoxFn)> = vec![
+            // Two groups, each interleaved within itself: the kernel with a fresh and
+            // with a reused gradient buffer, then the graph paths. Interleaving all four
+            // made every fresh-buffer call page-fault: the reference frees ~3x N·V·4
+            // bytes between the fused calls, over glibc's trim threshold, so the heap
+            // went back to the OS each round (PyTorch's script runs each case in its own
+            // process; in training nothing frees gigabytes between steps).
+            let mut kernel_impls: Vec<(&str, BoxFn)> = vec![
                 (
                     "fused",
                     Box::new(|| {
@@ -245,6 +252,8 @@ fn ce_cases(
                         Ok(())
                     }),
                 ),
+            ];
+            let mut graph_impls: Vec<(&str, BoxFn)> = vec![
                 (
                     "fused_autograd",
                     Box::new(|| {
@@ -262,7 +271,10 @@ fn ce_cases(
                     }),
                 ),
             ];
-            for (imp, ms, reps, peak) in interleaved(&mut impls, warmup, rounds)? {
+            let mut results = interleaved(&mut kernel_impls, warmup, rounds)?;
+            drop(kernel_impls);
+            results.extend(interleaved(&mut graph_impls, warmup, rounds)?);
+            for (imp, ms, reps, peak) in results {
                 out.push(ce_record(
                     &fb,
                     n,
