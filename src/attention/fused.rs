@@ -946,41 +946,42 @@ impl CustomOp3 for FusedAttention {
 
 // ---------------------------------------------------------------------------------------
 // Slice entry points for the native training step (`model::native`), which owns its
-// buffers and bypasses candle's graph.
+// buffers and bypasses candle's graph, and for the benchmark of the kernel as it calls it.
 
-fn causal_dims(bh: usize, t: usize, d: usize) -> Dims<f32> {
+fn self_dims(bh: usize, t: usize, d: usize, causal: bool) -> Dims<f32> {
     let o = FusedOptions::default();
     Dims {
         bh,
         tq: t,
         tk: t,
         d,
-        causal: true,
+        causal,
         bq: o.block_q,
         bk: o.block_k,
         scale: (1.0 / (d.max(1) as f64).sqrt()) as f32, // as `dims_of`
     }
 }
 
-/// Causal self-attention of contiguous q, k, v [BH, T, D] (f32) -> (O [BH, T, D],
-/// log-sum-exp [BH, T]), exactly what [`attention`] computes for tensors.
-pub(crate) fn causal_forward_f32(
-    bh: usize,
-    t: usize,
-    d: usize,
+/// Self-attention of contiguous q, k, v [BH, T, D] (f32) -> (O [BH, T, D], log-sum-exp
+/// [BH, T]), exactly what [`attention`] computes for tensors. Causal unless `causal` is
+/// false (the benchmark's non-causal comparison).
+pub fn self_attention_forward_f32(
+    (bh, t, d): (usize, usize, usize),
+    causal: bool,
     q: &[f32],
     k: &[f32],
     v: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    forward(&causal_dims(bh, t, d), q, k, v, true)
+    assert!(q.len() == bh * t * d && k.len() == q.len() && v.len() == q.len());
+    forward(&self_dims(bh, t, d, causal), q, k, v, true)
 }
 
-/// The backward of [`causal_forward_f32`]: (dQ, dK, dV), each [BH, T, D].
+/// The backward of [`self_attention_forward_f32`] given dO: (dQ, dK, dV), each
+/// [BH, T, D].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn causal_backward_f32(
-    bh: usize,
-    t: usize,
-    d: usize,
+pub fn self_attention_backward_f32(
+    (bh, t, d): (usize, usize, usize),
+    causal: bool,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -988,7 +989,15 @@ pub(crate) fn causal_backward_f32(
     go: &[f32],
     lse: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    backward(&causal_dims(bh, t, d), q, k, v, o, go, lse)
+    let n = bh * t * d;
+    assert!(
+        [k.len(), v.len(), o.len(), go.len()]
+            .iter()
+            .all(|&l| l == n)
+            && q.len() == n
+    );
+    assert_eq!(lse.len(), bh * t);
+    backward(&self_dims(bh, t, d, causal), q, k, v, o, go, lse)
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@
 //! `median_ms` is the median of the per-round medians of interleaved rounds (reference,
 //! fused, reference, fused, ...), so that machine noise hits both alike.
 //! `peak_extra_bytes` is the peak heap growth during one call (inputs excluded).
+//!
+//! Implementations: `reference` (composed candle ops), `fused` (the candle op, backward
+//! through candle's graph: O∘G, the sum and candle's gradient store around the kernel)
+//! and `fused_native` (the same kernel through its slice entry points, forward then
+//! backward given dO = G, as the training step calls it).
 
 use super::{alloc, time_median_ms, BenchArgs};
 use crate::attention::{fused, reference, FusedOptions};
@@ -30,8 +35,22 @@ pub struct Record {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Imp {
+    /// The candle op: `fused::attention`, with `backward()` through candle's graph.
     Fused,
+    /// The same kernel as the training step calls it (`model::native`): the slice
+    /// entry points, forward then backward given dO, no candle graph around them.
+    FusedNative,
     Reference,
+}
+
+impl Imp {
+    fn name(self) -> &'static str {
+        match self {
+            Imp::Fused => "fused",
+            Imp::FusedNative => "fused_native",
+            Imp::Reference => "reference",
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -55,7 +74,7 @@ fn flops(s: Shape, fwdbwd: bool, causal: bool) -> f64 {
 
 fn attn(imp: Imp, causal: bool, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     match (imp, causal) {
-        (Imp::Fused, c) => fused::attention(
+        (Imp::Fused | Imp::FusedNative, c) => fused::attention(
             q,
             k,
             v,
@@ -74,7 +93,7 @@ fn attn(imp: Imp, causal: bool, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_co
 
 /// Builds the inputs and returns a closure doing one call (forward, or forward and
 /// backward with the gradients dropped at the end of the call).
-fn make_case(s: Shape, fwdbwd: bool, causal: bool, imp: Imp) -> anyhow::Result<impl FnMut()> {
+fn make_case(s: Shape, fwdbwd: bool, causal: bool, imp: Imp) -> anyhow::Result<Box<dyn FnMut()>> {
     let dev = Device::Cpu;
     let shape = (s.b, s.h, s.t, s.d);
     let q = Var::from_tensor(&Tensor::randn(0f32, 1., shape, &dev)?)?;
@@ -86,7 +105,21 @@ fn make_case(s: Shape, fwdbwd: bool, causal: bool, imp: Imp) -> anyhow::Result<i
         k.as_tensor().detach(),
         v.as_tensor().detach(),
     );
-    Ok(move || {
+    if imp == Imp::FusedNative {
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (qs, ks, vs, gs) = (flat(&qd)?, flat(&kd)?, flat(&vd)?, flat(&g)?);
+        let dims = (s.b * s.h, s.t, s.d);
+        return Ok(Box::new(move || {
+            let (o, lse) = fused::self_attention_forward_f32(dims, causal, &qs, &ks, &vs);
+            if fwdbwd {
+                let grads =
+                    fused::self_attention_backward_f32(dims, causal, &qs, &ks, &vs, &o, &gs, &lse);
+                std::hint::black_box(grads);
+            }
+            std::hint::black_box((o, lse));
+        }));
+    }
+    Ok(Box::new(move || {
         if fwdbwd {
             let o = attn(imp, causal, q.as_tensor(), k.as_tensor(), v.as_tensor()).unwrap();
             let grads = (o * &g).unwrap().sum_all().unwrap().backward().unwrap();
@@ -95,7 +128,7 @@ fn make_case(s: Shape, fwdbwd: bool, causal: bool, imp: Imp) -> anyhow::Result<i
             let o = attn(imp, causal, &qd, &kd, &vd).unwrap();
             std::hint::black_box(o);
         }
-    })
+    }))
 }
 
 fn case_name(s: Shape, fwdbwd: bool, causal: bool) -> String {
@@ -144,12 +177,7 @@ fn measure(
             let ms = super::median(&mut times[i]);
             Record {
                 case: case_name(s, fwdbwd, causal),
-                imp: if imp == Imp::Fused {
-                    "fused"
-                } else {
-                    "reference"
-                }
-                .into(),
+                imp: imp.name().into(),
                 median_ms: ms,
                 gflops: fl / (ms * 1e-3) / 1e9,
                 peak_extra_bytes: peaks[i],
@@ -161,7 +189,7 @@ fn measure(
 /// Runs the cases (all, or those whose name contains `args.filter`) and returns the
 /// records; prints a table line per record as it goes unless `quiet`.
 pub fn collect(args: &BenchArgs, quiet: bool) -> anyhow::Result<Vec<Record>> {
-    let both = [Imp::Reference, Imp::Fused];
+    let both = [Imp::Reference, Imp::Fused, Imp::FusedNative];
     // (shape, causal, implementations)
     let mut plan: Vec<(Shape, bool, Vec<Imp>)> = Vec::new();
     if args.quick {
@@ -189,10 +217,10 @@ pub fn collect(args: &BenchArgs, quiet: bool) -> anyhow::Result<Vec<Record>> {
             let imps = if t <= 256 {
                 both.to_vec()
             } else {
-                vec![Imp::Fused]
+                vec![Imp::Fused, Imp::FusedNative]
             };
             plan.push((s, true, imps));
-            plan.push((s, false, vec![Imp::Fused]));
+            plan.push((s, false, vec![Imp::Fused, Imp::FusedNative]));
         }
     }
     let mut out = Vec::new();

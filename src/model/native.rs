@@ -487,7 +487,7 @@ fn block_forward(dm: &Dims, w: &[&[f32]], x: Vec<f32>) -> (BlockActs, Vec<f32>) 
     drop(qkv_rows);
     let part = b * h * t * d;
     let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
-    let (att, lse) = attn::causal_forward_f32(b * h, t, d, q, k, v); // [B, H, T, D]
+    let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
     let atty = heads_to_rows(dm, &[&att]); // [N, C]
     let mut x2 = bias_init(w[5], Some(&x), n); // [N, C]
     mm_nt_acc(&mut x2, &atty, w[4], (n, c, c)); // x + [N, C] x [C, C]
@@ -548,7 +548,8 @@ fn block_backward(
     drop(datty);
     let part = b * h * t * d;
     let (q, k, v) = (&a.qkv[..part], &a.qkv[part..2 * part], &a.qkv[2 * part..]);
-    let (dq, dk, dv) = attn::causal_backward_f32(b * h, t, d, q, k, v, &a.att, &datt, &a.lse);
+    let (dq, dk, dv) =
+        attn::self_attention_backward_f32((b * h, t, d), true, q, k, v, &a.att, &datt, &a.lse);
     drop((datt, a.att, a.lse, a.qkv));
     let dqkv = heads_to_rows(dm, &[&dq, &dk, &dv]); // [N, 3C]
     drop((dq, dk, dv));
