@@ -161,11 +161,9 @@ pub fn loss_and_grad_into(
     };
     let t1 = Instant::now();
     // ---- backward
-    let (dx, dg, db) = layer_norm::backward(&x, &dlnf, w[nw - 2], &lnf_mean, &lnf_rstd, true);
+    let stats = (lnf_mean, lnf_rstd);
+    let mut dx = ln_backward(&x, &dlnf, w[nw - 2], &stats, &mut grads[nw - 2..]);
     drop((lnf, dlnf, x));
-    add_into(&mut grads[nw - 2], &dg);
-    add_into(&mut grads[nw - 1], &db);
-    let mut dx = dx.expect("asked for dx");
     for l in (0..cfg.n_layer).rev() {
         let a = acts.pop().expect("one per layer");
         dx = block_backward(
@@ -534,12 +532,10 @@ fn block_backward(
     add_colsum(&mut g[9], &dfc);
     let dln2 = mm_nn(&dfc, w[8], (n, c, 4 * c)); // [N, 4C] x [4C, C]
     drop(dfc);
-    let (dx2, dg, db) = layer_norm::backward(&a.x2, &dln2, w[6], &a.ln2.1, &a.ln2.2, true);
-    add_into(&mut g[6], &dg);
-    add_into(&mut g[7], &db);
-    let mut dx2 = dx2.expect("asked for dx");
+    let stats = (a.ln2.1, a.ln2.2);
+    let mut dx2 = ln_backward(&a.x2, &dln2, w[6], &stats, &mut g[6..8]);
     add_into(&mut dx2, &dout); // the residual path
-    drop((dout, dln2, a.x2, a.ln2));
+    drop((dout, dln2, a.x2, a.ln2.0));
     // Attention: x2 = x + atty · W_projᵀ + b_proj
     mm_tn_acc(&mut g[4], &dx2, &a.atty, (c, c, n)); // [C, N] x [N, C]
     add_colsum(&mut g[5], &dx2);
@@ -557,12 +553,25 @@ fn block_backward(
     add_colsum(&mut g[3], &dqkv);
     let dln1 = mm_nn(&dqkv, w[2], (n, c, 3 * c)); // [N, 3C] x [3C, C]
     drop(dqkv);
-    let (dx, dg, db) = layer_norm::backward(&a.x, &dln1, w[0], &a.ln1.1, &a.ln1.2, true);
-    add_into(&mut g[0], &dg);
-    add_into(&mut g[1], &db);
-    let mut dx = dx.expect("asked for dx");
+    let stats = (a.ln1.1, a.ln1.2);
+    let mut dx = ln_backward(&a.x, &dln1, w[0], &stats, &mut g[0..2]);
     add_into(&mut dx, &dx2); // the residual path
     dx
+}
+
+/// LayerNorm backward from x [N, C], dy [N, C], the gain and the forward's (mean, rstd)
+/// [N]: returns dx [N, C] and adds d(gain), d(bias) into `g_gain_bias` (two buffers).
+fn ln_backward(
+    x: &[f32],
+    dy: &[f32],
+    gain: &[f32],
+    (mean, rstd): &(Vec<f32>, Vec<f32>),
+    g_gain_bias: &mut [Vec<f32>],
+) -> Vec<f32> {
+    let (dx, dg, db) = layer_norm::backward(x, dy, gain, mean, rstd, true);
+    add_into(&mut g_gain_bias[0], &dg);
+    add_into(&mut g_gain_bias[1], &db);
+    dx.expect("asked for dx")
 }
 
 enum HeadError {
