@@ -257,6 +257,32 @@ fn ctrl_c_finishes_the_step_checkpoints_and_resume_continues() {
 }
 
 #[test]
+fn sigterm_and_sighup_stop_as_cleanly_as_ctrl_c() {
+    for sig in ["-TERM", "-HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let args = train_args(
+            &run,
+            &["--max-steps", "100000", "--checkpoint-interval", "1000"],
+        );
+        let mut r = Running::spawn(&args, &[]);
+        r.wait_for("step      3 |");
+        r.signal(sig);
+        let (status, out, err) = r.finish();
+        println!("{sig}: {out}\n{err}");
+        assert_eq!(status.code(), Some(0), "exit status after {sig}");
+        let where_line = out.lines().find(|l| l.starts_with("checkpoint: ")).unwrap();
+        let ckpt = PathBuf::from(where_line.trim_start_matches("checkpoint: "));
+        let loaded = checkpoint::load(&run, false, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(ckpt, run.join(format!("step-{:08}", loaded.state.step)));
+        assert!(
+            !run.join(checkpoint::LOCK_FILE).exists(),
+            "lock left behind"
+        );
+    }
+}
+
+#[test]
 fn kill_9_at_random_moments_never_loses_the_latest_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");

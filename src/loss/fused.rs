@@ -147,9 +147,20 @@ fn run_typed<T: Elem<F> + candle_core::WithDType, F: Real>(
     scale: RowScale<'_>,
     want_grad: bool,
 ) -> Result<(Vec<RowOut>, Option<Tensor>)> {
-    if want_grad {
-        // Zero-filled, so for f32 the allocator hands back fresh zero pages (calloc)
-        // instead of writing them: the kernel's pass B is the first write.
+    if want_grad && T::IS_REAL && p.softcap.is_none() {
+        // Uninitialised: the kernel streams every element of the gradient, so zero-filling
+        // it first (calloc on reused heap memory) would be a whole extra write pass.
+        let mut g: Vec<T> = Vec::with_capacity(n * v);
+        let dst = T::as_real_uninit(&mut g.spare_capacity_mut()[..n * v])
+            .expect("T is the arithmetic type");
+        let outs = kernel::run_fresh::<T, F>(x, targets, p, scale, dst).map_err(kernel_err)?;
+        // SAFETY: run_fresh returned Ok, so it wrote all n·v elements.
+        unsafe { g.set_len(n * v) };
+        let g = Tensor::from_vec(g, (n, v), &Device::Cpu)?;
+        Ok((outs, Some(g)))
+    } else if want_grad {
+        // bf16/f16 or soft-capped rows read their gradient row back while writing it:
+        // zero-filled (fresh pages from the allocator cost nothing to zero).
         let mut g = vec![T::zero(); n * v];
         let outs = kernel::run::<T, F>(x, targets, p, scale, Some(&mut g)).map_err(kernel_err)?;
         let g = Tensor::from_vec(g, (n, v), &Device::Cpu)?;

@@ -23,6 +23,7 @@
 
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 /// Independent accumulators per inner loop: 16 f32 = one AVX-512 register.
@@ -58,8 +59,8 @@ pub(crate) trait Real:
     /// fetching its lines into the cache first (a read for ownership) is wasted
     /// traffic. Callers fence ([`store_fence`]) before the data is handed on.
     #[inline(always)]
-    fn stream_copy(dst: &mut [Self], src: &[Self]) {
-        dst.copy_from_slice(src)
+    fn stream_copy(dst: &mut [MaybeUninit<Self>], src: &[Self]) {
+        dst.write_copy_of_slice(src);
     }
 }
 
@@ -87,28 +88,28 @@ impl Real for f32 {
         f32::is_nan(self)
     }
     #[inline(always)]
-    fn stream_copy(dst: &mut [f32], src: &[f32]) {
+    fn stream_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         if simd_level() == 2 {
             // SAFETY: AVX-512 F was detected at run time.
             return unsafe { stream_copy_avx512(dst, src) };
         }
-        dst.copy_from_slice(src)
+        dst.write_copy_of_slice(src);
     }
 }
 
 /// dst = src with 64-byte non-temporal stores for the aligned middle part.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn stream_copy_avx512(dst: &mut [f32], src: &[f32]) {
+unsafe fn stream_copy_avx512(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     use std::arch::x86_64::{_mm512_loadu_ps, _mm512_stream_ps};
     assert_eq!(dst.len(), src.len());
     let n = dst.len();
     // Elements before the first 64-byte boundary of dst.
     let head = (dst.as_ptr().align_offset(64)).min(n);
-    dst[..head].copy_from_slice(&src[..head]);
+    dst[..head].write_copy_of_slice(&src[..head]);
     let body = (n - head) / 16 * 16;
-    let (d, s) = (dst[head..].as_mut_ptr(), src[head..].as_ptr());
+    let (d, s) = (dst[head..].as_mut_ptr() as *mut f32, src[head..].as_ptr());
     let mut i = 0;
     while i < body {
         // SAFETY: i + 16 <= body <= n - head keeps both in bounds; d + i is 64-byte
@@ -116,7 +117,7 @@ unsafe fn stream_copy_avx512(dst: &mut [f32], src: &[f32]) {
         unsafe { _mm512_stream_ps(d.add(i), _mm512_loadu_ps(s.add(i))) };
         i += 16;
     }
-    dst[head + body..].copy_from_slice(&src[head + body..]);
+    dst[head + body..].write_copy_of_slice(&src[head + body..]);
 }
 
 /// dst = src·k written with the kernel's streaming stores, then fenced: the memory
@@ -129,9 +130,15 @@ pub(crate) fn stream_scale_f32(dst: &mut [f32], src: &[f32], k: f32) {
         for (o, &x) in b.iter_mut().zip(s) {
             *o = x * k;
         }
-        <f32 as Real>::stream_copy(d, b);
+        <f32 as Real>::stream_copy(as_uninit(d), b);
     }
     store_fence();
+}
+
+/// An initialised slice seen as possibly-uninitialised (only ever written through).
+fn as_uninit<F>(s: &mut [F]) -> &mut [MaybeUninit<F>] {
+    // SAFETY: same layout; writing initialised values keeps every element initialised.
+    unsafe { &mut *(s as *mut [F] as *mut [MaybeUninit<F>]) }
 }
 
 /// Orders the non-temporal stores of [`Real::stream_copy`] before later stores (the
@@ -216,8 +223,9 @@ pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
     /// The slice as the arithmetic type when the two are the same (f32/f32, f64/f64):
     /// then pass B can park e_j in the gradient row itself.
     fn as_real_mut(s: &mut [Self]) -> Option<&mut [F]>;
-    /// Whether `Self` is `F` (then `as_real_mut` returns `Some`).
+    /// Whether `Self` is `F` (then `as_real_mut` and `as_real_uninit` return `Some`).
     const IS_REAL: bool;
+    fn as_real_uninit(s: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<F>]>;
 }
 
 impl Elem<f32> for f32 {
@@ -233,6 +241,9 @@ impl Elem<f32> for f32 {
         Some(s)
     }
     const IS_REAL: bool = true;
+    fn as_real_uninit(s: &mut [MaybeUninit<f32>]) -> Option<&mut [MaybeUninit<f32>]> {
+        Some(s)
+    }
 }
 impl Elem<f64> for f64 {
     #[inline(always)]
@@ -247,6 +258,9 @@ impl Elem<f64> for f64 {
         Some(s)
     }
     const IS_REAL: bool = true;
+    fn as_real_uninit(s: &mut [MaybeUninit<f64>]) -> Option<&mut [MaybeUninit<f64>]> {
+        Some(s)
+    }
 }
 impl Elem<f32> for bf16 {
     #[inline(always)]
@@ -261,6 +275,9 @@ impl Elem<f32> for bf16 {
         None
     }
     const IS_REAL: bool = false;
+    fn as_real_uninit(_: &mut [MaybeUninit<bf16>]) -> Option<&mut [MaybeUninit<f32>]> {
+        None
+    }
 }
 impl Elem<f32> for f16 {
     #[inline(always)]
@@ -275,6 +292,9 @@ impl Elem<f32> for f16 {
         None
     }
     const IS_REAL: bool = false;
+    fn as_real_uninit(_: &mut [MaybeUninit<f16>]) -> Option<&mut [MaybeUninit<f32>]> {
+        None
+    }
 }
 
 /// What every row needs to know besides its data.
@@ -475,7 +495,15 @@ const STREAM_BLOCK: usize = 1024;
 /// before overwriting it: 12 bytes of memory traffic per element instead of 8.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pass_grad_streamed<F: Real>(e: &[F], g: &mut [F], a: F, b: F, t: usize, hit: F, buf: &mut [F]) {
+fn pass_grad_streamed<F: Real>(
+    e: &[F],
+    g: &mut [MaybeUninit<F>],
+    a: F,
+    b: F,
+    t: usize,
+    hit: F,
+    buf: &mut [F],
+) {
     for (blk, (ec, gc)) in e
         .chunks(STREAM_BLOCK)
         .zip(g.chunks_mut(STREAM_BLOCK))
@@ -552,33 +580,40 @@ fn pass_exp_inplace<F: Real>(xe: &mut [F], m: F, want_dsum: bool) -> (F, F) {
 }
 
 /// Where a row's data comes from and its gradient goes.
-pub(crate) enum RowIo<'a, T> {
+pub(crate) enum RowIo<'a, T, F> {
     /// Read the logits, write the gradient (if any) to a separate row.
     Separate(&'a [T], Option<&'a mut [T]>),
     /// The row holds the logits on entry and the gradient on exit (T must be the
     /// arithmetic type).
     InPlace(&'a mut [T]),
+    /// Read the logits, stream the gradient into uninitialised memory of the
+    /// arithmetic type, writing every element (T = F, no soft-cap).
+    Fresh(&'a [T], &'a mut [MaybeUninit<F>]),
 }
 
 /// One row: loss, lse, argmax-correct and, if a gradient row is given, the gradient
 /// scaled by `scale`. Soft-capping happens here.
 #[inline(always)]
 fn row<T: Elem<F>, F: Real>(
-    io: RowIo<'_, T>,
+    io: RowIo<'_, T, F>,
     target: u32,
     p: &Params,
     scale: F,
     scratch: &mut Scratch<F>,
 ) -> RowOut {
     let v = p.v;
-    let (x_ro, grad): (Option<&[T]>, Option<&mut [T]>) = match io {
-        RowIo::Separate(x, g) => (Some(x), g),
-        RowIo::InPlace(g) => (None, Some(g)),
+    let (x_ro, grad, fresh): (Option<&[T]>, Option<&mut [T]>, _) = match io {
+        RowIo::Separate(x, g) => (Some(x), g, None),
+        RowIo::InPlace(g) => (None, Some(g), None),
+        RowIo::Fresh(x, g) => (Some(x), None, Some(g)),
     };
     let in_place = x_ro.is_none();
     if p.ignore_index == Some(target) {
         if let Some(g) = grad {
             g.fill(T::store(F::ZERO));
+        }
+        if let Some(g) = fresh {
+            g.fill(MaybeUninit::new(F::ZERO));
         }
         return RowOut::default();
     }
@@ -639,39 +674,46 @@ fn row<T: Elem<F>, F: Real>(
         };
     }
 
-    let mut grad = grad;
-    let streamed = !in_place && inv_cap.is_none() && T::IS_REAL;
-    let (s, dsum) = match grad.as_deref_mut() {
-        None => match inv_cap {
-            Some(_) => pass_exp::<F, F>(&y, m, None, want_dsum),
-            None => pass_exp::<T, F>(
-                x_ro.expect("no gradient, so not in place"),
-                m,
-                None,
-                want_dsum,
-            ),
-        },
-        // Separate rows of the arithmetic type without a soft-cap: pass B parks e_j in
-        // the scratch row (L2), pass C streams the gradient (see `pass_grad_streamed`).
-        Some(_) if streamed => {
-            e_scratch.resize(v, F::ZERO);
-            let x = x_ro.expect("streamed rows are separate");
-            pass_exp::<T, F>(x, m, Some(&mut e_scratch[..]), want_dsum)
+    // Separate rows of the arithmetic type without a soft-cap: pass B parks e_j in the
+    // scratch row (L2), pass C streams the gradient (see `pass_grad_streamed`).
+    let (mut grad, stream_to) = match (fresh, grad) {
+        (Some(f), _) => (None, Some(f)),
+        (None, Some(g)) if T::IS_REAL && !in_place && inv_cap.is_none() => {
+            let gr = T::as_real_mut(g).expect("T is the arithmetic type");
+            (None, Some(as_uninit(gr)))
         }
-        Some(g) => {
-            // Where pass B parks e_j: the gradient row itself when it is of the
-            // arithmetic type, else the scratch row.
-            let e_row: &mut [F] = match T::as_real_mut(g) {
-                Some(gr) => gr,
-                None => {
-                    e_scratch.resize(v, F::ZERO);
-                    &mut e_scratch[..]
+        (None, g) => (g, None),
+    };
+    let (s, dsum) = if stream_to.is_some() {
+        e_scratch.resize(v, F::ZERO);
+        let x = x_ro.expect("streamed rows are separate");
+        pass_exp::<T, F>(x, m, Some(&mut e_scratch[..]), want_dsum)
+    } else {
+        match grad.as_deref_mut() {
+            None => match inv_cap {
+                Some(_) => pass_exp::<F, F>(&y, m, None, want_dsum),
+                None => pass_exp::<T, F>(
+                    x_ro.expect("no gradient, so not in place"),
+                    m,
+                    None,
+                    want_dsum,
+                ),
+            },
+            Some(g) => {
+                // Where pass B parks e_j: the gradient row itself when it is of the
+                // arithmetic type, else the scratch row.
+                let e_row: &mut [F] = match T::as_real_mut(g) {
+                    Some(gr) => gr,
+                    None => {
+                        e_scratch.resize(v, F::ZERO);
+                        &mut e_scratch[..]
+                    }
+                };
+                match (inv_cap, x_ro) {
+                    (Some(_), _) => pass_exp::<F, F>(&y, m, Some(e_row), want_dsum),
+                    (None, Some(x)) => pass_exp::<T, F>(x, m, Some(e_row), want_dsum),
+                    (None, None) => pass_exp_inplace(e_row, m, want_dsum),
                 }
-            };
-            match (inv_cap, x_ro) {
-                (Some(_), _) => pass_exp::<F, F>(&y, m, Some(e_row), want_dsum),
-                (None, Some(x)) => pass_exp::<T, F>(x, m, Some(e_row), want_dsum),
-                (None, None) => pass_exp_inplace(e_row, m, want_dsum),
             }
         }
     };
@@ -697,18 +739,17 @@ fn row<T: Elem<F>, F: Real>(
         loss = loss + z * lse * lse;
     }
 
-    if let Some(g) = grad {
-        let a = scale * (F::ONE + (z + z) * lse) / s;
-        let b = scale * eps / vf;
+    let a = scale * (F::ONE + (z + z) * lse) / s;
+    let b = scale * eps / vf;
+    let chain = inv_cap
+        .map(|inv_c| F::ONE - (y_t * inv_c) * (y_t * inv_c))
+        .unwrap_or(F::ONE);
+    let hit = scale * (F::ONE - eps) * chain;
+    if let Some(dst) = stream_to {
+        pass_grad_streamed(&e_scratch, dst, a, b, t, hit, &mut scratch.blk);
+    } else if let Some(g) = grad {
         let cap = inv_cap.map(|inv_c| (&y[..], inv_c));
-        let chain = inv_cap
-            .map(|inv_c| F::ONE - (y_t * inv_c) * (y_t * inv_c))
-            .unwrap_or(F::ONE);
-        let hit = scale * (F::ONE - eps) * chain;
         match T::as_real_mut(g) {
-            Some(gr) if streamed => {
-                pass_grad_streamed(&e_scratch, gr, a, b, t, hit, &mut scratch.blk);
-            }
             Some(gr) => {
                 pass_grad_inplace(gr, a, b, cap);
                 gr[t] = gr[t] - hit;
@@ -739,6 +780,17 @@ fn rows_per_job(v: usize) -> usize {
     (65_536 / v.max(1)).max(1)
 }
 
+/// Where the gradient rows of a run go.
+enum Dest<'a, T, F> {
+    /// No gradient (forward only).
+    Nothing,
+    /// Initialised rows of T: a separate buffer, or the logits themselves (in place).
+    Rows(&'a mut [T]),
+    /// Uninitialised rows of the arithmetic type, every element of which the kernel
+    /// writes when it succeeds.
+    Fresh(&'a mut [MaybeUninit<F>]),
+}
+
 /// Runs the kernel over all rows of `x` [N, V] (row-major, contiguous).
 ///
 /// `grad`, when given, is [N, V] and receives scale_i · d(row loss_i)/d(x_i).
@@ -751,7 +803,30 @@ pub(crate) fn run<T: Elem<F>, F: Real>(
     grad: Option<&mut [T]>,
 ) -> Result<Vec<RowOut>, KernelError> {
     assert_eq!(x.len(), targets.len() * p.v, "logits are not [N, V]");
-    run_rows(Some(x), targets, p, scale, grad)
+    let dest = match grad {
+        Some(g) => Dest::Rows(g),
+        None => Dest::Nothing,
+    };
+    run_rows(Some(x), targets, p, scale, dest)
+}
+
+/// [`run`] with the gradient written into uninitialised memory `grad` [N, V] of the
+/// arithmetic type (f32 or f64 logits, no soft-cap): on `Ok`, every element of it has
+/// been written, so a caller can allocate it without zero-filling. On `Err` it is
+/// partly written.
+pub(crate) fn run_fresh<T: Elem<F>, F: Real>(
+    x: &[T],
+    targets: &[u32],
+    p: &Params,
+    scale: RowScale<'_>,
+    grad: &mut [MaybeUninit<F>],
+) -> Result<Vec<RowOut>, KernelError> {
+    assert!(
+        T::IS_REAL && p.softcap.is_none(),
+        "run_fresh: f32/f64, no soft-cap"
+    );
+    assert_eq!(x.len(), targets.len() * p.v, "logits are not [N, V]");
+    run_rows(Some(x), targets, p, scale, Dest::Fresh(grad))
 }
 
 /// [`run`] with the gradient written over the logits: `xg` [N, V] holds the logits on
@@ -763,7 +838,7 @@ pub(crate) fn run_in_place<F: Real>(
     p: &Params,
     scale: RowScale<'_>,
 ) -> Result<Vec<RowOut>, KernelError> {
-    run_rows::<F, F>(None, targets, p, scale, Some(xg))
+    run_rows::<F, F>(None, targets, p, scale, Dest::Rows(xg))
 }
 
 fn run_rows<T: Elem<F>, F: Real>(
@@ -771,7 +846,7 @@ fn run_rows<T: Elem<F>, F: Real>(
     targets: &[u32],
     p: &Params,
     scale: RowScale<'_>,
-    data: Option<&mut [T]>,
+    data: Dest<'_, T, F>,
 ) -> Result<Vec<RowOut>, KernelError> {
     let v = p.v;
     let n = targets.len();
@@ -784,20 +859,29 @@ fn run_rows<T: Elem<F>, F: Real>(
         scale,
     };
     match data {
-        Some(g) => {
+        Dest::Rows(g) => {
             assert_eq!(g.len(), n * v, "gradient is not [N, V]");
             outs.par_chunks_mut(rpj)
                 .zip(g.par_chunks_mut(rpj * v))
                 .enumerate()
                 .for_each_init(Scratch::<F>::new, |sc, (j, (o, gc))| {
-                    job.dispatch(j * rpj, o, Some(gc), sc)
+                    job.dispatch(j * rpj, o, Dest::Rows(gc), sc)
                 });
         }
-        None => {
+        Dest::Fresh(g) => {
+            assert_eq!(g.len(), n * v, "gradient is not [N, V]");
+            outs.par_chunks_mut(rpj)
+                .zip(g.par_chunks_mut(rpj * v))
+                .enumerate()
+                .for_each_init(Scratch::<F>::new, |sc, (j, (o, gc))| {
+                    job.dispatch(j * rpj, o, Dest::Fresh(gc), sc)
+                });
+        }
+        Dest::Nothing => {
             outs.par_chunks_mut(rpj)
                 .enumerate()
                 .for_each_init(Scratch::<F>::new, |sc, (j, o)| {
-                    job.dispatch(j * rpj, o, None, sc)
+                    job.dispatch(j * rpj, o, Dest::Nothing, sc)
                 });
         }
     }
@@ -835,7 +919,7 @@ impl<T> Job<'_, T> {
         &self,
         i0: usize,
         outs: &mut [RowOut],
-        data: Option<&mut [T]>,
+        data: Dest<'_, T, F>,
         sc: &mut Scratch<F>,
     ) where
         T: Elem<F>,
@@ -848,7 +932,7 @@ impl<T> Job<'_, T> {
             }
         };
         match data {
-            Some(g) => {
+            Dest::Rows(g) => {
                 for (k, (o, gr)) in outs.iter_mut().zip(g.chunks_exact_mut(v)).enumerate() {
                     let i = i0 + k;
                     let io = match self.x {
@@ -858,7 +942,15 @@ impl<T> Job<'_, T> {
                     *o = row(io, self.targets[i], self.p, scale_of(i), sc);
                 }
             }
-            None => {
+            Dest::Fresh(g) => {
+                let x = self.x.expect("fresh rows are separate");
+                for (k, (o, gr)) in outs.iter_mut().zip(g.chunks_exact_mut(v)).enumerate() {
+                    let i = i0 + k;
+                    let io = RowIo::Fresh(&x[i * v..(i + 1) * v], gr);
+                    *o = row(io, self.targets[i], self.p, scale_of(i), sc);
+                }
+            }
+            Dest::Nothing => {
                 let x = self.x.expect("logits or in-place rows");
                 for (k, o) in outs.iter_mut().enumerate() {
                     let i = i0 + k;
@@ -877,7 +969,7 @@ impl<T> Job<'_, T> {
         &self,
         i0: usize,
         outs: &mut [RowOut],
-        data: Option<&mut [T]>,
+        data: Dest<'_, T, F>,
         sc: &mut Scratch<F>,
     ) where
         T: Elem<F>,
@@ -905,7 +997,7 @@ impl<T> Job<'_, T> {
         &self,
         i0: usize,
         outs: &mut [RowOut],
-        data: Option<&mut [T]>,
+        data: Dest<'_, T, F>,
         sc: &mut Scratch<F>,
     ) where
         T: Elem<F>,
@@ -919,7 +1011,7 @@ impl<T> Job<'_, T> {
         &self,
         i0: usize,
         outs: &mut [RowOut],
-        data: Option<&mut [T]>,
+        data: Dest<'_, T, F>,
         sc: &mut Scratch<F>,
     ) where
         T: Elem<F>,
