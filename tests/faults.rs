@@ -208,8 +208,10 @@ impl Running {
     }
 }
 
-#[test]
-fn ctrl_c_finishes_the_step_checkpoints_and_resume_continues() {
+/// Starts a long run, sends `sig` after step 3 and checks the clean stop: exit 0, the
+/// interrupt message, a checkpoint at the step reported, the resume hint, no lock left.
+/// Returns (temporary directory, run directory, steps done).
+fn stop_with_signal(sig: &str) -> (tempfile::TempDir, PathBuf, usize) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let args = train_args(
@@ -218,10 +220,10 @@ fn ctrl_c_finishes_the_step_checkpoints_and_resume_continues() {
     );
     let mut r = Running::spawn(&args, &[]);
     r.wait_for("step      3 |");
-    r.signal("-INT");
+    r.signal(sig);
     let (status, out, err) = r.finish();
-    println!("{out}\n{err}");
-    assert_eq!(status.code(), Some(0), "exit status after Ctrl-C");
+    println!("{sig}: {out}\n{err}");
+    assert_eq!(status.code(), Some(0), "exit status after {sig}");
     assert!(err.contains("interrupt: finishing this step"), "{err}");
     let summary = out
         .lines()
@@ -242,7 +244,13 @@ fn ctrl_c_finishes_the_step_checkpoints_and_resume_continues() {
     );
     let loaded = checkpoint::load(&run, false, &candle_core::Device::Cpu).unwrap();
     assert_eq!(loaded.state.step, steps);
+    (dir, run, steps)
+}
 
+#[test]
+fn ctrl_c_finishes_the_step_checkpoints_and_resume_continues() {
+    let (_dir, run, steps) = stop_with_signal("-INT");
+    let ckpt = run.join(format!("step-{steps:08}"));
     let total = (steps + 3).to_string();
     let out = run_ok(
         &train_args(
@@ -259,26 +267,7 @@ fn ctrl_c_finishes_the_step_checkpoints_and_resume_continues() {
 #[test]
 fn sigterm_and_sighup_stop_as_cleanly_as_ctrl_c() {
     for sig in ["-TERM", "-HUP"] {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        let args = train_args(
-            &run,
-            &["--max-steps", "100000", "--checkpoint-interval", "1000"],
-        );
-        let mut r = Running::spawn(&args, &[]);
-        r.wait_for("step      3 |");
-        r.signal(sig);
-        let (status, out, err) = r.finish();
-        println!("{sig}: {out}\n{err}");
-        assert_eq!(status.code(), Some(0), "exit status after {sig}");
-        let where_line = out.lines().find(|l| l.starts_with("checkpoint: ")).unwrap();
-        let ckpt = PathBuf::from(where_line.trim_start_matches("checkpoint: "));
-        let loaded = checkpoint::load(&run, false, &candle_core::Device::Cpu).unwrap();
-        assert_eq!(ckpt, run.join(format!("step-{:08}", loaded.state.step)));
-        assert!(
-            !run.join(checkpoint::LOCK_FILE).exists(),
-            "lock left behind"
-        );
+        stop_with_signal(sig);
     }
 }
 
