@@ -3,12 +3,16 @@
 //! One call handles rows of logits x [N, V] (f32, bf16, f16 or f64) against targets [N]
 //! and, when asked, writes the gradient d(loss)/d(x) [N, V] once. Per row:
 //!
-//! * pass A reads the row from memory: max m (and a count of NaN / +inf entries);
+//! * pass A reads the row from memory: max m (+inf makes it +inf; NaN is caught by the
+//!   sum of pass B, which it makes NaN);
 //! * pass B re-reads it from L2: e_j = exp(y_j - m), s = Σ e_j, and Σ (m - y_j) for
-//!   label smoothing; e_j is stored in the gradient row itself (or a scratch row when
-//!   the gradient is narrower than f32);
-//! * pass C rewrites the gradient row in place: g_j = scale · ((1 + 2z·lse)·e_j/s - ε/V
-//!   - (1-ε)·[j = t]) (times 1 - (y_j/c)² under a soft-cap).
+//!   label smoothing; e_j goes to a scratch row (L2) when the gradient is a separate
+//!   row of the arithmetic type without a soft-cap, else into the gradient row itself
+//!   (in place, as the linear CE's chunks use it) or a scratch row (bf16/f16, soft-cap);
+//! * pass C writes g_j = scale · ((1 + 2z·lse)·e_j/s - ε/V - (1-ε)·[j = t]) (times
+//!   1 - (y_j/c)² under a soft-cap): streamed with non-temporal stores from the scratch
+//!   row (so the gradient's lines are never read: 8 bytes of traffic per element, and
+//!   the destination may be uninitialised, see `run_fresh`), or rewritten in place.
 //!
 //! The row (V·4 bytes, 200 KB at V = 50304) stays in the per-core L2 between the
 //! passes, so memory sees one read of the logits and one write of the gradient: the
@@ -980,14 +984,18 @@ impl<T> Job<'_, T> {
             if level == 2 {
                 // SAFETY: AVX-512 F/BW/VL were detected at run time.
                 unsafe { self.rows_avx512(i0, outs, data, sc) };
-                // The streamed gradient stores are visible before the job ends.
-                return store_fence();
-            }
-            if level == 1 {
+            } else if level == 1 {
                 // SAFETY: AVX2 and FMA were detected at run time.
-                return unsafe { self.rows_avx2(i0, outs, data, sc) };
+                unsafe { self.rows_avx2(i0, outs, data, sc) };
+            } else {
+                self.rows(i0, outs, data, sc);
             }
+            // The streamed gradient stores are visible before the job ends. Always, not
+            // only after the AVX-512 copy: `stream_copy` reads the SIMD level again and a
+            // test may change the cap in between.
+            store_fence();
         }
+        #[cfg(not(target_arch = "x86_64"))]
         self.rows(i0, outs, data, sc)
     }
 

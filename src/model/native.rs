@@ -83,6 +83,10 @@ pub fn supported(model: &Gpt) -> bool {
 /// gradient with respect to every parameter *added into* `grads` (see [`zero_grads`]),
 /// so that k calls with `opts.normalizer = B·T·k` accumulate the gradient of the mean
 /// over the k micro-batches. Reductions mean and sum.
+///
+/// When the loss comes back NaN (non-finite logits) or the call returns `Err` (e.g. a
+/// target outside the vocabulary), `grads` may already hold part of this call's
+/// contribution and must be discarded (the trainer skips the step, or stops).
 pub fn loss_and_grad_into(
     model: &Gpt,
     idx: &[u32],

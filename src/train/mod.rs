@@ -200,6 +200,8 @@ impl Trainer {
     ///
     /// f32 models on the CPU run the native step (`model::native`: no candle graph,
     /// gradients accumulated in place); other devices and dtypes run candle's autograd.
+    /// (There, non-finite logits make the fused loss return an error, which ends the run
+    /// instead of skipping the step.)
     pub fn step(&mut self, tokens: &[u32], lr: f64) -> anyhow::Result<StepOutcome> {
         let c = &self.config;
         let (b, t, k) = (c.batch_size, c.model.block_size, c.grad_accum);
