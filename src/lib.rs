@@ -12,6 +12,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod eval;
+mod fastmath;
 pub mod kernels;
 pub mod loss;
 pub mod model;

@@ -85,43 +85,7 @@ impl Elem for f64 {
     }
 }
 
-/// Branch-free exp for f32 that vectorises (libm's `expf` is a scalar call and would
-/// cost more than the two tile GEMMs it sits between).
-///
-/// Cody-Waite reduction x = n·ln2 + r with |r| <= ln2/2, then a degree-7 Taylor
-/// polynomial for e^r (truncation error (ln2/2)^8/8! = 5.3e-9, below half an ulp), then
-/// scaling by 2^n built in the exponent bits. Inputs below -87 (including -inf, the
-/// causal mask) give exactly 0: the largest flushed value, e^-87 = 1.6e-38, is
-/// irrelevant next to the row maximum's e^0 = 1 in a softmax. NaN propagates.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75; // ln2 rounded to 17 bits: n·LN2_HI is exact
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer
-    let xc = x.clamp(-87.0, 88.0); // NaN stays NaN
-    let t = xc.mul_add(LOG2E, MAGIC);
-    let n = t - MAGIC;
-    let r = n.mul_add(-LN2_HI, xc);
-    let r = n.mul_add(-LN2_LO, r);
-    let mut p = 1.0 / 5040.0;
-    p = p.mul_add(r, 1.0 / 720.0);
-    p = p.mul_add(r, 1.0 / 120.0);
-    p = p.mul_add(r, 1.0 / 24.0);
-    p = p.mul_add(r, 1.0 / 6.0);
-    p = p.mul_add(r, 0.5);
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
-    // t's low mantissa bits hold n + 2^22 (n in [-126, 127]); rebias to an exponent.
-    let ni = t.to_bits().wrapping_sub(0x4B40_0000) as i32;
-    let scale = f32::from_bits(((ni + 127) as u32) << 23);
-    let y = p * scale;
-    if x < -87.0 {
-        0.0
-    } else {
-        y
-    }
-}
+use crate::fastmath::exp_f32;
 
 #[inline(always)]
 fn max<T: Elem>(a: T, b: T) -> T {
@@ -458,24 +422,6 @@ unsafe fn micro_tail<T: Elem, const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_f32_matches_f64_exp() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = (x as f64).exp();
-            let got = exp_f32(x) as f64;
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.0137;
-        }
-        println!("exp_f32 worst relative error on [-87, 88]: {worst:.3e} (f32 ulp = 1.19e-7)");
-        assert!(worst < 2.5e-7, "exp_f32 too inaccurate: {worst}");
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(-1000.0), 0.0);
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert!(exp_f32(f32::NAN).is_nan());
-    }
 
     #[test]
     fn gemm_matches_naive_for_odd_shapes() {

@@ -1,7 +1,8 @@
-//! Shared plumbing of the fused kernels: the float trait they are generic over, a
-//! vectorisable `exp`, CPU-feature dispatch, uninitialised output buffers and
-//! borrowing a tensor's contiguous CPU slice.
+//! Shared plumbing of the fused kernels: the float trait they are generic over,
+//! CPU-feature dispatch, uninitialised output buffers and borrowing a tensor's
+//! contiguous CPU slice. (The vectorisable `exp` is `crate::fastmath`'s.)
 
+use crate::fastmath::exp_f32;
 use candle_core::{bail, Context, Result, Storage, Tensor, WithDType};
 use std::mem::MaybeUninit;
 
@@ -11,8 +12,6 @@ pub(crate) trait Real: WithDType {
     /// `exp` that LLVM can vectorise for f32 (no libm call); libm's for f64, so that
     /// the f64 gradient checks test the formulas, not the polynomial.
     fn exp_fast(self) -> Self;
-    fn max_(self, other: Self) -> Self;
-    fn min_(self, other: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -23,22 +22,6 @@ impl Real for f32 {
     #[inline(always)]
     fn exp_fast(self) -> Self {
         exp_f32(self)
-    }
-    #[inline(always)]
-    fn max_(self, other: Self) -> Self {
-        if self > other {
-            self
-        } else {
-            other
-        }
-    }
-    #[inline(always)]
-    fn min_(self, other: Self) -> Self {
-        if self < other {
-            self
-        } else {
-            other
-        }
     }
 }
 
@@ -51,48 +34,6 @@ impl Real for f64 {
     fn exp_fast(self) -> Self {
         f64::exp(self)
     }
-    #[inline(always)]
-    fn max_(self, other: Self) -> Self {
-        if self > other {
-            self
-        } else {
-            other
-        }
-    }
-    #[inline(always)]
-    fn min_(self, other: Self) -> Self {
-        if self < other {
-            self
-        } else {
-            other
-        }
-    }
-}
-
-/// exp for f32, branch-free so that loops calling it vectorise: Cody-Waite range
-/// reduction x = n·ln2 + r, |r| <= ln2/2, a degree-6 minimax polynomial for e^r
-/// (Cephes `expf`, ~1 ulp), and 2^n built in the exponent bits. The input is clamped
-/// to [-87.3, 88.3] so that 2^n stays a normal number: callers only use it where
-/// e^88 already saturates the result (see gelu), never to produce inf.
-#[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4; // ln2 high part, exact in a few bits
-    const C2: f32 = -2.121_944_4e-4; // ln2 - C1
-                                     // 1.5·2^23: adding and subtracting rounds to nearest integer without SSE4.1.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max_(-87.3).min_(88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * C1 - n * C2;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    er * scale
 }
 
 /// Runs `$body` (an expression using generic code marked `#[inline(always)]`)
@@ -171,28 +112,4 @@ pub(crate) fn with_slice<T: WithDType, R>(
         bail!("fused kernel: only CPU tensors are supported")
     };
     f(contiguous_slice::<T>(cpu, layout)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The polynomial exp against libm over the range gelu uses, in ulps of the
-    /// f64 truth rounded to f32.
-    #[test]
-    fn exp_f32_within_two_ulp() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let got = exp_f32(x) as f64;
-            let want = (x as f64).exp();
-            let ulp = (want as f32).abs() * f32::EPSILON;
-            worst = worst.max((got - want).abs() / ulp as f64);
-            x += 0.0137;
-        }
-        println!("exp_f32 worst error {worst:.3} ulp");
-        assert!(worst < 2.0, "exp_f32 error {worst} ulp");
-        assert_eq!(exp_f32(-200.0), exp_f32(-87.3));
-        assert!(exp_f32(200.0).is_finite());
-    }
 }

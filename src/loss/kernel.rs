@@ -181,44 +181,7 @@ impl Real for f64 {
     }
 }
 
-/// exp(x) for x ≤ 0 in f32, written so that LLVM vectorises it (no libm call, no
-/// float→int conversion): Cody-Waite reduction x = k·ln2 + r, |r| ≤ ln2/2, Cephes'
-/// degree-7 minimax polynomial for e^r (≈1 ulp), and 2^k built in the exponent bits.
-/// Below -87.3 (where e^x leaves the normal range) the result is exactly 0, so -inf
-/// logits give probability 0 and gradient 0.
-///
-/// The reduction and the polynomial use fused multiply-adds (`mul_add`): one rounding
-/// per step instead of two, and half the instructions of the kernel's hottest loop on
-/// AVX2/AVX-512. Every compiled copy computes the same bits, since `mul_add` is
-/// exactly rounded everywhere; on a CPU without FMA (the baseline copy) it is a libm
-/// call, correct but slow.
-#[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let xc = if x < -87.0 { -87.0 } else { x };
-    let t = xc.mul_add(LOG2E, MAGIC);
-    let k = t - MAGIC;
-    let ki = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32; // k as an integer
-    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, xc));
-    let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5); // Cephes' 5.0000001201e-1, which is 0.5 in f32
-    let er = (p * r).mul_add(r, r) + 1.0;
-    let scale = f32::from_bits(((ki + 127) as u32) << 23);
-    let y = er * scale;
-    if x < -87.0 {
-        0.0
-    } else {
-        y
-    }
-}
+use crate::fastmath::exp_f32;
 
 /// A logits/gradient element type, stored as `Self` and computed in `F`.
 pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
