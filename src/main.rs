@@ -495,7 +495,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
                 std::process::exit(130);
             }
             eprintln!(
-                "interrupt: finishing this step and writing a checkpoint (Ctrl-C again to abort)"
+                "interrupt: finishing this step and writing a checkpoint (interrupt again to abort)"
             );
         })
         .context("cannot install the Ctrl-C handler")?;

@@ -123,6 +123,32 @@ fn native_step_matches_the_f64_reference_within_twice_the_f32_reference_error() 
 }
 
 #[test]
+fn output_head_in_several_chunks_matches_the_graph() {
+    // V·N above the head's chunk (2^24 logits): chunks of 232 rows, the last one
+    // shorter (300 = 232 + 68), so the logits buffer is reused at a smaller size.
+    let cfg = GptConfig {
+        vocab_size: 70_001,
+        block_size: 150,
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 32,
+    };
+    assert!(tinylm::loss::linear::chunk_rows(300, cfg.vocab_size) < 300);
+    let (b, t) = (2, 150);
+    let model = Gpt::new(&cfg, 9, &Device::Cpu).unwrap();
+    let (x, y) = windows(b, t, 256);
+    let (l_graph, g_graph) = graph_grads(&model, &x, &y, b, t);
+    let (l_nat, g_nat) = native(&model, &x, &y, b, t);
+    println!("loss: graph {l_graph:.9}, native {l_nat:.9}");
+    assert!((l_nat - l_graph).abs() < 1e-5);
+    for (i, (name, _)) in model.params().iter().enumerate() {
+        let e = rel_err(g_nat[i].iter().map(|&v| v as f64), &g_graph[i]);
+        println!("{name:<24} {e:.3e}");
+        assert!(e < 1e-5, "{name}: native vs graph {e:.3e}");
+    }
+}
+
+#[test]
 fn micro_batches_accumulate_to_the_big_batch_gradient() {
     let cfg = odd_config();
     let (b, t) = (4, 33);

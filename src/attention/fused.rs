@@ -22,7 +22,8 @@
 //! only the 16-column chunks that some row of a 4-row block can see are computed.
 
 use super::simd::{self, Elem, Strided, L};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use crate::kernels::storage_slice;
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -812,13 +813,6 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-fn cpu_slice<'a, T: candle_core::WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
-    match s {
-        Storage::Cpu(c) => contiguous(c.as_slice::<T>()?, l),
-        _ => bail!("fused attention: CPU tensors only"),
-    }
-}
-
 impl FusedAttention {
     fn fwd_typed<T: Elem + candle_core::WithDType>(
         &self,
@@ -856,9 +850,9 @@ impl FusedAttention {
         let (sg, lg) = grad.storage_and_layout();
         let dm = dims_of::<T>(&self.opts, lq, lk)?;
         let (qs, ks, vs) = (
-            cpu_slice::<T>(&sq, lq)?,
-            cpu_slice::<T>(&sk, lk)?,
-            cpu_slice::<T>(&sv, lv)?,
+            storage_slice::<T>(&sq, lq)?,
+            storage_slice::<T>(&sk, lk)?,
+            storage_slice::<T>(&sv, lv)?,
         );
         let recomputed;
         let lse = match saved {
@@ -873,8 +867,8 @@ impl FusedAttention {
             qs,
             ks,
             vs,
-            cpu_slice::<T>(&so, lo)?,
-            cpu_slice::<T>(&sg, lg)?,
+            storage_slice::<T>(&so, lo)?,
+            storage_slice::<T>(&sg, lg)?,
             lse,
         );
         let dev = q.device();

@@ -13,6 +13,7 @@ pub mod reference;
 mod util;
 
 pub(crate) use util::dispatch as dispatch_simd;
+pub(crate) use util::storage_slice;
 
 pub use malloc::tune_glibc_malloc;
 

@@ -38,8 +38,9 @@ impl Real for f64 {
 
 /// Runs `$body` (an expression using generic code marked `#[inline(always)]`)
 /// compiled for AVX-512, AVX2+FMA or the baseline, whichever the CPU has. The
-/// choice is made at run time, per machine, so results are reproducible on one
-/// machine (FMA changes rounding between machines, not between runs).
+/// choice is made at run time, per machine. Every copy computes the same bits: Rust
+/// never contracts a·b + c into an FMA, and the explicit `mul_add`s (in
+/// `crate::fastmath`) are exactly rounded everywhere.
 macro_rules! dispatch {
     ($body:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -101,6 +102,17 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
     Ok(&s.as_slice::<T>()?[start..end])
 }
 
+/// [`contiguous_slice`] of a tensor's storage, which must be on the CPU.
+pub(crate) fn storage_slice<'a, T: WithDType>(
+    s: &'a Storage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [T]> {
+    let Storage::Cpu(cpu) = s else {
+        bail!("fused kernel: only CPU tensors are supported")
+    };
+    contiguous_slice::<T>(cpu, layout)
+}
+
 /// Calls `f` with the contiguous CPU data of `t` (copied only if `t` is strided).
 pub(crate) fn with_slice<T: WithDType, R>(
     t: &Tensor,
@@ -108,8 +120,5 @@ pub(crate) fn with_slice<T: WithDType, R>(
 ) -> Result<R> {
     let t = t.detach().contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("fused kernel: only CPU tensors are supported")
-    };
-    f(contiguous_slice::<T>(cpu, layout)?)
+    f(storage_slice::<T>(&storage, layout)?)
 }
