@@ -16,7 +16,11 @@
 //!
 //! The row (V·4 bytes, 200 KB at V = 50304) stays in the per-core L2 between the
 //! passes, so memory sees one read of the logits and one write of the gradient: the
-//! llm.c / Liger-Kernel scheme. Arithmetic is in f32 (f64 for f64 logits); the inner
+//! llm.c / Liger-Kernel scheme. On the streamed path the rows overlap as a software
+//! pipeline: pass B of row i also prefetches row i+1 and writes, block by block, the
+//! streamed gradient of row i-1 (`pass_exp_pipelined`), so the memory reads, the
+//! exponentials and the gradient's stores run together instead of taking turns
+//! (1.3–1.45x faster at V ≥ 8192 than one row after the other, BENCHMARKS.md). Arithmetic is in f32 (f64 for f64 logits); the inner
 //! loops work on `LANES` independent accumulators so that LLVM vectorises them, and
 //! `Job::dispatch` re-compiles the same code for AVX-512 / AVX2 when the CPU has them
 //! (the plain build is the scalar/SSE2 fallback).
@@ -66,6 +70,41 @@ pub(crate) trait Real:
     fn stream_copy(dst: &mut [MaybeUninit<Self>], src: &[Self]) {
         dst.write_copy_of_slice(src);
     }
+    /// dst_j = a·e_j - b, minus `hit` at index `t` when given, written as
+    /// [`Self::stream_copy`] writes; `buf` (at least `e.len()` long) stages the values
+    /// where the stores cannot take them straight from registers.
+    #[inline(always)]
+    fn stream_affine(
+        dst: &mut [MaybeUninit<Self>],
+        e: &[Self],
+        (a, b): (Self, Self),
+        t: Option<usize>,
+        hit: Self,
+        buf: &mut [Self],
+    ) {
+        affine_via_buf(dst, e, (a, b), t, hit, buf)
+    }
+}
+
+/// [`Real::stream_affine`] through the staging row: computed into `buf` (L1), then
+/// copied out with [`Real::stream_copy`].
+#[inline(always)]
+fn affine_via_buf<F: Real>(
+    dst: &mut [MaybeUninit<F>],
+    e: &[F],
+    (a, b): (F, F),
+    t: Option<usize>,
+    hit: F,
+    buf: &mut [F],
+) {
+    let bc = &mut buf[..e.len()];
+    for (o, &ev) in bc.iter_mut().zip(e) {
+        *o = a * ev - b;
+    }
+    if let Some(t) = t {
+        bc[t] = bc[t] - hit;
+    }
+    F::stream_copy(dst, bc);
 }
 
 impl Real for f32 {
@@ -74,7 +113,7 @@ impl Real for f32 {
     const INF: Self = f32::INFINITY;
     #[inline(always)]
     fn exp_nonpos(x: f32) -> f32 {
-        exp_f32(x)
+        exp_f32_nonpos(x)
     }
     fn ln(self) -> f32 {
         f32::ln(self)
@@ -99,6 +138,78 @@ impl Real for f32 {
             return unsafe { stream_copy_avx512(dst, src) };
         }
         dst.write_copy_of_slice(src);
+    }
+    #[inline(always)]
+    fn stream_affine(
+        dst: &mut [MaybeUninit<f32>],
+        e: &[f32],
+        ab: (f32, f32),
+        t: Option<usize>,
+        hit: f32,
+        buf: &mut [f32],
+    ) {
+        // Straight from registers when e and dst share their place in a line (e is
+        // line-aligned, see `line_aligned`): otherwise every load of e would straddle
+        // two lines, which measured slower than staging the values in `buf`.
+        #[cfg(target_arch = "x86_64")]
+        if simd_level() == 2 && (dst.as_ptr() as usize) % 64 == (e.as_ptr() as usize) % 64 {
+            // SAFETY: AVX-512 F was detected at run time.
+            return unsafe { stream_affine_avx512(dst, e, ab, t, hit) };
+        }
+        affine_via_buf(dst, e, ab, t, hit, buf)
+    }
+}
+
+/// [`Real::stream_affine`] for f32 on AVX-512: each aligned 64-byte line of `dst` is
+/// computed in a register and stored non-temporally, with no staging row (whose extra
+/// stores queued up behind the streaming ones: ~10% of the kernel at V = 256). The
+/// same operations as `affine_via_buf` (a multiply then a subtract, no FMA), so the
+/// same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_affine_avx512(
+    dst: &mut [MaybeUninit<f32>],
+    e: &[f32],
+    (a, b): (f32, f32),
+    t: Option<usize>,
+    hit: f32,
+) {
+    use std::arch::x86_64::{
+        _mm512_loadu_ps, _mm512_mask_sub_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_stream_ps,
+        _mm512_sub_ps,
+    };
+    let n = dst.len();
+    assert_eq!(e.len(), n);
+    let one = |j: usize| {
+        let g = a * e[j] - b;
+        if t == Some(j) {
+            g - hit
+        } else {
+            g
+        }
+    };
+    // Elements before the first 64-byte boundary of dst, and after the last full line.
+    let head = dst.as_ptr().align_offset(64).min(n);
+    let end = head + (n - head) / 16 * 16;
+    for j in (0..head).chain(end..n) {
+        dst[j].write(one(j));
+    }
+    let (va, vb, vhit) = (_mm512_set1_ps(a), _mm512_set1_ps(b), _mm512_set1_ps(hit));
+    let d = dst.as_mut_ptr() as *mut f32;
+    let mut j = head;
+    while j < end {
+        // SAFETY: j + 16 <= end <= n keeps both in bounds; d + j is 64-byte aligned
+        // (head brought it there, and j steps by 16 f32 = 64 bytes).
+        unsafe {
+            let mut g = _mm512_sub_ps(_mm512_mul_ps(va, _mm512_loadu_ps(e.as_ptr().add(j))), vb);
+            if let Some(t) = t {
+                if t.wrapping_sub(j) < 16 {
+                    g = _mm512_mask_sub_ps(g, 1 << (t - j), g, vhit);
+                }
+            }
+            _mm512_stream_ps(d.add(j), g);
+        }
+        j += 16;
     }
 }
 
@@ -181,7 +292,7 @@ impl Real for f64 {
     }
 }
 
-use crate::fastmath::exp_f32;
+use crate::fastmath::exp_f32_nonpos;
 
 /// A logits/gradient element type, stored as `Self` and computed in `F`.
 pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
@@ -326,7 +437,9 @@ struct Scratch<F> {
     y: Vec<F>,
     /// exp(y - m), when the gradient row cannot hold it or the gradient is streamed.
     e: Vec<F>,
-    /// One block of the streamed gradient (see `pass_grad_streamed`).
+    /// The previous streamed row's exp(y - m), while its pass C is pending.
+    e_prev: Vec<F>,
+    /// One block of the streamed gradient, staged (see `Real::stream_affine`).
     blk: Vec<F>,
 }
 
@@ -335,6 +448,7 @@ impl<F: Real> Scratch<F> {
         Self {
             y: Vec::new(),
             e: Vec::new(),
+            e_prev: Vec::new(),
             blk: vec![F::ZERO; STREAM_BLOCK],
         }
     }
@@ -364,20 +478,34 @@ fn pass_max<T: Elem<F>, F: Real>(x: &[T]) -> F {
 }
 
 /// Pass B: e_j = exp(y_j - m) (stored in `e` when given), returns (Σ e_j, Σ (m - y_j)).
-/// The second sum is only accumulated when `want_dsum` (label smoothing).
+/// The second sum is only accumulated when `want_dsum` (label smoothing). `next` is
+/// the row that comes after this one, prefetched as this one is read.
 ///
 /// With `e`, the exponentials are written first and summed in a second loop over `e`
 /// (in L1/L2): summing while storing made LLVM keep the 16 accumulators on the stack,
 /// a store-to-load chain that cost ~20% of the kernel at V = 256.
 #[inline(always)]
-fn pass_exp<T: Elem<F>, F: Real>(x: &[T], m: F, e: Option<&mut [F]>, want_dsum: bool) -> (F, F) {
+fn pass_exp<T: Elem<F>, F: Real>(
+    x: &[T],
+    m: F,
+    e: Option<&mut [F]>,
+    want_dsum: bool,
+    next: &[T],
+) -> (F, F) {
     let mut s = [F::ZERO; LANES];
     let mut ds = [F::ZERO; LANES];
     match e {
         Some(e) => {
+            exp_block(x, m, e, &mut s, Prefetch::of(next, 0));
+            if want_dsum {
+                dsum_lanes(x, m, &mut ds);
+            }
+        }
+        None => {
+            let pf = Prefetch::of(next, 0);
             let mut xi = x.chunks_exact(LANES);
-            let mut ei = e.chunks_exact_mut(LANES);
-            for (xc, ec) in (&mut xi).zip(&mut ei) {
+            for (k, xc) in (&mut xi).enumerate() {
+                pf.chunk::<T>(k);
                 let mut ev = [F::ZERO; LANES];
                 for l in 0..LANES {
                     ev[l] = F::exp_nonpos(xc[l].load() - m);
@@ -385,52 +513,121 @@ fn pass_exp<T: Elem<F>, F: Real>(x: &[T], m: F, e: Option<&mut [F]>, want_dsum: 
                 for l in 0..LANES {
                     s[l] = s[l] + ev[l];
                 }
-                ec.copy_from_slice(&ev);
-            }
-            for (l, (xv, ev)) in xi.remainder().iter().zip(ei.into_remainder()).enumerate() {
-                *ev = F::exp_nonpos(xv.load() - m);
-                s[l] = s[l] + *ev;
-            }
-            if want_dsum {
-                let mut xi = x.chunks_exact(LANES);
-                for xc in &mut xi {
-                    for l in 0..LANES {
-                        ds[l] = ds[l] + (m - xc[l].load());
-                    }
-                }
-                for (l, xv) in xi.remainder().iter().enumerate() {
-                    ds[l] = ds[l] + (m - xv.load());
-                }
-            }
-        }
-        None => {
-            let mut xi = x.chunks_exact(LANES);
-            for xc in &mut xi {
-                for l in 0..LANES {
-                    let d = m - xc[l].load();
-                    s[l] = s[l] + F::exp_nonpos(-d);
-                    if want_dsum {
-                        ds[l] = ds[l] + d;
-                    }
-                }
             }
             for (l, xv) in xi.remainder().iter().enumerate() {
-                let d = m - xv.load();
-                s[l] = s[l] + F::exp_nonpos(-d);
-                ds[l] = ds[l] + d;
+                s[l] = s[l] + F::exp_nonpos(xv.load() - m);
+            }
+            if want_dsum {
+                dsum_lanes(x, m, &mut ds);
             }
         }
     }
-    // Pairwise over the lanes: the same fixed order every time.
+    (reduce_lanes(s), reduce_lanes(ds))
+}
+
+/// Pairwise over the lanes: the same fixed order every time.
+#[inline(always)]
+fn reduce_lanes<F: Real>(mut s: [F; LANES]) -> F {
     let mut w = LANES;
     while w > 1 {
         w /= 2;
         for l in 0..w {
             s[l] = s[l] + s[l + w];
-            ds[l] = ds[l] + ds[l + w];
         }
     }
-    (s[0], ds[0])
+    s[0]
+}
+
+/// ds[l] += Σ (m - y_j) over the lanes of `x` (label smoothing's mean term).
+#[inline(always)]
+fn dsum_lanes<T: Elem<F>, F: Real>(x: &[T], m: F, ds: &mut [F; LANES]) {
+    let mut xi = x.chunks_exact(LANES);
+    for xc in &mut xi {
+        for l in 0..LANES {
+            ds[l] = ds[l] + (m - xc[l].load());
+        }
+    }
+    for (l, xv) in xi.remainder().iter().enumerate() {
+        ds[l] = ds[l] + (m - xv.load());
+    }
+}
+
+/// Pass B over a block of a row: e_j = exp(x_j - m) into `e`, added into the lane
+/// sums `s`. Blocks of a multiple of `LANES` elements (with any remainder only in the
+/// last) sum in exactly the order of one call over the whole row.
+#[inline(always)]
+fn exp_block<T: Elem<F>, F: Real>(x: &[T], m: F, e: &mut [F], s: &mut [F; LANES], pf: Prefetch) {
+    let mut xi = x.chunks_exact(LANES);
+    let mut ei = e.chunks_exact_mut(LANES);
+    for (k, (xc, ec)) in (&mut xi).zip(&mut ei).enumerate() {
+        pf.chunk::<T>(k);
+        for l in 0..LANES {
+            ec[l] = F::exp_nonpos(xc[l].load() - m);
+        }
+    }
+    // Summed from `e` (see `pass_exp`).
+    let mut ei = e.chunks_exact(LANES);
+    for ec in &mut ei {
+        for l in 0..LANES {
+            s[l] = s[l] + ec[l];
+        }
+    }
+    let r0 = x.len() / LANES * LANES;
+    for (l, (xv, ev)) in xi.remainder().iter().zip(&mut e[r0..]).enumerate() {
+        *ev = F::exp_nonpos(xv.load() - m);
+        s[l] = s[l] + *ev;
+    }
+}
+
+/// The next row's bytes from `off` on, to be brought into L2 a line per `LANES`
+/// elements read here, so that its read from memory overlaps this row's arithmetic
+/// instead of following it. Empty (a no-op) for the last row.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    base: *const u8,
+    len: usize,
+}
+
+impl Prefetch {
+    #[inline(always)]
+    fn of<T>(next: &[T], first_elem: usize) -> Self {
+        let sz = std::mem::size_of::<T>();
+        let bytes = std::mem::size_of_val(next);
+        let off = (first_elem * sz).min(bytes);
+        Self {
+            base: (next.as_ptr() as *const u8).wrapping_add(off),
+            len: bytes - off,
+        }
+    }
+
+    /// Prefetches the bytes of chunk `k` (elements k·LANES .. (k+1)·LANES).
+    #[inline(always)]
+    fn chunk<T>(self, k: usize) {
+        let sz = LANES * std::mem::size_of::<T>();
+        prefetch_range(self.base, self.len, k * sz, sz);
+    }
+}
+
+/// Asks for bytes [off, off + len) of the `total`-byte block at `base` to be brought
+/// into L2 (64-byte lines), so that the next row's read from memory overlaps this
+/// row's arithmetic instead of following it.
+#[inline(always)]
+fn prefetch_range(base: *const u8, total: usize, off: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut o = off;
+        while o < off + len && o < total {
+            // SAFETY: prefetch never faults; the address lies inside the block.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                    base.wrapping_add(o) as *const i8,
+                )
+            };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, total, off, len);
 }
 
 /// Pass C, in place: g_j = a·e_j - b, times the soft-cap chain factor 1 - (y_j/c)².
@@ -455,37 +652,76 @@ fn pass_grad_inplace<F: Real>(g: &mut [F], a: F, b: F, capped: Option<(&[F], F)>
 /// between its computation and its streaming store.
 const STREAM_BLOCK: usize = 1024;
 
-/// Pass C, streamed: g_j = a·e_j - b from the row of e_j that pass B left in the L2
-/// scratch, with `hit` subtracted at the target t, computed a block at a time into
-/// `buf` (L1) and written to `g` with non-temporal stores. Pass B writing e_j into `g`
-/// itself and pass C rescaling it there would pull every gradient line into the cache
-/// before overwriting it: 12 bytes of memory traffic per element instead of 8.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn pass_grad_streamed<F: Real>(
-    e: &[F],
-    g: &mut [MaybeUninit<F>],
+/// A streamed row whose pass C is still to do: its gradient row, to be written as
+/// g_j = a·e_j - b (minus `hit` at the target t) from the exponentials that pass B
+/// left in the scratch row `Scratch::e_prev`. Kept so that the next row's pass B can
+/// write it (see `pass_exp_pipelined`).
+struct Pending<'g, F> {
+    g: &'g mut [MaybeUninit<F>],
+    /// Where the row starts in `Scratch::e_prev` (see `aligned_like`).
+    e_off: usize,
     a: F,
     b: F,
     t: usize,
     hit: F,
+}
+
+impl<F: Real> Pending<'_, F> {
+    /// Pass C for elements `j0 .. j0 + e.len()` of the row: computed into `buf` (L1)
+    /// and written to the gradient with non-temporal stores. Pass B writing e_j into
+    /// the gradient itself and pass C rescaling it there would pull every gradient line
+    /// into the cache before overwriting it: 12 bytes of memory traffic per element
+    /// instead of 8.
+    #[inline(always)]
+    fn write_block(&mut self, j0: usize, e: &[F], buf: &mut [F]) {
+        let t = (j0..j0 + e.len()).contains(&self.t).then(|| self.t - j0);
+        let g = &mut self.g[j0..j0 + e.len()];
+        F::stream_affine(g, e, (self.a, self.b), t, self.hit, buf);
+    }
+
+    /// The whole pass C, a block at a time.
+    #[inline(always)]
+    fn write(mut self, e: &[F], buf: &mut [F]) {
+        for (k, ec) in e.chunks(STREAM_BLOCK).enumerate() {
+            self.write_block(k * STREAM_BLOCK, ec, buf);
+        }
+    }
+}
+
+/// Pass B of this row fused with pass C of the previous one, a block at a time:
+/// e_j = exp(x_j - m) into `e` (lane sums as `pass_exp`, so the same bits), and,
+/// between the blocks, the previous row's streamed gradient block from `e_prev`.
+/// Done one after the other, the row's arithmetic and its gradient's stores each left
+/// the memory or the vector units idle; interleaved, the stores drain while the
+/// exponentials are computed (and the next row, prefetched, arrives meanwhile).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pass_exp_pipelined<T: Elem<F>, F: Real>(
+    x: &[T],
+    m: F,
+    e: &mut [F],
+    want_dsum: bool,
+    next: &[T],
+    mut prev: Option<(Pending<'_, F>, &[F])>,
     buf: &mut [F],
-) {
-    for (blk, (ec, gc)) in e
+) -> (F, F) {
+    let mut s = [F::ZERO; LANES];
+    for (k, (xb, eb)) in x
         .chunks(STREAM_BLOCK)
-        .zip(g.chunks_mut(STREAM_BLOCK))
+        .zip(e.chunks_mut(STREAM_BLOCK))
         .enumerate()
     {
-        let bc = &mut buf[..ec.len()];
-        for (o, &ev) in bc.iter_mut().zip(ec) {
-            *o = a * ev - b;
+        let j0 = k * STREAM_BLOCK;
+        exp_block(xb, m, eb, &mut s, Prefetch::of(next, j0));
+        if let Some((pend, e_prev)) = prev.as_mut() {
+            pend.write_block(j0, &e_prev[j0..j0 + xb.len()], buf);
         }
-        let j0 = blk * STREAM_BLOCK;
-        if (j0..j0 + ec.len()).contains(&t) {
-            bc[t - j0] = bc[t - j0] - hit;
-        }
-        F::stream_copy(gc, bc);
     }
+    let mut ds = [F::ZERO; LANES];
+    if want_dsum {
+        dsum_lanes(x, m, &mut ds);
+    }
+    (reduce_lanes(s), reduce_lanes(ds))
 }
 
 /// Pass C into a narrower gradient type.
@@ -535,15 +771,7 @@ fn pass_exp_inplace<F: Real>(xe: &mut [F], m: F, want_dsum: bool) -> (F, F) {
         s[l] = s[l] + *xv;
         ds[l] = ds[l] + d;
     }
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            s[l] = s[l] + s[l + w];
-            ds[l] = ds[l] + ds[l + w];
-        }
-    }
-    (s[0], ds[0])
+    (reduce_lanes(s), reduce_lanes(ds))
 }
 
 /// Where a row's data comes from and its gradient goes.
@@ -560,13 +788,20 @@ pub(crate) enum RowIo<'a, T, F> {
 
 /// One row: loss, lse, argmax-correct and, if a gradient row is given, the gradient
 /// scaled by `scale`. Soft-capping happens here.
+///
+/// A streamed gradient row (see `RowIo`) is left in `pending`, to be written during the
+/// next row's pass B (`pass_exp_pipelined`); a row that is not streamed first writes
+/// what is pending. The caller flushes `pending` after its last row ([`flush`]).
 #[inline(always)]
-fn row<T: Elem<F>, F: Real>(
-    io: RowIo<'_, T, F>,
+#[allow(clippy::too_many_arguments)]
+fn row<'g, T: Elem<F>, F: Real>(
+    io: RowIo<'g, T, F>,
+    next: &[T],
     target: u32,
     p: &Params,
     scale: F,
     scratch: &mut Scratch<F>,
+    pending: &mut Option<Pending<'g, F>>,
 ) -> RowOut {
     let v = p.v;
     let (x_ro, grad, fresh): (Option<&[T]>, Option<&mut [T]>, _) = match io {
@@ -575,6 +810,11 @@ fn row<T: Elem<F>, F: Real>(
         RowIo::Fresh(x, g) => (Some(x), None, Some(g)),
     };
     let in_place = x_ro.is_none();
+    let streamed =
+        fresh.is_some() || (grad.is_some() && T::IS_REAL && !in_place && p.softcap.is_none());
+    if !streamed || p.ignore_index == Some(target) || target as usize >= v {
+        flush(pending, scratch);
+    }
     if p.ignore_index == Some(target) {
         if let Some(g) = grad {
             g.fill(T::store(F::ZERO));
@@ -635,6 +875,7 @@ fn row<T: Elem<F>, F: Real>(
     if err != 0 {
         scratch.y = y;
         scratch.e = e_scratch;
+        flush(pending, scratch);
         return RowOut {
             err,
             ..RowOut::default()
@@ -642,28 +883,35 @@ fn row<T: Elem<F>, F: Real>(
     }
 
     // Separate rows of the arithmetic type without a soft-cap: pass B parks e_j in the
-    // scratch row (L2), pass C streams the gradient (see `pass_grad_streamed`).
+    // scratch row (L2), pass C streams the gradient during the next row's pass B (see `Pending`).
     let (mut grad, stream_to) = match (fresh, grad) {
         (Some(f), _) => (None, Some(f)),
-        (None, Some(g)) if T::IS_REAL && !in_place && inv_cap.is_none() => {
+        (None, Some(g)) if streamed => {
             let gr = T::as_real_mut(g).expect("T is the arithmetic type");
             (None, Some(as_uninit(gr)))
         }
         (None, g) => (g, None),
     };
+    let mut e_off = 0;
     let (s, dsum) = if stream_to.is_some() {
-        e_scratch.resize(v, F::ZERO);
+        e_off = line_aligned(&mut e_scratch, v);
         let x = x_ro.expect("streamed rows are separate");
-        pass_exp::<T, F>(x, m, Some(&mut e_scratch[..]), want_dsum)
+        let prev = pending.take().map(|pd| {
+            let e_prev = &scratch.e_prev[pd.e_off..pd.e_off + v];
+            (pd, e_prev)
+        });
+        let e = &mut e_scratch[e_off..e_off + v];
+        pass_exp_pipelined::<T, F>(x, m, e, want_dsum, next, prev, &mut scratch.blk)
     } else {
         match grad.as_deref_mut() {
             None => match inv_cap {
-                Some(_) => pass_exp::<F, F>(&y, m, None, want_dsum),
+                Some(_) => pass_exp::<F, F>(&y, m, None, want_dsum, &[]),
                 None => pass_exp::<T, F>(
                     x_ro.expect("no gradient, so not in place"),
                     m,
                     None,
                     want_dsum,
+                    next,
                 ),
             },
             Some(g) => {
@@ -677,8 +925,8 @@ fn row<T: Elem<F>, F: Real>(
                     }
                 };
                 match (inv_cap, x_ro) {
-                    (Some(_), _) => pass_exp::<F, F>(&y, m, Some(e_row), want_dsum),
-                    (None, Some(x)) => pass_exp::<T, F>(x, m, Some(e_row), want_dsum),
+                    (Some(_), _) => pass_exp::<F, F>(&y, m, Some(e_row), want_dsum, &[]),
+                    (None, Some(x)) => pass_exp::<T, F>(x, m, Some(e_row), want_dsum, next),
                     (None, None) => pass_exp_inplace(e_row, m, want_dsum),
                 }
             }
@@ -712,8 +960,16 @@ fn row<T: Elem<F>, F: Real>(
         .map(|inv_c| F::ONE - (y_t * inv_c) * (y_t * inv_c))
         .unwrap_or(F::ONE);
     let hit = scale * (F::ONE - eps) * chain;
-    if let Some(dst) = stream_to {
-        pass_grad_streamed(&e_scratch, dst, a, b, t, hit, &mut scratch.blk);
+    if let Some(g) = stream_to {
+        *pending = Some(Pending {
+            g,
+            e_off,
+            a,
+            b,
+            t,
+            hit,
+        });
+        std::mem::swap(&mut e_scratch, &mut scratch.e_prev);
     } else if let Some(g) = grad {
         let cap = inv_cap.map(|inv_c| (&y[..], inv_c));
         match T::as_real_mut(g) {
@@ -740,11 +996,35 @@ fn row<T: Elem<F>, F: Real>(
     }
 }
 
+/// Sizes `e` for a row of `v` and returns the offset in it of the first 64-byte
+/// boundary, where the row goes: pass B's vector stores then never straddle two lines,
+/// and pass C can stream a 64-byte-aligned gradient row straight from registers
+/// (`Real::stream_affine`).
+#[inline(always)]
+fn line_aligned<F: Real>(e: &mut Vec<F>, v: usize) -> usize {
+    let sz = std::mem::size_of::<F>();
+    e.resize(v + 64 / sz, F::ZERO);
+    e.as_ptr().align_offset(64).min(64 / sz)
+}
+
+/// Writes the pending streamed row (pass C), if any.
+#[inline(always)]
+fn flush<F: Real>(pending: &mut Option<Pending<'_, F>>, scratch: &mut Scratch<F>) {
+    if let Some(pd) = pending.take() {
+        let e_prev = &scratch.e_prev[pd.e_off..pd.e_off + pd.g.len()];
+        pd.write(e_prev, &mut scratch.blk);
+    }
+}
+
 /// Rows per rayon job: about 64K elements, so that small-V cases amortise the job
-/// overhead and large-V cases still spread over the threads. Results do not depend
-/// on it (rows are independent and reduced in order afterwards).
-fn rows_per_job(v: usize) -> usize {
-    (65_536 / v.max(1)).max(1)
+/// overhead, but at least 8 rows while that leaves 4 jobs per thread, so that large-V
+/// rows still pipeline (a job's last row gets no next row to write its gradient
+/// during). Results do not depend on it (rows are independent and reduced in order
+/// afterwards).
+fn rows_per_job(n: usize, v: usize) -> usize {
+    let by_size = 65_536 / v.max(1);
+    let by_spread = n / (4 * rayon::current_num_threads()).max(1);
+    by_size.max(by_spread.min(8)).max(1)
 }
 
 /// Where the gradient rows of a run go.
@@ -818,7 +1098,7 @@ fn run_rows<T: Elem<F>, F: Real>(
     let v = p.v;
     let n = targets.len();
     let mut outs = vec![RowOut::default(); n];
-    let rpj = rows_per_job(v);
+    let rpj = rows_per_job(n, v);
     let job = Job {
         x,
         targets,
@@ -898,6 +1178,16 @@ impl<T> Job<'_, T> {
                 RowScale::PerRow(s) => F::from_f64(s[i]),
             }
         };
+        // The row after i (which this thread most likely takes next), for prefetching.
+        // (Prefetching further ahead made no difference, even at V = 256.)
+        let next_of = |i: usize| -> &[T] {
+            match self.x {
+                Some(x) if (i + 2) * v <= x.len() => &x[(i + 1) * v..(i + 2) * v],
+                _ => &[],
+            }
+        };
+        // A streamed row's gradient is written during the next row's pass B.
+        let mut pending = None;
         match data {
             Dest::Rows(g) => {
                 for (k, (o, gr)) in outs.iter_mut().zip(g.chunks_exact_mut(v)).enumerate() {
@@ -906,7 +1196,8 @@ impl<T> Job<'_, T> {
                         Some(x) => RowIo::Separate(&x[i * v..(i + 1) * v], Some(gr)),
                         None => RowIo::InPlace(gr),
                     };
-                    *o = row(io, self.targets[i], self.p, scale_of(i), sc);
+                    let (t, sc_i) = (self.targets[i], scale_of(i));
+                    *o = row(io, next_of(i), t, self.p, sc_i, sc, &mut pending);
                 }
             }
             Dest::Fresh(g) => {
@@ -914,7 +1205,8 @@ impl<T> Job<'_, T> {
                 for (k, (o, gr)) in outs.iter_mut().zip(g.chunks_exact_mut(v)).enumerate() {
                     let i = i0 + k;
                     let io = RowIo::Fresh(&x[i * v..(i + 1) * v], gr);
-                    *o = row(io, self.targets[i], self.p, scale_of(i), sc);
+                    let (t, sc_i) = (self.targets[i], scale_of(i));
+                    *o = row(io, next_of(i), t, self.p, sc_i, sc, &mut pending);
                 }
             }
             Dest::Nothing => {
@@ -922,10 +1214,12 @@ impl<T> Job<'_, T> {
                 for (k, o) in outs.iter_mut().enumerate() {
                     let i = i0 + k;
                     let io = RowIo::Separate(&x[i * v..(i + 1) * v], None);
-                    *o = row::<T, F>(io, self.targets[i], self.p, F::ZERO, sc);
+                    let t = self.targets[i];
+                    *o = row::<T, F>(io, next_of(i), t, self.p, F::ZERO, sc, &mut pending);
                 }
             }
         }
+        flush(&mut pending, sc);
     }
 
     /// [`Self::rows`] compiled for the widest vector unit this CPU has: the row loops
