@@ -55,6 +55,8 @@ fn score_windows(
     batch_size: usize,
     device: &Device,
 ) -> anyhow::Result<(f64, u64, u64, u64)> {
+    // No graph and no parameter gradients: see `Gpt::frozen`.
+    let model = &model.frozen();
     let t = model.config.block_size;
     let opts = CrossEntropyOptions {
         reduction: Reduction::None,

@@ -452,9 +452,16 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
     tokenizer.save_to_dir(&run_dir)?;
     // Refused here, before any large allocation, with the estimate.
+    // `tinylm train` runs the native step wherever the parameters are f32 on the CPU.
+    let step = if device.is_cpu() {
+        train::memory::StepKind::Native
+    } else {
+        train::memory::StepKind::Graph
+    };
     let mem = train::memory::check(
         &config,
         corpus.train.len() + corpus.val.len(),
+        step,
         train::memory::available_bytes(),
     )?;
     let config_toml = toml::to_string_pretty(&config)?;

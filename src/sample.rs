@@ -109,6 +109,8 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> anyhow::Result<Vec<u32>> {
     o.validate()?;
+    // No graph: the KV cache would otherwise keep every step's autograd history.
+    let model = &model.frozen();
     let t_max = model.config.block_size;
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut ids: Vec<u32> = prompt.to_vec();

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tinylm::train::checkpoint;
+use tinylm::train::memory::StepKind;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tinylm");
 
@@ -970,7 +971,9 @@ proptest! {
         if let Ok((state, _)) = checkpoint::parse_state(&bytes) {
             // What the binary does next with a state it accepted.
             if state.config.validate().is_ok() {
-                let _ = tinylm::train::memory::check(&state.config, 1000, Some(16e9));
+                for step in [StepKind::Native, StepKind::Graph] {
+                    let _ = tinylm::train::memory::check(&state.config, 1000, step, Some(16e9));
+                }
             }
         }
     }
@@ -999,7 +1002,9 @@ proptest! {
         if let Ok(text) = std::str::from_utf8(&bytes) {
             if let Ok(c) = tinylm::train::config_file::config_from_toml(&base, text) {
                 if c.validate().is_ok() {
-                    let _ = tinylm::train::memory::check(&c, 1000, Some(16e9));
+                    for step in [StepKind::Native, StepKind::Graph] {
+                        let _ = tinylm::train::memory::check(&c, 1000, step, Some(16e9));
+                    }
                 }
             }
         }

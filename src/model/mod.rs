@@ -156,6 +156,8 @@ pub struct Gpt {
     pub reference_kernels: bool,
     /// (name, parameter) in `GptConfig::param_shapes` order.
     params: Vec<(String, Var)>,
+    /// For a [`Gpt::frozen`] view: the parameters detached from autograd (same storage).
+    frozen: Option<Vec<Tensor>>,
 }
 
 /// x [..., in] · wᵀ [in, out] + b [out] -> [..., out], for 3-D x flattened to 2-D so the
@@ -216,7 +218,28 @@ impl Gpt {
             config: config.clone(),
             reference_kernels: false,
             params,
+            frozen: None,
         })
+    }
+
+    /// The same model (sharing the parameters' storage, so it sees every later update)
+    /// for computing without gradients: its forward records no graph, so evaluation
+    /// and sampling free each activation when the next layer has used it, and the loss
+    /// computes no parameter gradients. Through the trainable model, an evaluation
+    /// batch held every activation of the forward until it ended (measured: 2.2 GB peak
+    /// vs 1.5 GB for a training step at B·T = 16384, C = 256, L = 4).
+    pub fn frozen(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            reference_kernels: self.reference_kernels,
+            params: self.params.clone(),
+            frozen: Some(
+                self.params
+                    .iter()
+                    .map(|(_, v)| v.as_detached_tensor())
+                    .collect(),
+            ),
+        }
     }
 
     /// (name, parameter) pairs in a fixed order.
@@ -261,7 +284,10 @@ impl Gpt {
     }
 
     fn p(&self, i: usize) -> &Tensor {
-        self.params[i].1.as_tensor()
+        match &self.frozen {
+            Some(f) => &f[i],
+            None => self.params[i].1.as_tensor(),
+        }
     }
 
     fn block(&self, l: usize) -> Block {

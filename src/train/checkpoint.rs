@@ -496,7 +496,8 @@ fn check_config_fits(
 ) -> anyhow::Result<()> {
     let m = &state.config.model;
     let values: usize = model.values().map(|t| t.elem_count()).sum();
-    let expected = super::memory::estimate(&state.config, 0).params;
+    let expected =
+        super::memory::estimate(&state.config, 0, super::memory::StepKind::Native).params;
     let tensors = m.n_layer.checked_mul(12).and_then(|x| x.checked_add(4));
     anyhow::ensure!(
         tensors == Some(model.len()) && expected == values as f64,
