@@ -148,8 +148,11 @@ impl Real for f32 {
         hit: f32,
         buf: &mut [f32],
     ) {
+        // Straight from registers when e and dst share their place in a line (e is
+        // line-aligned, see `line_aligned`): otherwise every load of e would straddle
+        // two lines, which measured slower than staging the values in `buf`.
         #[cfg(target_arch = "x86_64")]
-        if simd_level() == 2 {
+        if simd_level() == 2 && (dst.as_ptr() as usize) % 64 == (e.as_ptr() as usize) % 64 {
             // SAFETY: AVX-512 F was detected at run time.
             return unsafe { stream_affine_avx512(dst, e, ab, t, hit) };
         }
@@ -160,9 +163,8 @@ impl Real for f32 {
 /// [`Real::stream_affine`] for f32 on AVX-512: each aligned 64-byte line of `dst` is
 /// computed in a register and stored non-temporally, with no staging row (whose extra
 /// stores queued up behind the streaming ones: ~10% of the kernel at V = 256). The
-/// partial lines at either end get plain stores, in address order: writing the tail
-/// before the streamed body made a misaligned row 1.4x slower. The same operations as
-/// `affine_via_buf` (a multiply then a subtract, no FMA), so the same bits.
+/// same operations as `affine_via_buf` (a multiply then a subtract, no FMA), so the
+/// same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn stream_affine_avx512(
@@ -189,7 +191,7 @@ unsafe fn stream_affine_avx512(
     // Elements before the first 64-byte boundary of dst, and after the last full line.
     let head = dst.as_ptr().align_offset(64).min(n);
     let end = head + (n - head) / 16 * 16;
-    for j in 0..head {
+    for j in (0..head).chain(end..n) {
         dst[j].write(one(j));
     }
     let (va, vb, vhit) = (_mm512_set1_ps(a), _mm512_set1_ps(b), _mm512_set1_ps(hit));
@@ -208,9 +210,6 @@ unsafe fn stream_affine_avx512(
             _mm512_stream_ps(d.add(j), g);
         }
         j += 16;
-    }
-    for j in end..n {
-        dst[j].write(one(j));
     }
 }
 
@@ -998,8 +997,9 @@ fn row<'g, T: Elem<F>, F: Real>(
 }
 
 /// Sizes `e` for a row of `v` and returns the offset in it of the first 64-byte
-/// boundary, where the row goes: pass B's vector stores then never straddle two lines
-/// (and pass C's loads of a 64-byte-aligned gradient row's lines do not either).
+/// boundary, where the row goes: pass B's vector stores then never straddle two lines,
+/// and pass C can stream a 64-byte-aligned gradient row straight from registers
+/// (`Real::stream_affine`).
 #[inline(always)]
 fn line_aligned<F: Real>(e: &mut Vec<F>, v: usize) -> usize {
     let sz = std::mem::size_of::<F>();
