@@ -18,25 +18,7 @@
 /// on a CPU without FMA the baseline copy pays a libm call per step (correct, slow).
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // ln2's high part, exact in a few bits
-    const LN2_LO: f32 = -2.121_944_4e-4; // ln2 - LN2_HI
-                                         // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.0, 88.0); // NaN stays NaN
-    let t = xc.mul_add(LOG2E, MAGIC);
-    let k = t - MAGIC;
-    let ki = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32; // k as an integer
-    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, xc));
-    let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5); // Cephes' 5.0000001201e-1, which is 0.5 in f32
-    let er = (p * r).mul_add(r, r) + 1.0;
-    let scale = f32::from_bits(((ki + 127) as u32) << 23);
-    let y = er * scale;
+    let y = exp_core(x.clamp(-87.0, 88.0)); // NaN stays NaN
     if x < -87.0 {
         0.0
     } else {
@@ -47,31 +29,39 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 /// [`exp_f32`] for the arguments a softmax exponentiates, x = y - max(y) ≤ 0: the same
 /// bits for every x ≤ 88 (so for all of them), two instructions fewer. The clamp is
 /// not needed: below -87 the result is replaced by 0 whatever the garbage exponent
-/// bits computed from x were (integer steps wrap), and x ≤ 0 cannot overflow.
+/// bits computed from x were (the integer steps wrap), and x ≤ 0 cannot overflow.
 #[inline(always)]
 pub(crate) fn exp_f32_nonpos(x: f32) -> f32 {
+    let y = exp_core(x);
+    if x < -87.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// e^x for x in [-87, 88] (any other x gives garbage, never a panic): the reduction,
+/// the polynomial and the 2^k scaling of [`exp_f32`].
+#[inline(always)]
+fn exp_core(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    const LN2_HI: f32 = 0.693_359_4; // ln2's high part, exact in a few bits
+    const LN2_LO: f32 = -2.121_944_4e-4; // ln2 - LN2_HI
+                                         // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
     let t = x.mul_add(LOG2E, MAGIC);
     let k = t - MAGIC;
-    let ki = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let ki = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32; // k as an integer
     let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
     p = p.mul_add(r, 1.398_199_9e-3);
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 0.5); // Cephes' 5.0000001201e-1, which is 0.5 in f32
     let er = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits((ki.wrapping_add(127) as u32) << 23);
-    let y = er * scale;
-    if x < -87.0 {
-        0.0
-    } else {
-        y
-    }
+    er * scale
 }
 
 #[cfg(test)]
