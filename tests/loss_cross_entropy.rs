@@ -7,6 +7,26 @@ use candle_core::{DType, Device, Tensor, Var};
 use loss_util::*;
 use tinylm::loss::{self, reference, CrossEntropyOptions, Reduction};
 
+/// `loss::set_simd_cap` is process-wide: tests that cap it take turns.
+static SIMD_CAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The widest vector level the kernel uses on this CPU, for the test reports.
+fn detected_simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            return "2 (AVX-512, this CPU)";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "1 (AVX2, this CPU's widest)";
+        }
+    }
+    "0 (this CPU's widest)"
+}
+
 fn dev() -> Device {
     Device::Cpu
 }
@@ -399,13 +419,19 @@ fn bitwise_identical_across_runs_threads_and_simd_levels() {
     for k in [1, 3] {
         assert!(pool(k).install(run) == first, "{k} threads differ from 2");
     }
-    for cap in [0u8, 1] {
-        loss::set_simd_cap(Some(cap));
-        let r = pool(2).install(run);
-        loss::set_simd_cap(None);
-        assert!(r == first, "SIMD level {cap} differs");
+    {
+        let _cap = SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner());
+        for cap in [0u8, 1] {
+            loss::set_simd_cap(Some(cap));
+            let r = pool(2).install(run);
+            loss::set_simd_cap(None);
+            assert!(r == first, "SIMD level {cap} differs");
+        }
     }
-    println!("bitwise identical over 5 runs at 2 threads, at 1 and 3 threads, and at SIMD levels 0/1 -> PASS");
+    println!(
+        "bitwise identical over 5 runs at 2 threads, at 1 and 3 threads, and at SIMD levels 0/1 and {} -> PASS",
+        detected_simd()
+    );
 }
 
 #[test]
@@ -557,75 +583,87 @@ fn stats_and_direct_gradient_match() {
 /// The streamed gradient path: each row's gradient is written during the next row's
 /// exponentials (pipelined, flushed at every ignored row and at the end of each job),
 /// straight from registers into a 64-byte-aligned destination or through a staging row
-/// into any other. Rows of 2500 (three blocks, a short last one), targets in every
-/// block, ignored rows first, last, in pairs and alone; label smoothing and z-loss on.
-/// Every way of getting the gradient (fresh buffer, caller's buffer at each of the 16
-/// offsets within a line, 1/2/3 threads, each SIMD level) gives the same bits, and
-/// those bits are within 2x the composed reference's f32 error of the f64 truth.
+/// into any other. Rows of 2500 (three blocks, a short last one) and of 8200 (whose
+/// jobs hold 8 rows at 1 thread and 7 at 2 or 3, so the job boundaries move with the
+/// thread count); targets in every block and in the last columns (the unaligned tail);
+/// ignored rows first, last, in pairs and alone; label smoothing and z-loss on. Every
+/// way of getting the gradient (fresh buffer, caller's buffer at each of the 16 offsets
+/// within a line, 1/2/3 threads, each SIMD level up to the CPU's) gives the same bits,
+/// within 2x the composed reference's f32 error of the f64 truth.
 #[test]
 fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
-    let (n, v) = (41, 2500);
-    let x: Vec<f64> = uniform(21, n * v).iter().map(|u| 8.0 * u - 4.0).collect();
-    let mut t = targets(22, n, v);
-    for (i, ti) in t.iter_mut().enumerate() {
-        *ti = ((i * 997) % v) as u32; // targets spread over the three blocks
+    for (n, v) in [(41, 2500), (40, 8200)] {
+        let x: Vec<f64> = uniform(21, n * v).iter().map(|u| 8.0 * u - 4.0).collect();
+        let mut t: Vec<u32> = (0..n).map(|i| ((i * 997) % v) as u32).collect();
+        t[1] = (v - 1) as u32;
+        t[2] = (v - 3) as u32;
+        let ignored = [0, 7, 8, 20, n - 1];
+        for &i in &ignored {
+            t[i] = 11;
+        }
+        let o = CrossEntropyOptions {
+            ignore_index: Some(11),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            ..Default::default()
+        };
+        let xt = tensor_f32(&x, n, v);
+        let tt = tgt(&t);
+        let bits = |g: &[f32]| g.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+        let fresh = || -> Vec<u32> {
+            let (_, g) = loss::cross_entropy_loss_and_grad(&xt, &tt, &o).unwrap();
+            bits(&g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        let pool = |k: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(k)
+                .build()
+                .unwrap()
+        };
+        let first = pool(2).install(fresh);
+        // A caller's buffer at every f32 offset within a cache line.
+        let mut store = vec![f32::NAN; n * v + 16];
+        let base = store.as_ptr().align_offset(64);
+        for off in 0..16 {
+            let at = (base + off) % 16;
+            let buf = &mut store[at..at + n * v];
+            buf.fill(f32::NAN);
+            pool(2)
+                .install(|| loss::cross_entropy_loss_and_grad_into(&xt, &tt, &o, buf))
+                .unwrap();
+            assert!(bits(buf) == first, "{n}x{v}: buffer at offset {at} differs");
+        }
+        for k in [1, 3] {
+            assert!(
+                pool(k).install(fresh) == first,
+                "{n}x{v}: {k} threads differ"
+            );
+        }
+        {
+            let _cap = SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner());
+            for cap in [0u8, 1] {
+                loss::set_simd_cap(Some(cap));
+                let r = pool(2).install(fresh);
+                loss::set_simd_cap(None);
+                assert!(r == first, "{n}x{v}: SIMD level {cap} differs");
+            }
+        }
+        // Against the f64 truth, next to the composed reference's own f32 error.
+        let (_, _, g64) = ce_f64(&x, &t, v, &o);
+        let g: Vec<f64> = first.iter().map(|&b| f32::from_bits(b) as f64).collect();
+        let (_, g_ref) = loss_and_grad(reference::cross_entropy, &xt, &tt, &o);
+        let (e, e_ref) = (max_abs_diff(&g, &g64), max_abs_diff(&g_ref, &g64));
+        println!("{n}x{v}: streamed gradient vs f64 {e:.2e} (reference f32: {e_ref:.2e})");
+        assert!(e <= 2.0 * e_ref, "{e:e} > 2 x {e_ref:e}");
+        for &i in &ignored {
+            assert!(
+                g[i * v..(i + 1) * v].iter().all(|&a| a == 0.0),
+                "ignored row {i}"
+            );
+        }
     }
-    for i in [0, 7, 8, 20, 40] {
-        t[i] = 11; // ignored
-    }
-    let o = CrossEntropyOptions {
-        ignore_index: Some(11),
-        label_smoothing: 0.1,
-        z_loss: 1e-3,
-        ..Default::default()
-    };
-    let xt = tensor_f32(&x, n, v);
-    let tt = tgt(&t);
-    let bits = |g: &[f32]| g.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
-    let fresh = || -> Vec<u32> {
-        let (_, g) = loss::cross_entropy_loss_and_grad(&xt, &tt, &o).unwrap();
-        bits(&g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-    };
-    let pool = |k: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build()
-            .unwrap()
-    };
-    let first = pool(2).install(fresh);
-    // A caller's buffer at every f32 offset within a cache line.
-    let mut store = vec![f32::NAN; n * v + 16];
-    let base = store.as_ptr().align_offset(64);
-    for off in 0..16 {
-        let at = (base + off) % 16;
-        let buf = &mut store[at..at + n * v];
-        buf.fill(f32::NAN);
-        pool(2)
-            .install(|| loss::cross_entropy_loss_and_grad_into(&xt, &tt, &o, buf))
-            .unwrap();
-        assert!(bits(buf) == first, "buffer at offset {at} differs");
-    }
-    for k in [1, 3] {
-        assert!(pool(k).install(fresh) == first, "{k} threads differ");
-    }
-    for cap in [0u8, 1] {
-        loss::set_simd_cap(Some(cap));
-        let r = pool(2).install(fresh);
-        loss::set_simd_cap(None);
-        assert!(r == first, "SIMD level {cap} differs");
-    }
-    // Against the f64 truth, next to the composed reference's own f32 error.
-    let (_, _, g64) = ce_f64(&x, &t, v, &o);
-    let g: Vec<f64> = first.iter().map(|&b| f32::from_bits(b) as f64).collect();
-    let (_, g_ref) = loss_and_grad(reference::cross_entropy, &xt, &tt, &o);
-    let (e, e_ref) = (max_abs_diff(&g, &g64), max_abs_diff(&g_ref, &g64));
-    println!("streamed gradient vs f64: {e:.2e} (reference f32: {e_ref:.2e})");
-    assert!(e <= 2.0 * e_ref, "{e:e} > 2 x {e_ref:e}");
-    for i in [0, 7, 8, 20, 40] {
-        assert!(
-            g[i * v..(i + 1) * v].iter().all(|&a| a == 0.0),
-            "ignored row {i}"
-        );
-    }
-    println!("streamed rows: same bits at 16 offsets, 1/2/3 threads, SIMD 0/1/2 -> PASS");
+    println!(
+        "streamed rows: same bits at 16 offsets, 1/2/3 threads, SIMD levels 0/1 and {} -> PASS",
+        detected_simd()
+    );
 }

@@ -20,8 +20,8 @@
 //! pipeline: pass B of row i also prefetches row i+1 and writes, block by block, the
 //! streamed gradient of row i-1 (`pass_exp_pipelined`), so the memory reads, the
 //! exponentials and the gradient's stores run together instead of taking turns
-//! (1.3–1.45x faster at V ≥ 8192 than one row after the other, BENCHMARKS.md). Arithmetic is in f32 (f64 for f64 logits); the inner
-//! loops work on `LANES` independent accumulators so that LLVM vectorises them, and
+//! (1.3–1.45x faster at V ≥ 8192 than one row after the other, BENCHMARKS.md).
+//! Arithmetic is in f32 (f64 for f64 logits); the inner loops work on `LANES` independent accumulators so that LLVM vectorises them, and
 //! `Job::dispatch` re-compiles the same code for AVX-512 / AVX2 when the CPU has them
 //! (the plain build is the scalar/SSE2 fallback).
 //!
@@ -557,6 +557,7 @@ fn dsum_lanes<T: Elem<F>, F: Real>(x: &[T], m: F, ds: &mut [F; LANES]) {
 /// last) sum in exactly the order of one call over the whole row.
 #[inline(always)]
 fn exp_block<T: Elem<F>, F: Real>(x: &[T], m: F, e: &mut [F], s: &mut [F; LANES], pf: Prefetch) {
+    debug_assert_eq!(x.len(), e.len());
     let mut xi = x.chunks_exact(LANES);
     let mut ei = e.chunks_exact_mut(LANES);
     for (k, (xc, ec)) in (&mut xi).zip(&mut ei).enumerate() {
@@ -658,7 +659,7 @@ const STREAM_BLOCK: usize = 1024;
 /// write it (see `pass_exp_pipelined`).
 struct Pending<'g, F> {
     g: &'g mut [MaybeUninit<F>],
-    /// Where the row starts in `Scratch::e_prev` (see `aligned_like`).
+    /// Where the row starts in `Scratch::e_prev` (see `line_aligned`).
     e_off: usize,
     a: F,
     b: F,

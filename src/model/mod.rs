@@ -242,7 +242,9 @@ impl Gpt {
         }
     }
 
-    /// (name, parameter) pairs in a fixed order.
+    /// (name, parameter) pairs in a fixed order. On a [`Gpt::frozen`] view these are
+    /// still the live `Var`s, but its forward uses detached copies: train through the
+    /// model itself, never through a frozen view (its losses give no gradients).
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
     }

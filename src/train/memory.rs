@@ -14,7 +14,7 @@
 //! checkpoint  = 3·P          (serialised model + moments, while a save runs)
 //! corpus      = 5 bytes per token (the text and its u32 ids)
 //! activations, native CPU step (`model::native`, what `tinylm train` runs on a CPU):
-//!             = N·(L·(20·C + H + 4) + 12·C) + 2·min(N·V, 2^24)
+//!             = N·(L·(20·C + H + 4) + 12·C) + 2·rows·V,  rows = min(N, max(8, 2^24/V))
 //! activations, candle's graph (CUDA, f64, the reference kernels):
 //!             = N·(L·(48·C + 12·H·T) + 4·V + 4·C)
 //! ```
@@ -23,7 +23,7 @@
 //! LayerNorm outputs and statistics, q/k/v, attention output and log-sum-exp, the
 //! merged heads, the residual, the 4·C MLP layer before and after GELU), plus the
 //! backward's transients (the MLP's 8·N·C gradients, the block's d(out)) and the head's
-//! [chunk, V] logits (at most 2^24 values, `loss::linear::CHUNK_ELEMS`). Rounded up to
+//! [chunk, V] logits (about 2^24 values, at least 8 rows: `loss::linear::chunk_rows`). Rounded up to
 //! 20·C per layer and 12·C per token, it was checked against the peak RSS of 3-step
 //! runs (2 threads, `--eval-batches 4`, 2026-11-28), estimated total / measured:
 //!
@@ -122,7 +122,10 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
         activation_bytes: match step {
             StepKind::Native => {
                 let n = b * t;
-                f * (n * (l * (20.0 * c + h + 4.0) + 12.0 * c) + 2.0 * (n * v).min(16_777_216.0))
+                // The head's [rows, V] chunk, as `loss::linear::chunk_rows` sizes it: about
+                // 2^24 values, but never fewer than 8 rows.
+                let chunk = ((16_777_216.0 / v).floor().max(8.0) / 8.0).floor() * 8.0;
+                f * (n * (l * (20.0 * c + h + 4.0) + 12.0 * c) + 2.0 * chunk.min(n) * v)
             }
             StepKind::Graph => f * b * t * (l * (48.0 * c + 12.0 * h * t) + 4.0 * v + 4.0 * c),
         },
@@ -273,6 +276,11 @@ mod tests {
             );
             assert!((1.0..=1.6).contains(&ratio), "ratio {ratio}");
         }
+        // Past V = 2^21 the head's chunk stays at 8 rows, so it outgrows 2^24 values.
+        let mut cfg = TrainConfig::preset("default").unwrap();
+        cfg.model.vocab_size = 1 << 23;
+        let e = estimate(&cfg, 0, StepKind::Native);
+        assert!(e.activation_bytes >= 4.0 * 2.0 * 8.0 * (1u64 << 23) as f64);
     }
 
     #[test]
