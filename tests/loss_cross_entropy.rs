@@ -27,6 +27,14 @@ fn detected_simd() -> &'static str {
     "0 (this CPU's widest)"
 }
 
+/// A rayon pool of `k` threads (the kernel's results must not depend on k).
+fn pool(k: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(k)
+        .build()
+        .unwrap()
+}
+
 fn dev() -> Device {
     Device::Cpu
 }
@@ -403,12 +411,6 @@ fn bitwise_identical_across_runs_threads_and_simd_levels() {
         let bits = |a: &[f64]| a.iter().map(|&x| (x as f32).to_bits()).collect::<Vec<_>>();
         (bits(&l), bits(&g))
     };
-    let pool = |k: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(k)
-            .build()
-            .unwrap()
-    };
     let first = pool(2).install(run);
     for rep in 0..4 {
         assert!(
@@ -613,12 +615,6 @@ fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
         let fresh = || -> Vec<u32> {
             let (_, g) = loss::cross_entropy_loss_and_grad(&xt, &tt, &o).unwrap();
             bits(&g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        };
-        let pool = |k: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(k)
-                .build()
-                .unwrap()
         };
         let first = pool(2).install(fresh);
         // A caller's buffer at every f32 offset within a cache line.
