@@ -10,6 +10,21 @@ use tinylm::loss::{self, reference, CrossEntropyOptions, Reduction};
 /// `loss::set_simd_cap` is process-wide: tests that cap it take turns.
 static SIMD_CAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `f` run with the kernel capped at SIMD level 0 (baseline) and 1 (AVX2), the cap
+/// lifted afterwards: (level, result) pairs.
+fn at_capped_simd_levels<R>(f: impl Fn() -> R) -> Vec<(u8, R)> {
+    let _turn = SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner());
+    let out = [0u8, 1]
+        .into_iter()
+        .map(|cap| {
+            loss::set_simd_cap(Some(cap));
+            (cap, f())
+        })
+        .collect();
+    loss::set_simd_cap(None);
+    out
+}
+
 /// The widest vector level the kernel uses on this CPU, for the test reports.
 fn detected_simd() -> &'static str {
     #[cfg(target_arch = "x86_64")]
@@ -421,14 +436,8 @@ fn bitwise_identical_across_runs_threads_and_simd_levels() {
     for k in [1, 3] {
         assert!(pool(k).install(run) == first, "{k} threads differ from 2");
     }
-    {
-        let _cap = SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner());
-        for cap in [0u8, 1] {
-            loss::set_simd_cap(Some(cap));
-            let r = pool(2).install(run);
-            loss::set_simd_cap(None);
-            assert!(r == first, "SIMD level {cap} differs");
-        }
+    for (cap, r) in at_capped_simd_levels(|| pool(2).install(run)) {
+        assert!(r == first, "SIMD level {cap} differs");
     }
     println!(
         "bitwise identical over 5 runs at 2 threads, at 1 and 3 threads, and at SIMD levels 0/1 and {} -> PASS",
@@ -635,14 +644,8 @@ fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
                 "{n}x{v}: {k} threads differ"
             );
         }
-        {
-            let _cap = SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner());
-            for cap in [0u8, 1] {
-                loss::set_simd_cap(Some(cap));
-                let r = pool(2).install(fresh);
-                loss::set_simd_cap(None);
-                assert!(r == first, "{n}x{v}: SIMD level {cap} differs");
-            }
+        for (cap, r) in at_capped_simd_levels(|| pool(2).install(fresh)) {
+            assert!(r == first, "{n}x{v}: SIMD level {cap} differs");
         }
         // Against the f64 truth, next to the composed reference's own f32 error.
         let (_, _, g64) = ce_f64(&x, &t, v, &o);

@@ -83,6 +83,14 @@ pub(crate) fn uninit_vec<T>(n: usize) -> Vec<MaybeUninit<T>> {
     v
 }
 
+/// An initialised slice seen as possibly-uninitialised, for code that writes outputs
+/// through `MaybeUninit` (the streamed gradient, gemm into its destination).
+pub(crate) fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: same layout; callers only write initialised values through it, so every
+    // element stays initialised.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
 /// # Safety
 /// Every element of `v` must have been written.
 pub(crate) unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {

@@ -10,6 +10,7 @@
 
 use super::kernel::{self, Elem, Params, Real, RowOut, RowScale};
 use super::{CrossEntropyOptions, Reduction};
+use crate::kernels::{assume_init, uninit_vec};
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape,
     Storage, Tensor,
@@ -150,13 +151,11 @@ fn run_typed<T: Elem<F> + candle_core::WithDType, F: Real>(
     if want_grad && T::IS_REAL && p.softcap.is_none() {
         // Uninitialised: the kernel streams every element of the gradient, so zero-filling
         // it first (calloc on reused heap memory) would be a whole extra write pass.
-        let mut g: Vec<T> = Vec::with_capacity(n * v);
-        let dst = T::as_real_uninit(&mut g.spare_capacity_mut()[..n * v])
-            .expect("T is the arithmetic type");
+        let mut g = uninit_vec::<T>(n * v);
+        let dst = T::as_real_uninit(&mut g).expect("T is the arithmetic type");
         let outs = kernel::run_fresh::<T, F>(x, targets, p, scale, dst).map_err(kernel_err)?;
         // SAFETY: run_fresh returned Ok, so it wrote all n·v elements.
-        unsafe { g.set_len(n * v) };
-        let g = Tensor::from_vec(g, (n, v), &Device::Cpu)?;
+        let g = Tensor::from_vec(unsafe { assume_init(g) }, (n, v), &Device::Cpu)?;
         Ok((outs, Some(g)))
     } else if want_grad {
         // bf16/f16 or soft-capped rows read their gradient row back while writing it:

@@ -20,7 +20,8 @@
 //! pipeline: pass B of row i also prefetches row i+1 and writes, block by block, the
 //! streamed gradient of row i-1 (`pass_exp_pipelined`), so the memory reads, the
 //! exponentials and the gradient's stores run together instead of taking turns
-//! (1.3–1.45x faster at V ≥ 8192 than one row after the other, BENCHMARKS.md).
+//! (with the register-streamed gradient of `stream_affine`, 1.35–1.5x faster at
+//! V ≥ 8192 than the one-row-after-the-other kernel of sitting 4, BENCHMARKS.md).
 //! Arithmetic is in f32 (f64 for f64 logits); the inner loops work on `LANES` independent accumulators so that LLVM vectorises them, and
 //! `Job::dispatch` re-compiles the same code for AVX-512 / AVX2 when the CPU has them
 //! (the plain build is the scalar/SSE2 fallback).
@@ -29,6 +30,7 @@
 //! it, and the caller reduces the per-row losses in row order, so results are bitwise
 //! identical for any thread count.
 
+use crate::kernels::as_uninit;
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -248,12 +250,6 @@ pub(crate) fn stream_scale_f32(dst: &mut [f32], src: &[f32], k: f32) {
         <f32 as Real>::stream_copy(as_uninit(d), b);
     }
     store_fence();
-}
-
-/// An initialised slice seen as possibly-uninitialised (only ever written through).
-fn as_uninit<F>(s: &mut [F]) -> &mut [MaybeUninit<F>] {
-    // SAFETY: same layout; writing initialised values keeps every element initialised.
-    unsafe { &mut *(s as *mut [F] as *mut [MaybeUninit<F>]) }
 }
 
 /// Orders the non-temporal stores of [`Real::stream_copy`] before later stores (the

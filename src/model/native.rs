@@ -30,7 +30,7 @@
 
 use super::Gpt;
 use crate::attention::fused as attn;
-use crate::kernels::{gelu, layer_norm, storage_slice};
+use crate::kernels::{as_uninit, assume_init, gelu, layer_norm, storage_slice, uninit_vec};
 use crate::loss::fused::{count_rows, params as ce_params, reduce, row_factor};
 use crate::loss::kernel::{self, KernelError, RowScale};
 use crate::loss::linear::chunk_rows;
@@ -266,16 +266,10 @@ fn gemm_into(
 /// A new buffer of n values, all of which `fill` writes (no zero-fill first: the
 /// model's buffers are megabytes, and every one is overwritten).
 fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    fill(&mut v.spare_capacity_mut()[..n]);
+    let mut v = uninit_vec(n);
+    fill(&mut v);
     // SAFETY: every caller's `fill` writes all n elements.
-    unsafe { v.set_len(n) };
-    v
-}
-
-fn as_uninit(x: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: same layout; initialised values stay initialised (gemm only writes f32s).
-    unsafe { &mut *(x as *mut [f32] as *mut [MaybeUninit<f32>]) }
+    unsafe { assume_init(v) }
 }
 
 /// dst [m, n] += x [m, k] · wᵀ, w [n, k]: a linear layer's forward onto its bias.
