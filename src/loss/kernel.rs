@@ -151,7 +151,7 @@ impl Real for f32 {
         buf: &mut [f32],
     ) {
         // Straight from registers when e and dst share their place in a line (e is
-        // line-aligned, see `line_aligned`): otherwise every load of e would straddle
+        // line-aligned, see `line_row`): otherwise every load of e would straddle
         // two lines, which measured slower than staging the values in `buf`.
         #[cfg(target_arch = "x86_64")]
         if simd_level() == 2 && (dst.as_ptr() as usize) % 64 == (e.as_ptr() as usize) % 64 {
@@ -655,8 +655,6 @@ const STREAM_BLOCK: usize = 1024;
 /// write it (see `pass_exp_pipelined`).
 struct Pending<'g, F> {
     g: &'g mut [MaybeUninit<F>],
-    /// Where the row starts in `Scratch::e_prev` (see `line_aligned`).
-    e_off: usize,
     a: F,
     b: F,
     t: usize,
@@ -889,15 +887,14 @@ fn row<'g, T: Elem<F>, F: Real>(
         }
         (None, g) => (g, None),
     };
-    let mut e_off = 0;
     let (s, dsum) = if stream_to.is_some() {
-        e_off = line_aligned(&mut e_scratch, v);
+        e_scratch.resize(v + 64 / std::mem::size_of::<F>(), F::ZERO);
         let x = x_ro.expect("streamed rows are separate");
-        let prev = pending.take().map(|pd| {
-            let e_prev = &scratch.e_prev[pd.e_off..pd.e_off + v];
-            (pd, e_prev)
-        });
-        let e = &mut e_scratch[e_off..e_off + v];
+        let prev = pending
+            .take()
+            .map(|pd| (pd, &scratch.e_prev[line_row(&scratch.e_prev, v)]));
+        let row = line_row(&e_scratch, v);
+        let e = &mut e_scratch[row];
         pass_exp_pipelined::<T, F>(x, m, e, want_dsum, next, prev, &mut scratch.blk)
     } else {
         match grad.as_deref_mut() {
@@ -958,14 +955,7 @@ fn row<'g, T: Elem<F>, F: Real>(
         .unwrap_or(F::ONE);
     let hit = scale * (F::ONE - eps) * chain;
     if let Some(g) = stream_to {
-        *pending = Some(Pending {
-            g,
-            e_off,
-            a,
-            b,
-            t,
-            hit,
-        });
+        *pending = Some(Pending { g, a, b, t, hit });
         std::mem::swap(&mut e_scratch, &mut scratch.e_prev);
     } else if let Some(g) = grad {
         let cap = inv_cap.map(|inv_c| (&y[..], inv_c));
@@ -993,22 +983,25 @@ fn row<'g, T: Elem<F>, F: Real>(
     }
 }
 
-/// Sizes `e` for a row of `v` and returns the offset in it of the first 64-byte
-/// boundary, where the row goes: pass B's vector stores then never straddle two lines,
+/// Where a row of `v` exponentials sits in a scratch buffer of v + 64/size values: from
+/// its first 64-byte boundary, so that pass B's vector stores never straddle two lines
 /// and pass C can stream a 64-byte-aligned gradient row straight from registers
-/// (`Real::stream_affine`).
+/// (`Real::stream_affine`). A function of the buffer's address, so a pending row finds
+/// its exponentials again in `Scratch::e_prev` after the swap.
 #[inline(always)]
-fn line_aligned<F: Real>(e: &mut Vec<F>, v: usize) -> usize {
-    let sz = std::mem::size_of::<F>();
-    e.resize(v + 64 / sz, F::ZERO);
-    e.as_ptr().align_offset(64).min(64 / sz)
+fn line_row<F>(e: &[F], v: usize) -> std::ops::Range<usize> {
+    let start = e
+        .as_ptr()
+        .align_offset(64)
+        .min(64 / std::mem::size_of::<F>());
+    start..start + v
 }
 
 /// Writes the pending streamed row (pass C), if any.
 #[inline(always)]
 fn flush<F: Real>(pending: &mut Option<Pending<'_, F>>, scratch: &mut Scratch<F>) {
     if let Some(pd) = pending.take() {
-        let e_prev = &scratch.e_prev[pd.e_off..pd.e_off + pd.g.len()];
+        let e_prev = &scratch.e_prev[line_row(&scratch.e_prev, pd.g.len())];
         pd.write(e_prev, &mut scratch.blk);
     }
 }
