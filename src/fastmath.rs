@@ -40,25 +40,38 @@ pub(crate) fn exp_f32_nonpos(x: f32) -> f32 {
     }
 }
 
+/// log2(e), the reduction's scale: k = round(x·log2e).
+pub(crate) const EXP_LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln2's high part, exact in a few bits (k·LN2_HI is exact).
+pub(crate) const EXP_LN2_HI: f32 = 0.693_359_4;
+/// ln2 - EXP_LN2_HI.
+pub(crate) const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
+pub(crate) const EXP_MAGIC: f32 = 12_582_912.0;
+/// Cephes' minimax coefficients for (e^r - 1 - r)/r², highest degree first; the last
+/// is Cephes' 5.0000001201e-1, which is 0.5 in f32.
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// e^x for x in [-87, 88] (any other x gives garbage, never a panic): the reduction,
-/// the polynomial and the 2^k scaling of [`exp_f32`].
+/// the polynomial and the 2^k scaling of [`exp_f32`]. (`loss::kernel::short_rows`
+/// spells the same steps in AVX-512 intrinsics; a test holds the two to the same bits.)
 #[inline(always)]
 fn exp_core(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // ln2's high part, exact in a few bits
-    const LN2_LO: f32 = -2.121_944_4e-4; // ln2 - LN2_HI
-                                         // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let t = x.mul_add(LOG2E, MAGIC);
-    let k = t - MAGIC;
-    let ki = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32; // k as an integer
-    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
-    let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5); // Cephes' 5.0000001201e-1, which is 0.5 in f32
+    let t = x.mul_add(EXP_LOG2E, EXP_MAGIC);
+    let k = t - EXP_MAGIC;
+    let ki = t.to_bits().wrapping_sub(EXP_MAGIC.to_bits()) as i32; // k as an integer
+    let r = (-k).mul_add(EXP_LN2_LO, (-k).mul_add(EXP_LN2_HI, x));
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
     let er = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits((ki.wrapping_add(127) as u32) << 23);
     er * scale

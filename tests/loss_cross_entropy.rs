@@ -666,3 +666,72 @@ fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
         detected_simd()
     );
 }
+
+/// Short rows (V ≤ 256, the byte vocabulary) run in registers on AVX-512
+/// (`loss::kernel::short_rows`); everywhere else, and at SIMD levels 0/1, the general
+/// row kernel runs them. Both must give the same bits for every option, for the
+/// autograd path (fresh gradient), a caller's buffer off a cache line (plain stores)
+/// and the forward alone, with ignored rows in the batch; and be as close to the f64
+/// truth as the composed reference is.
+#[test]
+fn short_rows_in_registers_match_the_general_kernel_bitwise() {
+    let mut worst = (0.0f64, 0.0f64);
+    for v in [1usize, 2, 7, 16, 17, 100, 250, 255, 256, 257] {
+        let n = 37;
+        let x64: Vec<f64> = uniform(40 + v as u64, n * v)
+            .iter()
+            .map(|u| 8.0 * u)
+            .collect();
+        let x32: Vec<f64> = x64.iter().map(|&a| a as f32 as f64).collect();
+        let mut t = targets(50 + v as u64, n, v);
+        for i in [0, 5, 6, n - 1] {
+            t[i] = 2.min(v as u32 - 1); // ignored under the sweep's ignore_index = 2
+        }
+        let xt = tensor_f32(&x32, n, v);
+        let tt = tgt(&t);
+        for (name, o) in option_sweep() {
+            let bits = |a: &[f64]| a.iter().map(|&x| (x as f32).to_bits()).collect::<Vec<_>>();
+            let run = || {
+                let (l, g) = loss_and_grad(loss::cross_entropy, &xt, &tt, &o);
+                let fwd = to_f64(&loss::cross_entropy(&xt, &tt, &o).unwrap());
+                // A caller's buffer on a line (streamed rows at V = 256) and off one.
+                let mut into = vec![];
+                for off in [0, 5] {
+                    let mut store = vec![f32::NAN; n * v + 16];
+                    let at = (store.as_ptr().align_offset(64) + off) % 16;
+                    let buf = &mut store[at..at + n * v];
+                    let rows = loss::cross_entropy_loss_and_grad_into(&xt, &tt, &o, buf).unwrap();
+                    into.push(bits(&rows));
+                    into.push(bits(&buf.iter().map(|&a| a as f64).collect::<Vec<_>>()));
+                }
+                (bits(&l), bits(&g), bits(&fwd), into)
+            };
+            let widest = pool(2).install(run);
+            for (cap, r) in at_capped_simd_levels(|| pool(2).install(run)) {
+                assert!(r == widest, "V = {v} {name}: SIMD level {cap} differs");
+            }
+            if o.softcap.is_none() && o.reduction != Reduction::None {
+                let (_, _, g_true) = ce_f64(&x32, &t, v, &o);
+                let g: Vec<f64> = widest.1.iter().map(|&b| f32::from_bits(b) as f64).collect();
+                let (_, g_ref) = loss_and_grad(reference::cross_entropy, &xt, &tt, &o);
+                let (e, e_ref) = (max_abs_diff(&g, &g_true), max_abs_diff(&g_ref, &g_true));
+                let gmax = g_true.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+                assert!(
+                    e <= 2.0 * e_ref + 4.0 * f32::EPSILON as f64 * gmax,
+                    "V = {v} {name}: gradient error {e:e} vs reference {e_ref:e}"
+                );
+                if e / e_ref.max(1e-30) > worst.0 / worst.1.max(1e-30) {
+                    worst = (e, e_ref);
+                }
+            }
+        }
+        println!(
+            "V = {v}: every option, same bits at SIMD levels 0/1 and {}",
+            detected_simd()
+        );
+    }
+    println!(
+        "short rows: same bits as the general kernel; worst gradient error vs f64 {:.2e} (reference f32: {:.2e}) -> PASS",
+        worst.0, worst.1
+    );
+}

@@ -31,6 +31,8 @@
 //! identical for any thread count.
 
 use crate::kernels::as_uninit;
+#[cfg(target_arch = "x86_64")]
+mod short_rows;
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -826,8 +828,6 @@ fn row<'g, T: Elem<F>, F: Real>(
         };
     }
     let t = target as usize;
-    let eps = F::from_f64(p.label_smoothing);
-    let z = F::from_f64(p.z_loss);
     let want_dsum = p.label_smoothing != 0.0;
 
     // Under a soft-cap the kernel works on y = c·tanh(x/c), materialised once.
@@ -935,25 +935,16 @@ fn row<'g, T: Elem<F>, F: Real>(
             ..RowOut::default()
         };
     }
-    let ln_s = s.ln();
-    let lse = m + ln_s;
-    let vf = F::from_f64(v as f64);
-    // loss = lse - (1-ε)·y_t - ε·mean(y) + z·lse², arranged so that only
-    // non-negative quantities are summed.
-    let mut loss = ln_s + (F::ONE - eps) * (m - y_t);
-    if want_dsum {
-        loss = loss + eps * (dsum / vf);
-    }
-    if p.z_loss != 0.0 {
-        loss = loss + z * lse * lse;
-    }
-
-    let a = scale * (F::ONE + (z + z) * lse) / s;
-    let b = scale * eps / vf;
     let chain = inv_cap
         .map(|inv_c| F::ONE - (y_t * inv_c) * (y_t * inv_c))
         .unwrap_or(F::ONE);
-    let hit = scale * (F::ONE - eps) * chain;
+    let RowScalars {
+        loss,
+        lse,
+        a,
+        b,
+        hit,
+    } = row_scalars(m, y_t, s, dsum, p, scale, chain);
     if let Some(g) = stream_to {
         *pending = Some(Pending { g, a, b, t, hit });
         std::mem::swap(&mut e_scratch, &mut scratch.e_prev);
@@ -980,6 +971,59 @@ fn row<'g, T: Elem<F>, F: Real>(
         correct,
         counted: true,
         err: 0,
+    }
+}
+
+/// What a row's loss and gradient need besides its exponentials e_j.
+pub(crate) struct RowScalars<F> {
+    loss: F,
+    lse: F,
+    /// g_j = a·e_j - b, minus `hit` at the target (times the soft-cap's chain factor).
+    a: F,
+    b: F,
+    hit: F,
+}
+
+/// The row's loss, lse and gradient coefficients from its max m, target logit y_t,
+/// s = Σ e_j and dsum = Σ (m - y_j) (used only under label smoothing); `chain` is the
+/// soft-cap's 1 - (y_t/c)² at the target (1 without one). One function for every path
+/// that computes rows, so that they give the same bits.
+#[inline(always)]
+fn row_scalars<F: Real>(
+    m: F,
+    y_t: F,
+    s: F,
+    dsum: F,
+    p: &Params,
+    scale: F,
+    chain: F,
+) -> RowScalars<F> {
+    let eps = F::from_f64(p.label_smoothing);
+    let z = F::from_f64(p.z_loss);
+    let ln_s = s.ln();
+    let lse = m + ln_s;
+    let vf = F::from_f64(p.v as f64);
+    // loss = lse - (1-ε)·y_t - ε·mean(y) + z·lse², arranged so that only
+    // non-negative quantities are summed.
+    let mut loss = ln_s + (F::ONE - eps) * (m - y_t);
+    if p.label_smoothing != 0.0 {
+        loss = loss + eps * (dsum / vf);
+    }
+    if p.z_loss != 0.0 {
+        loss = loss + z * lse * lse;
+    }
+    RowScalars {
+        loss,
+        lse,
+        // Without a z-loss the factor 1 + 2z·lse is exactly 1 (lse is finite here):
+        // the same bits without waiting for the logarithm.
+        a: if p.z_loss == 0.0 {
+            scale / s
+        } else {
+            scale * (F::ONE + (z + z) * lse) / s
+        },
+        b: scale * eps / vf,
+        hit: scale * (F::ONE - eps) * chain,
     }
 }
 
@@ -1229,8 +1273,11 @@ impl<T> Job<'_, T> {
         {
             let level = simd_level();
             if level == 2 {
-                // SAFETY: AVX-512 F/BW/VL were detected at run time.
-                unsafe { self.rows_avx512(i0, outs, data, sc) };
+                // Short f32 rows in registers, the rest with the general row kernel.
+                if let Some(data) = self.short_rows(i0, outs, data, sc) {
+                    // SAFETY: AVX-512 F/BW/VL were detected at run time.
+                    unsafe { self.rows_avx512(i0, outs, data, sc) };
+                }
             } else if level == 1 {
                 // SAFETY: AVX2 and FMA were detected at run time.
                 unsafe { self.rows_avx2(i0, outs, data, sc) };
@@ -1244,6 +1291,45 @@ impl<T> Job<'_, T> {
         }
         #[cfg(not(target_arch = "x86_64"))]
         self.rows(i0, outs, data, sc)
+    }
+
+    /// Rows of f32 logits with V ≤ 256 and no soft-cap, read from a separate buffer:
+    /// [`short_rows`] on AVX-512 (call only when the CPU has it). Gives `data` back,
+    /// having done nothing, for every other job.
+    #[cfg(target_arch = "x86_64")]
+    fn short_rows<'d, F: Real>(
+        &self,
+        i0: usize,
+        outs: &mut [RowOut],
+        data: Dest<'d, T, F>,
+        sc: &mut Scratch<F>,
+    ) -> Option<Dest<'d, T, F>>
+    where
+        T: Elem<F>,
+    {
+        use std::any::TypeId;
+        let f32_rows =
+            TypeId::of::<T>() == TypeId::of::<f32>() && TypeId::of::<F>() == TypeId::of::<f32>();
+        let short = self.p.v <= short_rows::MAX_V && self.p.softcap.is_none();
+        let (Some(x), true) = (self.x, f32_rows && short) else {
+            return Some(data);
+        };
+        // SAFETY (the casts): T and F are f32 (TypeId above), so these are the same
+        // types under other names; the gradient rows are separate from x (x is given)
+        // and written whole, so treating them as uninitialised loses nothing.
+        let x = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) };
+        let sc = unsafe { &mut *(sc as *mut Scratch<F> as *mut Scratch<f32>) };
+        let cast = |p: *mut T, len: usize| unsafe {
+            std::slice::from_raw_parts_mut(p as *mut MaybeUninit<f32>, len)
+        };
+        let grad = match data {
+            Dest::Nothing => None,
+            Dest::Rows(g) => Some(cast(g.as_mut_ptr(), g.len())),
+            Dest::Fresh(g) => Some(cast(g.as_mut_ptr() as *mut T, g.len())),
+        };
+        // SAFETY: the caller checked for AVX-512 F/BW/VL.
+        unsafe { short_rows::rows(x, self.targets, self.p, self.scale, i0, outs, grad, sc) };
+        None
     }
 
     #[cfg(target_arch = "x86_64")]
