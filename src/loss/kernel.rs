@@ -26,6 +26,10 @@
 //! `Job::dispatch` re-compiles the same code for AVX-512 / AVX2 when the CPU has them
 //! (the plain build is the scalar/SSE2 fallback).
 //!
+//! Short rows (V ≤ 256, f32, no soft-cap) on AVX-512 take [`short_rows`] instead: a row
+//! fits in registers, so the scratch row, the staging block and the pipeline, which
+//! cost more than the arithmetic at V = 256, are not needed. Same bits as this code.
+//!
 //! Determinism: every row is computed by the same sequential code whatever thread runs
 //! it, and the caller reduces the per-row losses in row order, so results are bitwise
 //! identical for any thread count.
