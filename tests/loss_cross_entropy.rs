@@ -735,3 +735,39 @@ fn short_rows_in_registers_match_the_general_kernel_bitwise() {
         worst.0, worst.1
     );
 }
+
+/// No classes (V = 0) is a clear error, not a panic in the kernel's row split; no rows
+/// (N = 0) is a zero loss with empty gradients, for both kernels and their backward.
+#[test]
+fn empty_shapes_give_a_clear_error_or_zero() {
+    let o = CrossEntropyOptions::default();
+    let zeros = |dims: (usize, usize)| Tensor::zeros(dims, DType::F32, &dev()).unwrap();
+    let tz = |n: usize| Tensor::zeros(n, DType::U32, &dev()).unwrap();
+    let no_class = |r: candle_core::Result<Tensor>| {
+        let e = r.expect_err("V = 0 must be an error").to_string();
+        assert!(e.contains("at least one class"), "unclear error: {e}");
+    };
+    no_class(loss::cross_entropy(&zeros((3, 0)), &tz(3), &o));
+    no_class(loss::cross_entropy_loss_and_grad(&zeros((3, 0)), &tz(3), &o).map(|(l, _)| l));
+    no_class(loss::linear_cross_entropy(
+        &zeros((3, 4)),
+        &zeros((0, 4)),
+        &tz(3),
+        &o,
+    ));
+
+    let x = Var::from_tensor(&zeros((0, 5))).unwrap();
+    let l = loss::cross_entropy(x.as_tensor(), &tz(0), &o).unwrap();
+    assert_eq!(l.to_scalar::<f32>().unwrap(), 0.0);
+    let g = l.backward().unwrap();
+    assert_eq!(g.get(x.as_tensor()).unwrap().dims(), &[0, 5]);
+    let h = Var::from_tensor(&zeros((0, 4))).unwrap();
+    let w = Var::from_tensor(&zeros((5, 4))).unwrap();
+    let l = loss::linear_cross_entropy(h.as_tensor(), w.as_tensor(), &tz(0), &o).unwrap();
+    assert_eq!(l.to_scalar::<f32>().unwrap(), 0.0);
+    let g = l.backward().unwrap();
+    assert_eq!(g.get(h.as_tensor()).unwrap().dims(), &[0, 4]);
+    let dw = to_f64(g.get(w.as_tensor()).unwrap());
+    assert!(dw.len() == 20 && dw.iter().all(|&a| a == 0.0));
+    println!("V = 0: clear errors; N = 0: loss 0, empty / zero gradients -> PASS");
+}

@@ -309,7 +309,10 @@ impl CustomOp2 for CeOp {
 }
 
 fn prepare(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (n, _) = logits.dims2()?;
+    let (n, v) = logits.dims2()?;
+    if v == 0 {
+        bail!("cross_entropy: logits of shape [{n}, 0]: there must be at least one class")
+    }
     let t = targets.to_dtype(DType::U32)?.contiguous()?;
     if t.dims() != [n] {
         bail!(

@@ -1314,7 +1314,7 @@ impl<T> Job<'_, T> {
         use std::any::TypeId;
         let f32_rows =
             TypeId::of::<T>() == TypeId::of::<f32>() && TypeId::of::<F>() == TypeId::of::<f32>();
-        let short = self.p.v <= short_rows::MAX_V && self.p.softcap.is_none();
+        let short = (1..=short_rows::MAX_V).contains(&self.p.v) && self.p.softcap.is_none();
         let (Some(x), true) = (self.x, f32_rows && short) else {
             return Some(data);
         };

@@ -107,7 +107,10 @@ fn chunked(
         s += rows;
     }
     let dh = if want_dh {
-        Some(Tensor::cat(&dh_parts, 0)?)
+        Some(match dh_parts.is_empty() {
+            true => Tensor::zeros((0, d), h.dtype(), &Device::Cpu)?, // no rows (N = 0)
+            false => Tensor::cat(&dh_parts, 0)?,
+        })
     } else {
         None
     };
@@ -297,6 +300,9 @@ pub fn linear_cross_entropy_chunked(
     let (v, d2) = weight.dims2()?;
     if d != d2 {
         bail!("linear_cross_entropy: hidden [{n}, {d}] vs weight [{v}, {d2}]")
+    }
+    if v == 0 {
+        bail!("linear_cross_entropy: weight of shape [0, {d}]: there must be at least one class")
     }
     if hidden.dtype() != weight.dtype() || !matches!(hidden.dtype(), DType::F32 | DType::F64) {
         bail!("linear_cross_entropy: hidden and weight must both be f32 or both f64")
