@@ -77,6 +77,22 @@ fn exp_core(x: f32) -> f32 {
     er * scale
 }
 
+/// Arguments x ≤ 0 where an exp's edges show: signed zero, a subnormal, both sides of
+/// the -87 cut, huge negatives (whose exponent arithmetic wraps), -inf.
+#[cfg(test)]
+pub(crate) const NONPOS_EDGES: [f32; 10] = [
+    -0.0,
+    -1e-40,
+    -86.999,
+    -87.0,
+    -87.0001,
+    -1e7,
+    -1.74e7,
+    -3e38,
+    f32::MIN,
+    f32::NEG_INFINITY,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,18 +130,7 @@ mod tests {
             assert_eq!(exp_f32_nonpos(x).to_bits(), exp_f32(x).to_bits(), "x = {x}");
             x -= 0.000_97;
         }
-        for x in [
-            -0.0,
-            -1e-40,
-            -86.999,
-            -87.0,
-            -87.0001,
-            -1e7,
-            -1.74e7,
-            -3e38,
-            f32::MIN,
-            f32::NEG_INFINITY,
-        ] {
+        for x in NONPOS_EDGES {
             assert_eq!(exp_f32_nonpos(x).to_bits(), exp_f32(x).to_bits(), "x = {x}");
         }
         assert!(exp_f32_nonpos(f32::NAN).is_nan());

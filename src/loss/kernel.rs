@@ -1332,7 +1332,14 @@ impl<T> Job<'_, T> {
             Dest::Fresh(g) => Some(cast(g.as_mut_ptr() as *mut T, g.len())),
         };
         // SAFETY: the caller checked for AVX-512 F/BW/VL.
-        unsafe { short_rows::rows(x, self.targets, self.p, self.scale, i0, outs, grad, sc) };
+        let rows = short_rows::Rows {
+            x,
+            targets: self.targets,
+            p: self.p,
+            scale: self.scale,
+            i0,
+        };
+        unsafe { short_rows::rows(rows, outs, grad, sc) };
         None
     }
 

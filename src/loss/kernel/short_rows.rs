@@ -41,44 +41,51 @@ use std::mem::MaybeUninit;
 /// for the exponential's temporaries.
 pub(super) const MAX_V: usize = 256;
 
-/// Rows `i0 .. i0 + outs.len()` of logits `x` [N, V] (all N rows) with V ≤ [`MAX_V`];
-/// `grad`, when given, holds exactly those rows' gradients, every element of which is
-/// written. Streamed stores are not fenced here (the caller fences at the job's end).
+/// The rows a call works on: `i0 .. i0 + outs.len()` of logits `x` [N, V] (all N
+/// rows, V ≤ [`MAX_V`]) with their targets and gradient scales.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub x: &'a [f32],
+    pub targets: &'a [u32],
+    pub p: &'a Params,
+    pub scale: RowScale<'a>,
+    pub i0: usize,
+}
+
+/// Runs `r`'s rows: `outs` gets one record per row; `grad`, when given, holds exactly
+/// those rows' gradients, every element of which is written. Streamed stores are not
+/// fenced here (the caller fences at the job's end).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn rows(
-    x: &[f32],
-    targets: &[u32],
-    p: &Params,
-    scale: RowScale<'_>,
-    i0: usize,
+    r: Rows<'_>,
     outs: &mut [RowOut],
     grad: Option<&mut [MaybeUninit<f32>]>,
     sc: &mut Scratch<f32>,
 ) {
-    assert!((1..=MAX_V).contains(&p.v) && p.softcap.is_none());
+    assert!((1..=MAX_V).contains(&r.p.v) && r.p.softcap.is_none());
     // One copy per count of 16-lane chunks, so that every chunk loop is unrolled and
     // the row's chunks are registers, not a stack array.
     seq!(NC in 1..=16 {
-        match p.v.div_ceil(16) {
-            #(NC if p.label_smoothing == 0.0 => rows_of::<NC, false>(x, targets, p, scale, i0, outs, grad, sc),
-              NC => rows_of::<NC, true>(x, targets, p, scale, i0, outs, grad, sc),)*
+        match r.p.v.div_ceil(16) {
+            #(NC if r.p.label_smoothing == 0.0 => rows_of::<NC, false>(r, outs, grad, sc),
+              NC => rows_of::<NC, true>(r, outs, grad, sc),)*
             _ => unreachable!(),
         }
     })
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows_of<const NC: usize, const SMOOTH: bool>(
-    x: &[f32],
-    targets: &[u32],
-    p: &Params,
-    scale: RowScale<'_>,
-    i0: usize,
+    Rows {
+        x,
+        targets,
+        p,
+        scale,
+        i0,
+    }: Rows<'_>,
     outs: &mut [RowOut],
     mut grad: Option<&mut [MaybeUninit<f32>]>,
     sc: &mut Scratch<f32>,
@@ -373,18 +380,8 @@ mod tests {
             return;
         }
         let mut xs: Vec<f32> = (0..200_000).map(|i| -(i as f32) * 0.000_51).collect();
-        xs.extend([
-            -0.0,
-            -1e-40,
-            -86.999,
-            -87.0,
-            -87.0001,
-            -1e7,
-            -3e38,
-            f32::MIN,
-            f32::NEG_INFINITY,
-            f32::NAN,
-        ]);
+        xs.extend(crate::fastmath::NONPOS_EDGES);
+        xs.push(f32::NAN);
         while !xs.len().is_multiple_of(16) {
             xs.push(-1.0);
         }
