@@ -7,13 +7,20 @@ use candle_core::{DType, Device, Tensor, Var};
 use loss_util::*;
 use tinylm::loss::{self, reference, CrossEntropyOptions, Reduction};
 
-/// `loss::set_simd_cap` is process-wide: tests that cap it take turns.
+/// `loss::set_simd_cap` is process-wide: a test that compares SIMD levels holds this
+/// for its whole run, so that no other test caps the level under its uncapped runs.
 static SIMD_CAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+fn simd_turn() -> std::sync::MutexGuard<'static, ()> {
+    SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `f` run with the kernel capped at SIMD level 0 (baseline) and 1 (AVX2), the cap
-/// lifted afterwards: (level, result) pairs.
-fn at_capped_simd_levels<R>(f: impl Fn() -> R) -> Vec<(u8, R)> {
-    let _turn = SIMD_CAP.lock().unwrap_or_else(|e| e.into_inner());
+/// lifted afterwards: (level, result) pairs. The caller holds [`simd_turn`].
+fn at_capped_simd_levels<R>(
+    _turn: &std::sync::MutexGuard<'static, ()>,
+    f: impl Fn() -> R,
+) -> Vec<(u8, R)> {
     let out = [0u8, 1]
         .into_iter()
         .map(|cap| {
@@ -412,6 +419,7 @@ fn extreme_logits_stay_finite_and_nan_is_an_error() {
 
 #[test]
 fn bitwise_identical_across_runs_threads_and_simd_levels() {
+    let turn = simd_turn();
     let (n, v) = (64, 3001);
     let x: Vec<f64> = uniform(6, n * v).iter().map(|u| 6.0 * u).collect();
     let t = targets(7, n, v);
@@ -436,7 +444,7 @@ fn bitwise_identical_across_runs_threads_and_simd_levels() {
     for k in [1, 3] {
         assert!(pool(k).install(run) == first, "{k} threads differ from 2");
     }
-    for (cap, r) in at_capped_simd_levels(|| pool(2).install(run)) {
+    for (cap, r) in at_capped_simd_levels(&turn, || pool(2).install(run)) {
         assert!(r == first, "SIMD level {cap} differs");
     }
     println!(
@@ -603,6 +611,7 @@ fn stats_and_direct_gradient_match() {
 /// within 2x the composed reference's f32 error of the f64 truth.
 #[test]
 fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
+    let turn = simd_turn();
     for (n, v) in [(41, 2500), (40, 8200)] {
         let x: Vec<f64> = uniform(21, n * v).iter().map(|u| 8.0 * u - 4.0).collect();
         let mut t: Vec<u32> = (0..n).map(|i| ((i * 997) % v) as u32).collect();
@@ -644,7 +653,7 @@ fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
                 "{n}x{v}: {k} threads differ"
             );
         }
-        for (cap, r) in at_capped_simd_levels(|| pool(2).install(fresh)) {
+        for (cap, r) in at_capped_simd_levels(&turn, || pool(2).install(fresh)) {
             assert!(r == first, "{n}x{v}: SIMD level {cap} differs");
         }
         // Against the f64 truth, next to the composed reference's own f32 error.
@@ -668,67 +677,142 @@ fn streamed_gradient_rows_agree_whatever_the_alignment_threads_or_simd_level() {
 }
 
 /// Short rows (V ≤ 256, the byte vocabulary) run in registers on AVX-512
-/// (`loss::kernel::short_rows`); everywhere else, and at SIMD levels 0/1, the general
-/// row kernel runs them. Both must give the same bits for every option, for the
-/// autograd path (fresh gradient), a caller's buffer off a cache line (plain stores)
-/// and the forward alone, with ignored rows in the batch; and be as close to the f64
-/// truth as the composed reference is.
+/// (`loss::kernel::short_rows`, one compiled copy per count of 16-lane chunks); at SIMD
+/// levels 0/1, and for rows that are not plain, the general row kernel runs them. Both
+/// must give the same bits, at every V from 1 to 257, for every option (and all of them
+/// at once without a soft-cap), for: the autograd loss and gradient, rows weighted by
+/// their upstream gradient (reduction none), the forward alone, the per-row lse and the
+/// argmax count, and a caller's buffer on a line (streamed) and off one. The logits
+/// include rows that are all ties, signed zeros as the max, -inf entries and entries
+/// more than 87 below the max; 700 rows at V = 256 span several rayon jobs, with ignored
+/// rows at their boundaries. Errors against the f64 truth stay within twice the
+/// composed reference's.
 #[test]
 fn short_rows_in_registers_match_the_general_kernel_bitwise() {
-    let mut worst = (0.0f64, 0.0f64);
-    for v in [1usize, 2, 7, 16, 17, 100, 250, 255, 256, 257] {
-        let n = 37;
-        let x64: Vec<f64> = uniform(40 + v as u64, n * v)
+    let turn = simd_turn();
+    let jobs_before = loss::short_row_jobs();
+    let mut sweep = option_sweep();
+    for (name, o) in option_sweep() {
+        if name.starts_with("all") {
+            let uncapped = CrossEntropyOptions { softcap: None, ..o };
+            sweep.push((
+                if name == "all" {
+                    "all_no_cap"
+                } else {
+                    "all_mean_norm_no_cap"
+                },
+                uncapped,
+            ));
+        }
+    }
+    let bits = |a: &[f64]| a.iter().map(|&x| (x as f32).to_bits()).collect::<Vec<_>>();
+    let mut cases: Vec<(usize, usize)> = (1..=257).map(|v| (23, v)).collect();
+    cases.push((700, 256));
+    for (n, v) in cases {
+        let mut x: Vec<f64> = uniform(40 + v as u64 + n as u64, n * v)
             .iter()
-            .map(|u| 8.0 * u)
+            .map(|u| (8.0 * u) as f32 as f64)
             .collect();
-        let x32: Vec<f64> = x64.iter().map(|&a| a as f32 as f64).collect();
         let mut t = targets(50 + v as u64, n, v);
-        for i in [0, 5, 6, n - 1] {
+        let row = |i: usize| i * v..(i + 1) * v;
+        let r1 = row(1);
+        x[r1].fill(0.0); // all ties
+        let r2 = row(2);
+        for (j, a) in x[r2].iter_mut().enumerate() {
+            *a = if j % 2 == 0 { -0.0 } else { -(j as f64) }; // max -0.0 (and +0.0 below)
+        }
+        x[2 * v + v / 2] = 0.0;
+        let r3 = row(3);
+        for a in x[r3].iter_mut().step_by(3) {
+            *a = f64::NEG_INFINITY;
+        }
+        x[3 * v + v - 1] = 1.0; // never all -inf
+        let r4 = row(4);
+        x[r4].fill(-60.0);
+        x[4 * v + v / 3] = 60.0; // the others 120 below the max: exp gives 0
+        x[8 * v + t[8] as usize] = 9.0;
+        x[8 * v] = 9.0; // max tied at the target and at index 0
+        x[9 * v + t[9] as usize] = 9.0; // max at the target
+        let ignored: Vec<usize> = if n > 600 {
+            vec![0, 255, 256, 511, 512, 699]
+        } else {
+            vec![0, 5, 6, n - 1]
+        };
+        for &i in &ignored {
             t[i] = 2.min(v as u32 - 1); // ignored under the sweep's ignore_index = 2
         }
-        let xt = tensor_f32(&x32, n, v);
+        let xt = tensor_f32(&x, n, v);
         let tt = tgt(&t);
-        for (name, o) in option_sweep() {
-            let bits = |a: &[f64]| a.iter().map(|&x| (x as f32).to_bits()).collect::<Vec<_>>();
+        let weights: Vec<f32> = (0..n).map(|i| 0.25 + (i % 7) as f32).collect();
+        let wt = Tensor::from_vec(weights, n, &dev()).unwrap();
+        for (name, o) in &sweep {
             let run = || {
-                let (l, g) = loss_and_grad(loss::cross_entropy, &xt, &tt, &o);
-                let fwd = to_f64(&loss::cross_entropy(&xt, &tt, &o).unwrap());
-                // A caller's buffer on a line (streamed rows at V = 256) and off one.
-                let mut into = vec![];
+                let (l, g) = loss_and_grad(loss::cross_entropy, &xt, &tt, o);
+                let fwd = to_f64(&loss::cross_entropy(&xt, &tt, o).unwrap());
+                let mut got = vec![bits(&l), bits(&g), bits(&fwd)];
+                if o.reduction == Reduction::None {
+                    let var = Var::from_tensor(&xt).unwrap();
+                    let l = loss::cross_entropy(var.as_tensor(), &tt, o).unwrap();
+                    let s = (l * &wt).unwrap().sum_all().unwrap();
+                    got.push(bits(&to_f64(
+                        s.backward().unwrap().get(var.as_tensor()).unwrap(),
+                    )));
+                }
+                if o.softcap.is_none() {
+                    let (_, st) = loss::cross_entropy_with_stats(&xt, &tt, o).unwrap();
+                    got.push(st.lse.iter().map(|a| a.to_bits()).collect());
+                    got.push(vec![st.correct as u32, st.counted as u32]);
+                }
                 for off in [0, 5] {
                     let mut store = vec![f32::NAN; n * v + 16];
                     let at = (store.as_ptr().align_offset(64) + off) % 16;
                     let buf = &mut store[at..at + n * v];
-                    let rows = loss::cross_entropy_loss_and_grad_into(&xt, &tt, &o, buf).unwrap();
-                    into.push(bits(&rows));
-                    into.push(bits(&buf.iter().map(|&a| a as f64).collect::<Vec<_>>()));
+                    let rows = loss::cross_entropy_loss_and_grad_into(&xt, &tt, o, buf).unwrap();
+                    got.push(bits(&rows));
+                    got.push(bits(&buf.iter().map(|&a| a as f64).collect::<Vec<_>>()));
                 }
-                (bits(&l), bits(&g), bits(&fwd), into)
+                got
             };
             let widest = pool(2).install(run);
-            for (cap, r) in at_capped_simd_levels(|| pool(2).install(run)) {
-                assert!(r == widest, "V = {v} {name}: SIMD level {cap} differs");
-            }
-            if o.softcap.is_none() && o.reduction != Reduction::None {
-                let (_, _, g_true) = ce_f64(&x32, &t, v, &o);
-                let g: Vec<f64> = widest.1.iter().map(|&b| f32::from_bits(b) as f64).collect();
-                let (_, g_ref) = loss_and_grad(reference::cross_entropy, &xt, &tt, &o);
-                let (e, e_ref) = (max_abs_diff(&g, &g_true), max_abs_diff(&g_ref, &g_true));
-                let gmax = g_true.iter().fold(0.0f64, |a, b| a.max(b.abs()));
-                assert!(
-                    e <= 2.0 * e_ref + 4.0 * f32::EPSILON as f64 * gmax,
-                    "V = {v} {name}: gradient error {e:e} vs reference {e_ref:e}"
-                );
-                if e / e_ref.max(1e-30) > worst.0 / worst.1.max(1e-30) {
-                    worst = (e, e_ref);
-                }
+            for (cap, r) in at_capped_simd_levels(&turn, || pool(2).install(run)) {
+                assert!(r == widest, "{n}x{v} {name}: SIMD level {cap} differs");
             }
         }
-        println!(
-            "V = {v}: every option, same bits at SIMD levels 0/1 and {}",
-            detected_simd()
-        );
+    }
+    let jobs = loss::short_row_jobs() - jobs_before;
+    println!("V = 1..=257 (and 700 x 256): every option, same bits at SIMD levels 0/1 and {}; {jobs} jobs on the registers path", detected_simd());
+    if detected_simd().starts_with('2') {
+        assert!(jobs > 0, "the registers path never ran on this AVX-512 CPU");
+    }
+
+    // Against the f64 truth (random logits only, where the truth is finite everywhere).
+    let mut worst = (0.0f64, 0.0f64);
+    for v in [7usize, 100, 256] {
+        let n = 37;
+        let x32: Vec<f64> = uniform(60 + v as u64, n * v)
+            .iter()
+            .map(|u| (8.0 * u) as f32 as f64)
+            .collect();
+        let mut t = targets(70 + v as u64, n, v);
+        t[3] = 2; // ignored under ignore_index = 2
+        let (xt, tt) = (tensor_f32(&x32, n, v), tgt(&t));
+        for (name, o) in &sweep {
+            if o.softcap.is_some() || o.reduction == Reduction::None {
+                continue;
+            }
+            let (_, _, g_true) = ce_f64(&x32, &t, v, o);
+            let (_, g) = loss_and_grad(loss::cross_entropy, &xt, &tt, o);
+            let (_, g_ref) = loss_and_grad(reference::cross_entropy, &xt, &tt, o);
+            let (e, e_ref) = (max_abs_diff(&g, &g_true), max_abs_diff(&g_ref, &g_true));
+            let gmax = g_true.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            assert!(
+                e <= 2.0 * e_ref + 4.0 * f32::EPSILON as f64 * gmax,
+                "V = {v} {name}: gradient error {e:e} vs reference {e_ref:e}"
+            );
+            if e / e_ref.max(1e-30) > worst.0 / worst.1.max(1e-30) {
+                worst = (e, e_ref);
+            }
+        }
     }
     println!(
         "short rows: same bits as the general kernel; worst gradient error vs f64 {:.2e} (reference f32: {:.2e}) -> PASS",

@@ -1278,8 +1278,8 @@ impl<T> Job<'_, T> {
             let level = simd_level();
             if level == 2 {
                 // Short f32 rows in registers, the rest with the general row kernel.
-                if let Some(data) = self.short_rows(i0, outs, data, sc) {
-                    // SAFETY: AVX-512 F/BW/VL were detected at run time.
+                // SAFETY (both): AVX-512 F/BW/VL were detected at run time.
+                if let Err(data) = unsafe { self.try_short_rows(i0, outs, data, sc) } {
                     unsafe { self.rows_avx512(i0, outs, data, sc) };
                 }
             } else if level == 1 {
@@ -1297,17 +1297,19 @@ impl<T> Job<'_, T> {
         self.rows(i0, outs, data, sc)
     }
 
-    /// Rows of f32 logits with V ≤ 256 and no soft-cap, read from a separate buffer:
-    /// [`short_rows`] on AVX-512 (call only when the CPU has it). Gives `data` back,
-    /// having done nothing, for every other job.
+    /// Rows of f32 logits with V ≤ 256 and no soft-cap, read from a separate buffer, go
+    /// to [`short_rows`]; every other job is handed back untouched (`Err(data)`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VL.
     #[cfg(target_arch = "x86_64")]
-    fn short_rows<'d, F: Real>(
+    unsafe fn try_short_rows<'d, F: Real>(
         &self,
         i0: usize,
         outs: &mut [RowOut],
         data: Dest<'d, T, F>,
         sc: &mut Scratch<F>,
-    ) -> Option<Dest<'d, T, F>>
+    ) -> Result<(), Dest<'d, T, F>>
     where
         T: Elem<F>,
     {
@@ -1316,22 +1318,24 @@ impl<T> Job<'_, T> {
             TypeId::of::<T>() == TypeId::of::<f32>() && TypeId::of::<F>() == TypeId::of::<f32>();
         let short = (1..=short_rows::MAX_V).contains(&self.p.v) && self.p.softcap.is_none();
         let (Some(x), true) = (self.x, f32_rows && short) else {
-            return Some(data);
+            return Err(data);
         };
-        // SAFETY (the casts): T and F are f32 (TypeId above), so these are the same
-        // types under other names; the gradient rows are separate from x (x is given)
-        // and written whole, so treating them as uninitialised loses nothing.
-        let x = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) };
-        let sc = unsafe { &mut *(sc as *mut Scratch<F> as *mut Scratch<f32>) };
-        let cast = |p: *mut T, len: usize| unsafe {
-            std::slice::from_raw_parts_mut(p as *mut MaybeUninit<f32>, len)
-        };
-        let grad = match data {
+        // SAFETY: T is f32 (TypeId above): the same type under another name.
+        let x: &[f32] = unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) };
+        // SAFETY: F is f32 (TypeId above).
+        let sc = unsafe { &mut *(sc as *mut Scratch<F>).cast::<Scratch<f32>>() };
+        let grad: Option<&mut [MaybeUninit<f32>]> = match data {
             Dest::Nothing => None,
-            Dest::Rows(g) => Some(cast(g.as_mut_ptr(), g.len())),
-            Dest::Fresh(g) => Some(cast(g.as_mut_ptr() as *mut T, g.len())),
+            // SAFETY: T is f32; the rows are separate from x (x is given). The view is
+            // `MaybeUninit` only for the kernel's signature: it writes initialised values.
+            Dest::Rows(g) => Some(as_uninit(unsafe {
+                std::slice::from_raw_parts_mut(g.as_mut_ptr().cast::<f32>(), g.len())
+            })),
+            // SAFETY: F is f32.
+            Dest::Fresh(g) => Some(unsafe {
+                std::slice::from_raw_parts_mut(g.as_mut_ptr().cast::<MaybeUninit<f32>>(), g.len())
+            }),
         };
-        // SAFETY: the caller checked for AVX-512 F/BW/VL.
         let rows = short_rows::Rows {
             x,
             targets: self.targets,
@@ -1339,8 +1343,9 @@ impl<T> Job<'_, T> {
             scale: self.scale,
             i0,
         };
+        // SAFETY: the caller guarantees AVX-512 F/BW/VL.
         unsafe { short_rows::rows(rows, outs, grad, sc) };
-        None
+        Ok(())
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1370,6 +1375,16 @@ impl<T> Job<'_, T> {
     {
         self.rows(i0, outs, data, sc)
     }
+}
+
+/// Jobs run by the short-row kernel since the process started: lets tests see that
+/// the registers path really ran (it only does on AVX-512 CPUs).
+#[doc(hidden)]
+pub fn short_row_jobs() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    return short_rows::JOBS.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(target_arch = "x86_64"))]
+    0
 }
 
 static SIMD_OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);

@@ -107,9 +107,10 @@ fn chunked(
         s += rows;
     }
     let dh = if want_dh {
-        Some(match dh_parts.is_empty() {
-            true => Tensor::zeros((0, d), h.dtype(), &Device::Cpu)?, // no rows (N = 0)
-            false => Tensor::cat(&dh_parts, 0)?,
+        Some(if dh_parts.is_empty() {
+            Tensor::zeros((0, d), h.dtype(), &Device::Cpu)? // no rows (N = 0)
+        } else {
+            Tensor::cat(&dh_parts, 0)?
         })
     } else {
         None

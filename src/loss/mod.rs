@@ -18,7 +18,7 @@ pub use fused::{
     cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into, cross_entropy_with_stats,
     CrossEntropyStats,
 };
-pub use kernel::set_simd_cap;
+pub use kernel::{set_simd_cap, short_row_jobs};
 
 use candle_core::{DType, Result, Tensor};
 

@@ -12,18 +12,21 @@
 //! * the exponentials run four chunks at a time, step by step
 //!   ([`exp_nonpos_group`]): one chunk's exp is a ~55-cycle chain, and sixteen of
 //!   them written one after the other filled the scheduler with waiting operations;
-//! * the gradient g = a·e - b is computed from the registers and streamed when the
-//!   row is line-aligned (V = 256 in a fresh buffer), stored plainly otherwise.
+//! * the gradient g = a·e - b is computed from the registers and streamed past the
+//!   cache when the row's chunks are whole lines (V a multiple of 16, the buffer on a
+//!   64-byte line, as the fresh gradients measured here were); other rows are stored
+//!   plainly (a caller's 16-byte-aligned buffer ran as fast at 16384 x 256).
 //!
-//! The forward at 16384 x 256 went from 0.94 to 0.71 ms and forward+backward from
-//! 1.38–1.55 to ~1.0 ms, about the memory floor (BENCHMARKS.md, "Sitting 8").
+//! Forward+backward at 16384 x 256 went from 1.38–1.55 ms (sittings 5–6) to 0.96–1.10 ms,
+//! 77–95% of the memory floor (BENCHMARKS.md, "Sitting 8").
 //!
 //! Same bits as the general kernel (`super::row`), which the tests check at every SIMD
 //! level: the lane sums run over the same elements in the same order, the exponential
 //! is `fastmath::exp_f32_nonpos` step for step, the lanes are reduced pairwise as
 //! `reduce_lanes` does, and the scalars come from the same `row_scalars`. Only the max
-//! is taken in another order, which cannot change its value (max is exact; NaN rows,
-//! the one case where order matters, are handed to the general kernel, see below).
+//! is taken in another order: max is exact, so that can only change the sign of a zero
+//! max, which no output depends on (x - (±0) and exp agree, lse = ±0 + ln s); NaN rows,
+//! where the order matters, are handed to the general kernel (below).
 //!
 //! Rows that are not plain (ignored or out-of-range targets, a NaN or infinite max, a
 //! NaN sum) go to the general kernel, which computes and reports them as always.
@@ -41,15 +44,18 @@ use std::mem::MaybeUninit;
 /// for the exponential's temporaries.
 pub(super) const MAX_V: usize = 256;
 
+/// Jobs run here (`super::short_row_jobs`).
+pub(super) static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The rows a call works on: `i0 .. i0 + outs.len()` of logits `x` [N, V] (all N
 /// rows, V ≤ [`MAX_V`]) with their targets and gradient scales.
 #[derive(Clone, Copy)]
 pub(super) struct Rows<'a> {
-    pub x: &'a [f32],
-    pub targets: &'a [u32],
-    pub p: &'a Params,
-    pub scale: RowScale<'a>,
-    pub i0: usize,
+    pub(super) x: &'a [f32],
+    pub(super) targets: &'a [u32],
+    pub(super) p: &'a Params,
+    pub(super) scale: RowScale<'a>,
+    pub(super) i0: usize,
 }
 
 /// Runs `r`'s rows: `outs` gets one record per row; `grad`, when given, holds exactly
@@ -66,6 +72,7 @@ pub(super) unsafe fn rows(
     sc: &mut Scratch<f32>,
 ) {
     assert!((1..=MAX_V).contains(&r.p.v) && r.p.softcap.is_none());
+    JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One copy per count of 16-lane chunks, so that every chunk loop is unrolled and
     // the row's chunks are registers, not a stack array.
     seq!(NC in 1..=16 {
@@ -98,28 +105,30 @@ unsafe fn rows_of<const NC: usize, const SMOOTH: bool>(
     } else {
         (1 << tail) - 1
     };
-    let outs_len = outs.len();
+    if outs.is_empty() {
+        return;
+    }
+    let n_rows = outs.len();
     let row_at = |i: usize| &x[i * v..(i + 1) * v];
     // The max of the row after this one is taken before this row's exponentials, so
     // that its loads and its chain of maxima overlap them (one row is more
     // instructions than the out-of-order window holds).
-    let mut m_next = match outs.len() {
-        0 => return,
-        // SAFETY: AVX-512 F (this function's features); the row is v long.
-        _ => unsafe { row_max::<NC>(row_at(i0), tail_mask) },
-    };
+    // SAFETY: AVX-512 F (this function's features); the row is v long.
+    let mut m_next = unsafe { row_max::<NC>(row_at(i0), tail_mask) };
     for (k, o) in outs.iter_mut().enumerate() {
         let i = i0 + k;
         let xr = row_at(i);
         let m = m_next;
-        if k + 1 < outs_len {
+        if k + 1 < n_rows {
             // SAFETY: as above.
             m_next = unsafe { row_max::<NC>(row_at(i + 1), tail_mask) };
         }
         let target = targets[i];
-        let scale_i = match scale {
-            RowScale::Uniform(s) => s as f32,
-            RowScale::PerRow(s) => s[i] as f32,
+        // The forward alone has no gradient to scale (and may be given no scales).
+        let scale_i = match (&grad, scale) {
+            (None, _) => 0.0,
+            (Some(_), RowScale::Uniform(s)) => s as f32,
+            (Some(_), RowScale::PerRow(s)) => s[i] as f32,
         };
         let mut g_row = grad.as_deref_mut().map(|g| &mut g[k * v..(k + 1) * v]);
         if p.ignore_index != Some(target) && (target as usize) < v {
@@ -141,15 +150,33 @@ unsafe fn rows_of<const NC: usize, const SMOOTH: bool>(
                 continue;
             }
         }
-        // Not a plain row: the general kernel, which also reports errors.
-        let io = match g_row {
-            Some(g) => RowIo::Fresh(xr, g),
-            None => RowIo::Separate(xr, None),
-        };
-        let mut pending = None;
-        *o = row::<f32, f32>(io, &[], target, p, scale_i, sc, &mut pending);
-        flush(&mut pending, sc);
+        // SAFETY: AVX-512 F/BW/VL (this function's features).
+        *o = unsafe { general_row(xr, g_row, target, p, scale_i, sc) };
     }
+}
+
+/// A row that is not plain (ignored, target out of range, NaN or infinite logits):
+/// the general kernel's `row`, which also reports the errors. Out of line and cold, so
+/// that the general kernel is compiled once, not into each of the 32 `rows_of` copies.
+#[cold]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn general_row(
+    xr: &[f32],
+    g: Option<&mut [MaybeUninit<f32>]>,
+    target: u32,
+    p: &Params,
+    scale: f32,
+    sc: &mut Scratch<f32>,
+) -> RowOut {
+    let io = match g {
+        Some(g) => RowIo::Fresh(xr, g),
+        None => RowIo::Separate(xr, None),
+    };
+    let mut pending = None;
+    let out = row::<f32, f32>(io, &[], target, p, scale, sc, &mut pending);
+    flush(&mut pending, sc);
+    out
 }
 
 /// The max of a row (NaN entries may or may not be skipped: a NaN row is found by its
@@ -295,18 +322,19 @@ unsafe fn row_in_registers<const NC: usize, const SMOOTH: bool>(
     })
 }
 
-/// `fastmath::exp_f32_nonpos` on 16 lanes, step for step (the same roundings, so the
-/// same bits; `exp_matches_fastmath_bitwise` checks it).
+/// One vector through [`exp_nonpos_group`], for `exp_matches_fastmath_bitwise`.
 #[cfg(test)]
 #[inline(always)]
 unsafe fn exp_nonpos(x: __m512) -> __m512 {
     exp_nonpos_group([x])[0]
 }
 
-/// [`exp_nonpos`] on G vectors, each step on all G before the next: a vector's steps
-/// form one long chain (~55 cycles), and written one vector after the other the
-/// chains' waiting operations filled the scheduler, leaving the FMA units idle half the
-/// time; interleaved, G chains advance together.
+/// `fastmath::exp_f32_nonpos` on G vectors of 16 lanes, step for step (the same
+/// roundings, so the same bits), each step on all G before the next: a vector's steps
+/// form one long chain (~55 cycles). Written one vector after the other, the row took
+/// about twice the cycles its FMA work needs, which we read as the chains' waiting
+/// operations filling the scheduler; step by step over four vectors the forward got
+/// ~10% faster (two or eight: no better; BENCHMARKS.md, "Sitting 8").
 #[inline(always)]
 unsafe fn exp_nonpos_group<const G: usize>(x: [__m512; G]) -> [__m512; G] {
     let magic = _mm512_set1_ps(EXP_MAGIC);
@@ -361,6 +389,7 @@ unsafe fn exp_nonpos_group<const G: usize>(x: [__m512; G]) -> [__m512; G] {
 #[inline(always)]
 unsafe fn reduce_lanes(v: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(v);
+    // The high half through the f64 extract: `_mm512_extractf32x8_ps` needs AVX-512 DQ.
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
     let a = _mm256_add_ps(lo, hi);
     let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
