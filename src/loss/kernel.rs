@@ -22,9 +22,10 @@
 //! exponentials and the gradient's stores run together instead of taking turns
 //! (with the register-streamed gradient of `stream_affine`, 1.35–1.5x faster at
 //! V ≥ 8192 than the one-row-after-the-other kernel of sitting 4, BENCHMARKS.md).
-//! Arithmetic is in f32 (f64 for f64 logits); the inner loops work on `LANES` independent accumulators so that LLVM vectorises them, and
-//! `Job::dispatch` re-compiles the same code for AVX-512 / AVX2 when the CPU has them
-//! (the plain build is the scalar/SSE2 fallback).
+//! Arithmetic is in f32 (f64 for f64 logits); the inner loops work on `LANES`
+//! independent accumulators so that LLVM vectorises them, and `Job::dispatch`
+//! re-compiles the same code for AVX-512 / AVX2 when the CPU has them (the plain build
+//! is the scalar/SSE2 fallback).
 //!
 //! Short rows (V ≤ 256, f32, no soft-cap) on AVX-512 take [`short_rows`] instead: a row
 //! fits in registers, so the scratch row, the staging block and the pipeline, which
@@ -393,6 +394,24 @@ pub(crate) struct Params {
 pub(crate) enum RowScale<'a> {
     Uniform(f64),
     PerRow(&'a [f64]),
+}
+
+impl RowScale<'_> {
+    /// The factor of row `i`.
+    #[inline(always)]
+    fn of_row(self, i: usize) -> f64 {
+        match self {
+            RowScale::Uniform(s) => s,
+            RowScale::PerRow(s) => s[i],
+        }
+    }
+}
+
+/// Whether the first maximum of row `x` (whose max is `m`) is at `t`: argmax == target
+/// with ties going to the first index, as torch.argmax.
+#[inline(always)]
+fn first_max_at<T: Elem<F>, F: Real>(x: &[T], t: usize, m: F) -> bool {
+    x[t].load() == m && !x[..t].iter().any(|&xv| xv.load() == m)
 }
 
 /// Per-row results. Ignored rows have loss 0, lse 0, correct false.
@@ -851,15 +870,14 @@ fn row<'g, T: Elem<F>, F: Real>(
             y.extend(xs.iter().map(|&xv| c * (xv.load() * inv_c).tanh()));
             let m = pass_max::<F, F>(&y);
             let y_t = y[t];
-            // argmax == target, first index on ties (as torch.argmax).
-            let correct = y_t == m && !y[..t].contains(&m);
+            let correct = first_max_at::<F, F>(&y, t, m);
             // Only looked for when the max says the row is all -inf (or NaN).
             let any_nan = m == -F::INF && y.iter().any(|&v| v.is_nan());
             (m, y_t, correct, any_nan)
         } else {
             let m = pass_max::<T, F>(xs);
             let y_t = xs[t].load();
-            let correct = y_t == m && !xs[..t].iter().any(|&xv| xv.load() == m);
+            let correct = first_max_at::<T, F>(xs, t, m);
             let any_nan = m == -F::INF && xs.iter().any(|&xv| xv.load().is_nan());
             (m, y_t, correct, any_nan)
         }
@@ -979,7 +997,7 @@ fn row<'g, T: Elem<F>, F: Real>(
 }
 
 /// What a row's loss and gradient need besides its exponentials e_j.
-pub(crate) struct RowScalars<F> {
+struct RowScalars<F> {
     loss: F,
     lse: F,
     /// g_j = a·e_j - b, minus `hit` at the target (times the soft-cap's chain factor).
@@ -1210,12 +1228,7 @@ impl<T> Job<'_, T> {
         T: Elem<F>,
     {
         let v = self.p.v;
-        let scale_of = |i: usize| -> F {
-            match self.scale {
-                RowScale::Uniform(s) => F::from_f64(s),
-                RowScale::PerRow(s) => F::from_f64(s[i]),
-            }
-        };
+        let scale_of = |i: usize| F::from_f64(self.scale.of_row(i));
         // The row after i (which this thread most likely takes next), for prefetching.
         // (Prefetching further ahead made no difference, even at V = 256.)
         let next_of = |i: usize| -> &[T] {

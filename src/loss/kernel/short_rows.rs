@@ -3,15 +3,16 @@
 //!
 //! Such a row is at most 16 zmm registers, and its exponentials stay in registers
 //! from pass B to pass C: no scratch row to store and reload, no staging block, no
-//! pipeline bookkeeping. The general kernel spends most of a 256-wide row on those
-//! and on its per-row overhead (`perf annotate`: the scratch row's stores, queued
-//! behind the gradient's streaming stores, were its hottest instructions). Here:
+//! pipeline bookkeeping. In the general kernel at V = 256 the scratch row's stores,
+//! queued behind the gradient's streaming stores, were the hottest instructions
+//! (`perf annotate`). Here:
 //!
 //! * the row after this one has its max taken (reading it from memory) before this
 //!   row's exponentials, so that its loads and chain of maxima overlap them;
 //! * the exponentials run four chunks at a time, step by step
-//!   ([`exp_nonpos_group`]): one chunk's exp is a ~55-cycle chain, and sixteen of
-//!   them written one after the other filled the scheduler with waiting operations;
+//!   ([`exp_nonpos_group`]): one chunk's exp is a ~55-cycle chain, and with sixteen
+//!   of them written one after the other a row took about twice the cycles of its
+//!   FMA work;
 //! * the gradient g = a·e - b is computed from the registers and streamed past the
 //!   cache when the row's chunks are whole lines (V a multiple of 16, the buffer on a
 //!   64-byte line, as the fresh gradients measured here were); other rows are stored
@@ -34,7 +35,9 @@
 // `seq!` unrolls with literal indices, so chunk 0's arithmetic reads `4 * 0 + 0`.
 #![allow(clippy::identity_op, clippy::erasing_op)]
 
-use super::{flush, row, row_scalars, Params, RowIo, RowOut, RowScalars, RowScale, Scratch};
+use super::{
+    first_max_at, flush, row, row_scalars, Params, RowIo, RowOut, RowScalars, RowScale, Scratch,
+};
 use crate::fastmath::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAGIC, EXP_POLY};
 use seq_macro::seq;
 use std::arch::x86_64::*;
@@ -125,10 +128,9 @@ unsafe fn rows_of<const NC: usize, const SMOOTH: bool>(
         }
         let target = targets[i];
         // The forward alone has no gradient to scale (and may be given no scales).
-        let scale_i = match (&grad, scale) {
-            (None, _) => 0.0,
-            (Some(_), RowScale::Uniform(s)) => s as f32,
-            (Some(_), RowScale::PerRow(s)) => s[i] as f32,
+        let scale_i = match grad {
+            None => 0.0,
+            Some(_) => scale.of_row(i) as f32,
         };
         let mut g_row = grad.as_deref_mut().map(|g| &mut g[k * v..(k + 1) * v]);
         if p.ignore_index != Some(target) && (target as usize) < v {
@@ -233,8 +235,7 @@ unsafe fn row_in_registers<const NC: usize, const SMOOTH: bool>(
         return None; // -inf row, +inf or NaN in it: the general kernel reports it
     }
     let y_t = xr[t];
-    // argmax == target, first index on ties (as torch.argmax); as `super::row`.
-    let correct = y_t == m && !xr[..t].contains(&m);
+    let correct = first_max_at::<f32, f32>(xr, t, m);
 
     // Pass B: e = exp(x - m), s = Σ e and dsum = Σ (m - x) lane by lane in chunk order
     // (the row is in L1 since `row_max` read it).
