@@ -22,12 +22,60 @@ pub struct Corpus {
     pub val_docs: usize,
 }
 
-/// Reads a UTF-8 (or any) text file, refusing a missing or empty one with a clear error.
+/// Bytes of memory a run needs per byte of its input text, at most: the text, its
+/// train/validation copies, the token ids (4 bytes per token, at most one token per
+/// byte) and the BPE trainer's working copy.
+pub const MEMORY_PER_INPUT_BYTE: f64 = 16.0;
+
+/// The largest input file any command reads: token positions and counts stay far
+/// inside u32/usize arithmetic, and nobody's corpus of poems is larger.
+pub const MAX_INPUT_BYTES: u64 = 4 << 30;
+
+/// The most bytes an input file may hold on this machine now: [`MAX_INPUT_BYTES`], or
+/// less when the available memory (/proc/meminfo) cannot hold its working copies.
+pub fn input_limit() -> u64 {
+    let by_memory = crate::train::memory::available_bytes()
+        .map_or(u64::MAX, |m| (m / MEMORY_PER_INPUT_BYTE) as u64);
+    MAX_INPUT_BYTES.min(by_memory)
+}
+
+/// Reads an input file of at most `limit` bytes, refusing a missing, unreadable or
+/// larger one with a clear error before reading it (a regular file by its size; a
+/// pipe or device such as /dev/zero after `limit` bytes).
+pub fn read_input(path: &Path, what: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let open_err = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{what} {} not found", path.display()),
+        _ => anyhow::anyhow!("cannot read {what} {}: {e}", path.display()),
+    };
+    let file = std::fs::File::open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    anyhow::ensure!(!meta.is_dir(), "{what} {} is a directory", path.display());
+    let too_large = |len: String| {
+        anyhow::anyhow!(
+            "{what} {} is {len} bytes; at most {limit} bytes can be read here (a limit set by \
+             the memory available, {MEMORY_PER_INPUT_BYTE} bytes of memory per input byte, and \
+             {MAX_INPUT_BYTES} at most)",
+            path.display()
+        )
+    };
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_large(meta.len().to_string()));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(open_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(format!("more than {limit}")));
+    }
+    Ok(bytes)
+}
+
+/// Reads a text file for training or evaluation (see [`read_input`]; limit
+/// [`input_limit`]), refusing an empty one.
 pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!("corpus file {} not found", path.display()),
-        _ => anyhow::anyhow!("cannot read corpus file {}: {e}", path.display()),
-    })?;
+    let bytes = read_input(path, "corpus file", input_limit())?;
     anyhow::ensure!(
         !bytes.iter().all(|b| b.is_ascii_whitespace()),
         "corpus file {} is empty",
@@ -36,28 +84,49 @@ pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Splits text into documents at blank lines ("\n\n"); empty pieces are dropped.
+/// Splits text into documents at blank lines (lines of nothing but spaces, tabs and a
+/// carriage return, so CRLF text splits as LF text does); blank pieces are dropped.
+/// Each document keeps its own line endings and its final line break.
 pub fn split_documents(text: &[u8]) -> Vec<&[u8]> {
     let mut docs = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i + 1 < text.len() {
-        if text[i] == b'\n' && text[i + 1] == b'\n' {
-            docs.push(&text[start..i + 1]);
-            i += 2;
-            while i < text.len() && text[i] == b'\n' {
-                i += 1;
+    let mut start = None; // start of the current document
+    let mut pos = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let blank = line
+            .iter()
+            .all(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+        match (blank, start) {
+            (true, Some(s)) => {
+                docs.push(&text[s..pos]);
+                start = None;
             }
-            start = i;
-        } else {
-            i += 1;
+            (false, None) => start = Some(pos),
+            _ => {}
+        }
+        pos += line.len();
+    }
+    if let Some(s) = start {
+        docs.push(&text[s..]);
+    }
+    docs
+}
+
+/// Where to cut a one-document text so that a fraction `keep` stays in front: at the
+/// last line break before that point if there is one, else at a UTF-8 character
+/// boundary (never inside a character, so valid UTF-8 stays valid on both sides).
+fn cut_point(d: &[u8], keep: f64) -> usize {
+    let at = ((d.len() as f64) * keep) as usize;
+    let at = at.clamp(1, d.len().saturating_sub(1).max(1));
+    if let Some(nl) = d[..at].iter().rposition(|&b| b == b'\n') {
+        if nl + 1 < d.len() && nl > 0 {
+            return nl + 1;
         }
     }
-    if start < text.len() {
-        docs.push(&text[start..]);
+    let mut cut = at;
+    while cut > 0 && cut < d.len() && d[cut] & 0xC0 == 0x80 {
+        cut -= 1;
     }
-    docs.retain(|d| !d.iter().all(|b| b.is_ascii_whitespace()));
-    docs
+    cut
 }
 
 /// The raw text of the two halves of a split (see [`Corpus::split`]).
@@ -80,7 +149,7 @@ pub fn split_text(text: &[u8], val_fraction: f64, seed: u64) -> anyhow::Result<S
     let n_val = ((docs.len() as f64 * val_fraction).round() as usize).clamp(1, docs.len());
     if docs.len() == 1 {
         let d = docs[0];
-        let cut = ((d.len() as f64) * (1.0 - val_fraction)) as usize;
+        let cut = cut_point(d, 1.0 - val_fraction);
         return Ok(SplitText {
             train: d[..cut].to_vec(),
             val: d[cut..].to_vec(),
@@ -93,12 +162,17 @@ pub fn split_text(text: &[u8], val_fraction: f64, seed: u64) -> anyhow::Result<S
     for &i in &order[..n_val] {
         is_val[i] = true;
     }
+    // Documents are joined by a blank line in the text's own line ending.
+    let crlf = docs[0].ends_with(b"\r\n");
     let join = |want: bool| -> Vec<u8> {
         let mut out = Vec::new();
         for (d, &v) in docs.iter().zip(&is_val) {
             if v == want {
                 out.extend_from_slice(d);
-                out.push(b'\n');
+                if !d.ends_with(b"\n") {
+                    out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+                }
+                out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
             }
         }
         out
@@ -246,4 +320,67 @@ pub fn bytes_and_chars(tokenizer: &Tokenizer, ids: &[u32]) -> (u64, u64) {
         }
     }
     (bytes, chars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_text_splits_into_the_same_documents_as_lf_text() {
+        let lf =
+            "春晓\n孟浩然\n春眠不觉晓，处处闻啼鸟。\n\n静夜思\n李白\n床前明月光，疑是地上霜。\n";
+        let crlf = lf.replace('\n', "\r\n");
+        let (a, b) = (
+            split_documents(lf.as_bytes()),
+            split_documents(crlf.as_bytes()),
+        );
+        assert_eq!(a.len(), 2);
+        assert_eq!(b.len(), 2);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                String::from_utf8_lossy(x).replace('\n', "\r\n"),
+                String::from_utf8_lossy(y)
+            );
+        }
+        // Blank lines of spaces, tabs or a lone CR separate documents too.
+        assert_eq!(split_documents(b"a\n \t\r\nb\n\r\n\r\nc").len(), 3);
+        let s = split_text(crlf.as_bytes(), 0.5, 1).unwrap();
+        assert_eq!((s.train_docs, s.val_docs), (1, 1));
+        assert!(std::str::from_utf8(&s.train).is_ok() && std::str::from_utf8(&s.val).is_ok());
+    }
+
+    #[test]
+    fn a_one_document_text_is_cut_at_a_line_or_character_boundary() {
+        // One long line of 3-byte characters: the cut must not split one.
+        let one = "床前明月光疑是地上霜".repeat(50);
+        for f in [0.01, 0.1, 0.333, 0.5, 0.9, 0.99] {
+            let s = split_text(one.as_bytes(), f, 7).unwrap();
+            assert!(std::str::from_utf8(&s.train).is_ok(), "{f}");
+            assert!(std::str::from_utf8(&s.val).is_ok(), "{f}");
+            assert!(!s.train.is_empty() && !s.val.is_empty(), "{f}");
+            assert_eq!(s.train.len() + s.val.len(), one.len());
+        }
+        // With line breaks, at the last one before the fraction.
+        let lines = "一二三四五\n".repeat(10);
+        let s = split_text(lines.as_bytes(), 0.25, 7).unwrap();
+        assert!(s.train.ends_with(b"\n") && s.val.starts_with("一".as_bytes()));
+    }
+
+    #[test]
+    fn inputs_larger_than_the_limit_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.txt");
+        std::fs::write(&p, vec![b'a'; 1000]).unwrap();
+        assert_eq!(read_input(&p, "text", 1000).unwrap().len(), 1000);
+        let e = read_input(&p, "text", 999).unwrap_err().to_string();
+        assert!(e.contains("is 1000 bytes; at most 999"), "{e}");
+        // A device that never ends: refused after the limit, not read until memory runs out.
+        let e = read_input(Path::new("/dev/zero"), "text", 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 1048576"), "{e}");
+        let e = read_input(dir.path(), "text", 10).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+    }
 }

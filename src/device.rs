@@ -22,7 +22,7 @@ pub fn select(name: &str) -> anyhow::Result<Device> {
 /// Must run before any tensor work: candle reads `RAYON_NUM_THREADS` lazily and rayon's
 /// global pool can only be built once.
 pub fn set_threads(threads: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(threads > 0, "--threads must be at least 1");
+    crate::limits::check_threads(threads)?;
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     // An already-built pool (e.g. in tests that call this twice) is not an error.
     let _ = rayon::ThreadPoolBuilder::new()

@@ -14,6 +14,7 @@ pub mod device;
 pub mod eval;
 mod fastmath;
 pub mod kernels;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod sample;

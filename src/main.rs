@@ -6,10 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tinylm::data::{read_corpus, Corpus};
+use tinylm::data::read_corpus;
 use tinylm::sample::SamplingOptions;
 use tinylm::tokenizer::{utf8::StreamDecoder, Tokenizer};
-use tinylm::train::{self, checkpoint, config::TrainConfig};
+use tinylm::train::{self, checkpoint};
 
 // Counts live heap bytes for `tinylm bench` (peak_extra_bytes); costs two relaxed atomic
 // operations per allocation elsewhere.
@@ -58,6 +58,9 @@ enum TokenizerCmd {
         /// this many characters before merges are learned).
         #[arg(long, default_value_t = 2)]
         han_piece: usize,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Bytes per token, characters per token and vocabulary use on a text.
     Stats {
@@ -87,9 +90,9 @@ struct TrainArgs {
     /// Run directory for checkpoints, metrics and the config (default: runs/<preset>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Named preset: default, bench-ref, tiny.
-    #[arg(long, default_value = "default")]
-    preset: String,
+    /// Named preset: default, bench-ref, tiny (default: default).
+    #[arg(long)]
+    preset: Option<String>,
     /// `bytes`, `bpe:N` (train a BPE of N tokens on the training split first), or the
     /// path of a tokenizer.json (default: the preset's). Stored in the run directory;
     /// sample and eval use it.
@@ -98,7 +101,9 @@ struct TrainArgs {
     /// TOML file whose fields override the preset (same names as the stored config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run in this directory from its latest checkpoint.
+    /// Continue the run in this directory from its latest checkpoint, or a checkpoint
+    /// directory (an older one only with --out NEW_DIR: a fork). A resume takes only
+    /// --max-steps, --time-budget, --max-bad-steps and the interval flags.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Optimizer steps: the cosine schedule runs over them and the run is bit-for-bit
@@ -237,6 +242,10 @@ struct BenchCmd {
     common: Common,
 }
 
+/// A prompt file larger than this is refused unread (the model sees at most its
+/// context, a few hundred tokens, of it).
+const MAX_PROMPT_BYTES: u64 = 1 << 20;
+
 fn main() {
     // Keep freed activation buffers in the heap instead of returning them to the OS:
     // otherwise every training step page-faults its temporaries back in (BENCHMARKS.md).
@@ -286,64 +295,6 @@ fn setup(c: &Common) -> anyhow::Result<candle_core::Device> {
     tinylm::device::select(&c.device)
 }
 
-fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let mut c = TrainConfig::preset(&a.preset)?;
-    if let Some(path) = &a.config {
-        let len = std::fs::metadata(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?
-            .len();
-        anyhow::ensure!(
-            len <= train::config_file::MAX_CONFIG_BYTES as u64,
-            "config {} is {len} bytes, too large to be a config",
-            path.display()
-        );
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read config {} (is it UTF-8 text?)", path.display())
-        })?;
-        c = train::config_file::config_from_toml(&c, &text)
-            .with_context(|| format!("config {}", path.display()))?;
-    }
-    let m = &mut c.model;
-    macro_rules! set {
-        ($field:expr, $arg:expr) => {
-            if let Some(v) = $arg {
-                $field = v;
-            }
-        };
-    }
-    set!(m.n_layer, a.layers);
-    set!(m.n_head, a.heads);
-    set!(m.n_embd, a.width);
-    set!(m.block_size, a.context);
-    set!(c.batch_size, a.batch_size);
-    set!(c.grad_accum, a.grad_accum);
-    set!(c.lr, a.lr);
-    set!(c.min_lr, a.min_lr);
-    set!(c.warmup_steps, a.warmup);
-    set!(c.weight_decay, a.weight_decay);
-    set!(c.grad_clip, a.grad_clip);
-    set!(c.eval_interval, a.eval_interval);
-    set!(c.eval_batches, a.eval_batches);
-    set!(c.log_interval, a.log_interval);
-    set!(c.checkpoint_interval, a.checkpoint_interval);
-    set!(c.max_bad_steps, a.max_bad_steps);
-    set!(c.seed, a.seed);
-    if let Some(s) = a.max_steps {
-        c.max_steps = Some(s);
-        if a.time_budget.is_none() {
-            c.time_budget_s = None;
-        }
-    }
-    if let Some(t) = a.time_budget {
-        c.time_budget_s = Some(t);
-    }
-    if a.lr.is_some() && a.min_lr.is_none() && c.min_lr > c.lr {
-        c.min_lr = c.lr / 10.0;
-    }
-    c.validate()?;
-    Ok(c)
-}
-
 /// "YYYYmmdd-HHMMSS" in UTC, for default run names.
 fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
@@ -369,104 +320,53 @@ fn timestamp() -> String {
     )
 }
 
-fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
-    train::faults::check_env()?;
-    let device = setup(&a.common)?;
-    // The run directory: --out, else the resumed run (the parent of a checkpoint
-    // directory), else a new runs/<preset>-<time>.
-    let new_config = match &a.resume {
-        Some(_) => None,
-        None => Some(resolve_config(&a)?),
-    };
-    let run_dir = match (&a.out, &a.resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(dir)) if dir.join("state.json").exists() => dir
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.clone()),
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => PathBuf::from("runs").join(format!("{}-{}", a.preset, timestamp())),
-    };
-    if let Some(dir) = &a.resume {
-        anyhow::ensure!(dir.exists(), "checkpoint {} not found", dir.display());
+fn train_request(a: &TrainArgs) -> train::setup::TrainRequest {
+    train::setup::TrainRequest {
+        data: a.data.clone(),
+        out: a.out.clone(),
+        preset: a.preset.clone(),
+        tokenizer: a.tokenizer.clone(),
+        config_file: a.config.clone(),
+        resume: a.resume.clone(),
+        overrides: train::setup::Overrides {
+            max_steps: a.max_steps,
+            time_budget_s: a.time_budget,
+            seed: a.seed,
+            n_layer: a.layers,
+            n_head: a.heads,
+            n_embd: a.width,
+            block_size: a.context,
+            batch_size: a.batch_size,
+            grad_accum: a.grad_accum,
+            lr: a.lr,
+            min_lr: a.min_lr,
+            warmup_steps: a.warmup,
+            weight_decay: a.weight_decay,
+            grad_clip: a.grad_clip,
+            eval_interval: a.eval_interval,
+            eval_batches: a.eval_batches,
+            log_interval: a.log_interval,
+            checkpoint_interval: a.checkpoint_interval,
+            max_bad_steps: a.max_bad_steps,
+        },
+        stamp: timestamp(),
     }
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    // Held until this function returns, on every path.
-    let (lock, note) = checkpoint::RunLock::acquire(&run_dir)?;
-    if let Some(note) = note {
+}
+
+fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    tinylm::limits::check_range(
+        "sample_tokens",
+        a.sample_tokens as f64,
+        &a.sample_tokens.to_string(),
+    )?;
+    let device = setup(&a.common)?;
+    let p = train::setup::prepare(&train_request(&a), &device)?;
+    let (config, corpus, tokenizer) = (&p.config, &p.corpus, &p.tokenizer);
+    for note in &p.notes {
         println!("{note}");
     }
-    let tidied = checkpoint::clean_stale(&run_dir)?;
-    if tidied > 0 {
-        println!("removed {tidied} leftovers of an interrupted checkpoint write");
-    }
-    let (mut config, resume) = match (new_config, &a.resume) {
-        (Some(config), _) => {
-            anyhow::ensure!(
-                checkpoint::list(&run_dir).is_empty(),
-                "run directory {} already holds checkpoints: continue it with --resume {} or choose another --out",
-                run_dir.display(),
-                run_dir.display()
-            );
-            (config, None)
-        }
-        (None, resume) => {
-            let dir = resume.as_ref().unwrap_or(&run_dir);
-            let loaded = checkpoint::load(dir, false, &device)?;
-            let mut config = loaded.state.config.clone();
-            if let Some(s) = a.max_steps {
-                config.max_steps = Some(s);
-            }
-            if let Some(t) = a.time_budget {
-                config.time_budget_s = Some(t);
-            }
-            if let Some(n) = a.max_bad_steps {
-                config.max_bad_steps = n;
-            }
-            println!(
-                "resuming {} at step {}",
-                loaded.dir.display(),
-                loaded.state.step
-            );
-            (config, Some(loaded))
-        }
-    };
-    let text = read_corpus(&a.data)?;
-    let split = tinylm::data::split_text(&text, config.val_fraction, config.seed)?;
-    let tokenizer = match (&resume, &a.tokenizer) {
-        // A resumed run keeps its tokenizer; an explicit different one is refused by
-        // the fingerprint check in train::run.
-        (Some(loaded), None) => train::checkpoint_tokenizer(loaded)?,
-        (_, Some(spec)) => resolve_tokenizer(spec, &split.train)?,
-        (None, None) => resolve_tokenizer(&config.tokenizer, &split.train)?,
-    };
-    if let Some(loaded) = &resume {
-        // Checked before anything is written into the run directory.
-        train::ensure_same_tokenizer(loaded, &tokenizer)?;
-    }
-    if let Some(spec) = &a.tokenizer {
-        config.tokenizer = spec.clone();
-    }
-    config.model.vocab_size = tokenizer.vocab_size();
-    let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
-    tokenizer.save_to_dir(&run_dir)?;
-    // Refused here, before any large allocation, with the estimate.
-    // `tinylm train` runs the native step wherever the parameters are f32 on the CPU.
-    let step = if device.is_cpu() {
-        train::memory::StepKind::Native
-    } else {
-        train::memory::StepKind::Graph
-    };
-    let mem = train::memory::check(
-        &config,
-        corpus.train.len() + corpus.val.len(),
-        step,
-        train::memory::available_bytes(),
-    )?;
-    let config_toml = toml::to_string_pretty(&config)?;
-    checkpoint::write_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
-    println!("run directory: {}", run_dir.display());
+    let config_toml = toml::to_string_pretty(config)?;
+    println!("run directory: {}", p.run_dir.display());
     println!(
         "corpus {}: {} training tokens ({} poems), {} validation tokens ({} poems); tokenizer {} ({:.2} bytes/token)",
         a.data.display(),
@@ -475,7 +375,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         corpus.val.len(),
         corpus.val_docs,
         tokenizer.describe(),
-        text.len() as f64 / (corpus.train.len() + corpus.val.len()).max(1) as f64
+        p.text_bytes as f64 / (corpus.train.len() + corpus.val.len()).max(1) as f64
     );
     println!(
         "model: {} parameters; {} tokens per step; threads {}",
@@ -484,7 +384,8 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         tinylm::device::threads()
     );
     println!(
-        "memory: about {mem}{}",
+        "memory: about {}{}",
+        p.memory,
         train::memory::available_bytes()
             .map(|b| format!(", of {} available", train::memory::human(b)))
             .unwrap_or_default()
@@ -494,7 +395,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        let release = lock.releaser();
+        let release = p.lock.releaser();
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 eprintln!("second interrupt: exiting without a checkpoint");
@@ -508,13 +409,13 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         .context("cannot install the Ctrl-C handler")?;
     }
     let opts = train::RunOptions {
-        run_dir: run_dir.clone(),
+        run_dir: p.run_dir.clone(),
         device: device.clone(),
         stop,
         progress: !a.no_progress,
         stop_at_step: None,
     };
-    let summary = train::run(&config, &corpus, &tokenizer, &opts, resume)?;
+    let summary = train::run(config, corpus, tokenizer, &opts, p.resume)?;
     println!(
         "{} after {} steps in {:.1} s ({:.0} tok/s): val loss {:.4}, {:.3} bits/byte, {:.3} bits/char",
         if summary.interrupted { "interrupted" } else { "done" },
@@ -527,19 +428,18 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     );
     println!("checkpoint: {}", summary.last_checkpoint.display());
     if summary.interrupted {
-        println!("resume with: tinylm train --resume {}", run_dir.display());
+        println!("resume with: tinylm train --resume {}", p.run_dir.display());
         return Ok(());
     }
     if a.sample_tokens > 0 {
-        let loaded = checkpoint::load(&run_dir, true, &device)?;
-        let model = tinylm::model::Gpt::from_tensors(&loaded.state.config.model, loaded.model)?;
+        let (model, _) = load_model(&p.run_dir, &device)?;
         println!(
             "--- sample ({} tokens, temperature 0.8, best checkpoint) ---",
             a.sample_tokens
         );
         stream_sample(
             &model,
-            &tokenizer,
+            tokenizer,
             b"\n",
             a.sample_tokens,
             &SamplingOptions::default(),
@@ -582,39 +482,8 @@ fn load_model(
     path: &Path,
     device: &candle_core::Device,
 ) -> anyhow::Result<(tinylm::model::Gpt, Tokenizer)> {
-    let loaded = checkpoint::load(path, true, device)?;
-    let tokenizer = train::checkpoint_tokenizer(&loaded)?;
-    let model = tinylm::model::Gpt::from_tensors(&loaded.state.config.model, loaded.model)
-        .with_context(|| {
-            format!(
-                "checkpoint {} does not fit its config",
-                loaded.dir.display()
-            )
-        })?;
-    Ok((model, tokenizer))
-}
-
-/// `bytes`, `bpe:N` (trained here on `train_text`), or a tokenizer.json path.
-fn resolve_tokenizer(spec: &str, train_text: &[u8]) -> anyhow::Result<Tokenizer> {
-    if let Some(n) = spec.strip_prefix("bpe:") {
-        let vocab: usize = n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("bad tokenizer {spec:?}: expected bpe:<vocab size>"))?;
-        let text = std::str::from_utf8(train_text)
-            .context("a BPE is trained on UTF-8 text; the corpus is not UTF-8")?;
-        let t0 = std::time::Instant::now();
-        let bpe = tinylm::tokenizer::bpe::train_bpe_from_text(
-            text,
-            &tinylm::tokenizer::bpe::BpeTrainOptions::new(vocab),
-        )?;
-        println!(
-            "trained a BPE of {} tokens in {:.1} s",
-            bpe.vocab_size(),
-            t0.elapsed().as_secs_f64()
-        );
-        return Ok(Tokenizer::Bpe(bpe));
-    }
-    Tokenizer::load(spec)
+    let m = train::load_model(path, device)?;
+    Ok((m.model, m.tokenizer))
 }
 
 fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
@@ -624,22 +493,31 @@ fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
             vocab_size,
             out,
             han_piece,
+            force,
         } => {
+            use tinylm::limits::check_range;
+            check_range("bpe_vocab_size", vocab_size as f64, &vocab_size.to_string())?;
+            check_range("han_piece", han_piece as f64, &han_piece.to_string())?;
+            anyhow::ensure!(
+                force || !out.exists(),
+                "{} exists: pass --force to replace it, or choose another --out",
+                out.display()
+            );
             let text = read_corpus(&data)?;
-            if let Err(e) = std::str::from_utf8(&text) {
-                anyhow::bail!(
+            let text = std::str::from_utf8(&text).map_err(|e| {
+                anyhow::anyhow!(
                     "{} is not UTF-8 (first bad byte at offset {}): a BPE is trained on UTF-8 text",
                     data.display(),
                     e.valid_up_to()
-                );
-            }
+                )
+            })?;
             let mut opts = tinylm::tokenizer::bpe::BpeTrainOptions::new(vocab_size);
             opts.han_piece = han_piece;
             let t0 = std::time::Instant::now();
-            let bpe = tinylm::tokenizer::bpe::train_bpe(std::slice::from_ref(&data), &opts)?;
-            bpe.save(&out)?;
+            let bpe = tinylm::tokenizer::bpe::train_bpe_from_text(text, &opts)?;
+            checkpoint::write_atomic(&out, bpe.to_json()?.as_bytes())?;
             let tok = Tokenizer::Bpe(bpe);
-            let stats = tinylm::tokenizer::stats::stats(&tok, &text)?;
+            let stats = tinylm::tokenizer::stats::stats(&tok, text.as_bytes())?;
             println!(
                 "trained {} in {:.1} s, saved to {}\n{stats}",
                 tok.describe(),
@@ -658,30 +536,42 @@ fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
 }
 
 fn cmd_sample(a: SampleArgs) -> anyhow::Result<()> {
-    let device = setup(&a.common)?;
-    let (model, tokenizer) = load_model(&a.checkpoint, &device)?;
+    use tinylm::limits::check_range;
+    let options = |i: usize| SamplingOptions {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed.wrapping_add(i as u64),
+    };
+    options(0).validate()?;
+    check_range(
+        "num_samples",
+        a.num_samples as f64,
+        &a.num_samples.to_string(),
+    )?;
+    check_range(
+        "max_new_tokens",
+        a.max_new_tokens as f64,
+        &a.max_new_tokens.to_string(),
+    )?;
     let prompt = match &a.prompt_file {
-        Some(p) => {
-            std::fs::read(p).with_context(|| format!("cannot read prompt file {}", p.display()))?
-        }
+        Some(p) => tinylm::data::read_input(p, "prompt file", MAX_PROMPT_BYTES)?,
         None => a.prompt.clone().into_bytes(),
     };
-    anyhow::ensure!(a.num_samples > 0, "--num-samples must be at least 1");
+    let device = setup(&a.common)?;
+    let (model, tokenizer) = load_model(&a.checkpoint, &device)?;
     for i in 0..a.num_samples {
-        let o = SamplingOptions {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed.wrapping_add(i as u64),
-        };
+        let o = options(i);
         if a.num_samples > 1 {
             println!("--- sample {} ---", i + 1);
         }
         print!("{}", String::from_utf8_lossy(&prompt));
+        // An empty prompt starts a new poem: a line break in this tokenizer's ids.
+        let prompt: &[u8] = if prompt.is_empty() { b"\n" } else { &prompt };
         stream_sample(
             &model,
             &tokenizer,
-            &prompt,
+            prompt,
             a.max_new_tokens,
             &o,
             !a.no_cache,
@@ -693,9 +583,13 @@ fn cmd_sample(a: SampleArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
+    tinylm::limits::check_range(
+        "eval_batch_size",
+        a.batch_size as f64,
+        &a.batch_size.to_string(),
+    )?;
     let device = setup(&a.common)?;
     let (model, tokenizer) = load_model(&a.checkpoint, &device)?;
-    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let text = read_corpus(&a.text)?;
     let tokens = tokenizer.encode(&text)?;
     let rep = tinylm::eval::evaluate_stream(&model, &tokenizer, &tokens, a.batch_size, &device)?;

@@ -30,17 +30,16 @@ impl Default for SamplingOptions {
 }
 
 impl SamplingOptions {
+    /// Checks every option against its documented range ([`crate::limits::RANGES`]).
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.temperature >= 0.0 && self.temperature.is_finite(),
-            "temperature must be >= 0, got {}",
-            self.temperature
-        );
-        anyhow::ensure!(
-            self.top_p > 0.0 && self.top_p <= 1.0,
-            "top-p must be in (0, 1], got {}",
-            self.top_p
-        );
+        use crate::limits::check_range;
+        check_range(
+            "temperature",
+            self.temperature as f64,
+            &self.temperature.to_string(),
+        )?;
+        check_range("top_p", self.top_p as f64, &self.top_p.to_string())?;
+        check_range("top_k", self.top_k as f64, &self.top_k.to_string())?;
         Ok(())
     }
 }
@@ -109,14 +108,18 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> anyhow::Result<Vec<u32>> {
     o.validate()?;
+    // The caller encodes its idea of "nothing yet" (e.g. a line break) with its own
+    // tokenizer: an id chosen here would mean different text in every vocabulary.
+    anyhow::ensure!(!prompt.is_empty(), "the prompt holds no tokens");
+    let v = model.config.vocab_size;
+    if let Some(bad) = prompt.iter().find(|&&id| id as usize >= v) {
+        anyhow::bail!("prompt token id {bad} is outside the model's vocabulary of {v}");
+    }
     // No graph: the KV cache would otherwise keep every step's autograd history.
     let model = &model.frozen();
     let t_max = model.config.block_size;
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut ids: Vec<u32> = prompt.to_vec();
-    if ids.is_empty() {
-        ids.push(b'\n' as u32); // an empty prompt starts a new poem
-    }
     let mut cache = KvCache::new();
     let mut fed = 0; // ids[..fed] are in the cache
     for _ in 0..max_new {

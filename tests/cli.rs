@@ -172,8 +172,8 @@ fn bad_inputs_fail_with_one_line() {
         "3"
     ])
     .contains("divide"));
-    assert!(train(&["--data", "data/zh_tiny.txt", "--layers", "0"]).contains("positive"));
-    assert!(train(&["--data", "data/zh_tiny.txt", "--batch-size", "0"]).contains("positive"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--layers", "0"]).contains("n_layer (--layers)"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--batch-size", "0"]).contains("batch_size"));
     assert!(train(&["--data", "data/zh_tiny.txt", "--lr=-1"]).contains("lr"));
     fails(&["train", "--data", "data/zh_tiny.txt", "--context=-5"]);
     fails(&["train", "--data", "data/zh_tiny.txt", "--preset", "huge"]);

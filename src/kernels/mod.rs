@@ -13,7 +13,7 @@ pub mod reference;
 mod util;
 
 pub(crate) use util::dispatch as dispatch_simd;
-pub(crate) use util::{as_uninit, assume_init, storage_slice, uninit_vec};
+pub(crate) use util::{as_uninit, assume_init, storage_slice, uninit_vec, with_slice};
 
 pub use malloc::tune_glibc_malloc;
 

@@ -38,16 +38,18 @@ pub struct GptConfig {
 }
 
 impl GptConfig {
-    /// Checks the shape; every error names the offending field.
+    /// Checks the shape against the documented ranges
+    /// ([`crate::limits::RANGES`]); every error names the offending field.
     pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::limits::check_range;
         for (name, v) in [
             ("vocab_size", self.vocab_size),
-            ("block_size (context)", self.block_size),
-            ("n_layer (layers)", self.n_layer),
-            ("n_head (heads)", self.n_head),
-            ("n_embd (width)", self.n_embd),
+            ("block_size", self.block_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
         ] {
-            anyhow::ensure!(v > 0, "{name} must be positive, got {v}");
+            check_range(name, v as f64, &v.to_string())?;
         }
         anyhow::ensure!(
             self.n_embd.is_multiple_of(self.n_head),

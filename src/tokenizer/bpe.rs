@@ -73,16 +73,19 @@ pub fn split_pattern(han_piece: usize) -> String {
         format!(r"\p{{Han}}{{1,{han_piece}}}"),
         // English contractions, as GPT-2.
         r"'(?:[sdmt]|ll|ve|re)".to_string(),
-        // Letters of other scripts, with an optional leading space.
-        r" ?[\p{L}&&[^\p{Han}]]+".to_string(),
+        // Letters of other scripts, with an optional leading space; at most 32, so
+        // that a degenerate run (one letter repeated) is many short pre-tokens rather
+        // than one the trainer's pair counting is quadratic in.
+        r" ?[\p{L}&&[^\p{Han}]]{1,32}".to_string(),
         // Digits, at most three together.
         r" ?\p{N}{1,3}".to_string(),
-        // Punctuation and symbols, with the line breaks that follow them.
-        r" ?[^\s\p{L}\p{N}]+[\r\n]*".to_string(),
+        // Punctuation and symbols, with the line breaks that follow them (bounded, as
+        // letters are).
+        r" ?[^\s\p{L}\p{N}]{1,32}[\r\n]{0,4}".to_string(),
         // Whitespace ending in a line break; then other whitespace as GPT-2.
-        r"\s*[\r\n]".to_string(),
-        r"\s+(?!\S)".to_string(),
-        r"\s+".to_string(),
+        r"\s{0,31}[\r\n]".to_string(),
+        r"\s{1,32}(?!\S)".to_string(),
+        r"\s{1,32}".to_string(),
     ]
     .join("|")
 }
@@ -172,8 +175,11 @@ pub fn train_bpe_from_text(text: &str, opts: &BpeTrainOptions) -> anyhow::Result
     // the whole text; fewer, larger sequences keep the trainer's per-sequence
     // overhead low.
     let chunks = safe_chunks(text, CHUNK_BYTES);
-    tk.train(&mut trainer, chunks.into_iter())
-        .map_err(|e| anyhow!("BPE training failed: {e}"))?;
+    quiet_catch("BPE training", || {
+        tk.train(&mut trainer, chunks.into_iter())
+            .map(|_| ())
+            .map_err(|e| anyhow!("BPE training failed: {e}"))
+    })?;
     let tok = BpeTokenizer::from_inner(tk)?;
     if opts.progress {
         eprintln!(
@@ -197,6 +203,40 @@ fn pre_tokenizer(han_piece: usize) -> anyhow::Result<PreTokenizerWrapper> {
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
     ])))
+}
+
+thread_local! {
+    /// Set while [`quiet_catch`] runs on this thread: its panics are turned into errors,
+    /// so the default hook's "thread panicked at" report must not be printed.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it (in `tokenizers` or its regex engine, on hostile
+/// input) into an error naming `what`, without the panic report on stderr.
+fn quiet_catch<R>(what: &str, f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                default(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(anyhow!(
+            "{what} failed: {} (a hostile or broken tokenizer, e.g. a pre-tokenizer regex that backtracks without end)",
+            msg.lines().next().unwrap_or("").trim()
+        ))
+    })
 }
 
 /// The GPT-2 byte-to-character map (printable bytes map to themselves, the others to
@@ -299,11 +339,11 @@ impl BpeTokenizer {
     pub fn from_json_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
         // The file is untrusted: a panic deep in a deserializer must not take the
         // program down.
-        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
-            .map_err(|_| anyhow!("the tokenizer file made the parser panic"))?;
-        let tk = parsed.map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::from_inner(tk)))
-            .map_err(|_| anyhow!("the tokenizer file made validation panic"))?
+        let tk = quiet_catch("parsing the tokenizer file", || {
+            tokenizers::Tokenizer::from_bytes(bytes)
+                .map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))
+        })?;
+        quiet_catch("validating the tokenizer file", || Self::from_inner(tk))
     }
 
     /// Saves as a standard `tokenizer.json`.
@@ -365,10 +405,14 @@ impl BpeTokenizer {
     }
 
     fn encode_one(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        match (&self.fast_split, self.inner.get_model()) {
-            (Some(re), ModelWrapper::BPE(bpe)) => self.encode_direct(re, bpe, text),
-            _ => self.encode_reference(text),
-        }
+        // A tokenizer.json may carry any regex, and Oniguruma panics (rather than
+        // erring) when one backtracks past its retry limit: that is bad input, not a bug.
+        quiet_catch("encoding", || {
+            match (&self.fast_split, self.inner.get_model()) {
+                (Some(re), ModelWrapper::BPE(bpe)) => self.encode_direct(re, bpe, text),
+                _ => self.encode_reference(text),
+            }
+        })
     }
 
     /// Whether `encode` takes the direct path (`encode_direct`) rather than the

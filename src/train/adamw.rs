@@ -251,6 +251,21 @@ impl AdamW {
         Ok(())
     }
 
+    /// True when every parameter is finite: the trainer checks this after each update
+    /// (an update with an extreme learning rate or decay can overflow even from finite
+    /// gradients), so that no checkpoint ever holds NaN or infinity.
+    pub fn params_finite(&self) -> Result<bool> {
+        for p in &self.params {
+            let finite = crate::kernels::with_slice::<f32, _>(p.var.as_tensor(), |x| {
+                Ok(x.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite())))
+            })?;
+            if !finite {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Copies of the first and second moments, one (m, v) pair per parameter in the
     /// order of [`AdamW::vars`], each shaped like its parameter: what a checkpoint
     /// saves, with [`AdamW::step_count`].

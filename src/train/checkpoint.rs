@@ -187,7 +187,11 @@ fn write_file_synced(path: &Path, bytes: &[u8], budget: &mut Option<u64>) -> std
 
 /// Writes bytes to `path` atomically (temporary file, fsync, rename, fsync directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has the empty parent "", which cannot be opened to fsync.
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
@@ -316,38 +320,131 @@ pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<usize>) -> anyh
     Ok(())
 }
 
+/// The marker file of a run directory: written when a run starts, before anything
+/// else. Only a directory holding it (or, for runs made before the marker existed, a
+/// checkpoint) is ever tidied, so a run never removes what it did not write.
+pub const RUN_MARKER: &str = ".tinylm-run";
+
+/// The files a run writes with [`write_atomic`]; only their temporary names are tidied.
+const ATOMIC_FILES: &[&str] = &["config.toml", "tokenizer.json", "curves.svg"];
+
+/// True when `dir` is a tinylm run directory: it holds the run marker, or (a run from
+/// before the marker) at least one checkpoint with its `state.json`.
+pub fn is_run_dir(dir: &Path) -> bool {
+    dir.join(RUN_MARKER).is_file() || list(dir).iter().any(|(_, d)| d.join(STATE_FILE).is_file())
+}
+
+/// Marks `dir` as a run directory (see [`RUN_MARKER`]).
+pub fn mark_run_dir(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(RUN_MARKER);
+    if path.is_file() {
+        return Ok(());
+    }
+    write_atomic(
+        &path,
+        b"This directory is a tinylm run: its checkpoints, config and metrics.\n",
+    )
+}
+
+/// The records a run writes beside its checkpoints (metrics, config, tokenizer,
+/// curves); [`remove_run_records`] removes only these, by name.
+pub const RUN_RECORDS: &[&str] = &[
+    "metrics.jsonl",
+    "config.toml",
+    "tokenizer.json",
+    "curves.svg",
+];
+
+/// Removes a run's records ([`RUN_RECORDS`]) from `run_dir`, a run directory without
+/// checkpoints that a new run starts over in (call it holding the lock). Returns how
+/// many were there.
+pub fn remove_run_records(run_dir: &Path) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        run_dir.join(RUN_MARKER).is_file() && list(run_dir).is_empty(),
+        "{} is not a run without checkpoints",
+        run_dir.display()
+    );
+    let mut n = 0;
+    for name in RUN_RECORDS {
+        let p = run_dir.join(name);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            fs::remove_file(&p)
+                .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", p.display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// What a leftover of an interrupted write is, parsed from its exact name: only names
+/// of the forms this module writes (`.step-NNNNNNNN.tmp-PID`, `.step-NNNNNNNN.deleting-PID`,
+/// `.step-NNNNNNNN.replaced-PID`, `.config.toml.tmp-PID`, ...) qualify.
+#[derive(Debug, PartialEq)]
+enum Leftover {
+    /// A temporary file or directory, or a checkpoint being deleted: remove it.
+    Remove,
+    /// A checkpoint moved aside for replacement: put it back as this step directory
+    /// if its replacement never arrived, else remove it.
+    Replaced(String),
+}
+
+fn parse_leftover(name: &str) -> Option<Leftover> {
+    let hidden = name.strip_prefix('.')?;
+    let (base, kind_pid) = hidden.rsplit_once('.')?;
+    let (kind, pid) = kind_pid.split_once('-')?;
+    if pid.is_empty() || pid.len() > 10 || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let step_dir = base
+        .strip_prefix("step-")
+        .is_some_and(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()));
+    match kind {
+        "tmp" if step_dir || ATOMIC_FILES.contains(&base) || base == RUN_MARKER => {
+            Some(Leftover::Remove)
+        }
+        "deleting" if step_dir => Some(Leftover::Remove),
+        "replaced" if step_dir => Some(Leftover::Replaced(base.to_string())),
+        _ => None,
+    }
+}
+
 /// Tidies what an interrupted run left in `run_dir` (call it holding the run's lock):
 /// temporary files and checkpoint directories are deleted, a checkpoint moved aside
 /// for replacement is put back if its replacement never arrived, and a checkpoint
-/// being deleted is finished off. Returns how many entries it handled.
+/// being deleted is finished off. Only entries whose exact names this module writes
+/// are touched, and only in a run directory ([`is_run_dir`]); anything else is left
+/// alone. Returns how many entries it handled.
 pub fn clean_stale(run_dir: &Path) -> anyhow::Result<usize> {
+    if !is_run_dir(run_dir) {
+        return Ok(0);
+    }
     let mut handled = 0;
     for entry in fs::read_dir(run_dir).into_iter().flatten().flatten() {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let Some(hidden) = name.strip_prefix('.') else {
+        let Some(what) = parse_leftover(&name) else {
             continue;
         };
         let path = entry.path();
         let remove = |p: &Path| {
-            if p.is_dir() {
+            // symlink_metadata: a link named like a leftover is removed, never followed.
+            if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
                 fs::remove_dir_all(p)
             } else {
                 fs::remove_file(p)
             }
         };
-        let result = if hidden.contains(".tmp-") || hidden.contains(".deleting-") {
-            remove(&path)
-        } else if let Some((step_dir, _)) = hidden.split_once(".replaced-") {
-            let original = run_dir.join(step_dir);
-            if step_dir.starts_with("step-") && !original.exists() {
-                fs::rename(&path, &original)
-            } else {
-                remove(&path)
+        let result = match what {
+            Leftover::Remove => remove(&path),
+            Leftover::Replaced(step_dir) => {
+                let original = run_dir.join(step_dir);
+                if original.exists() {
+                    remove(&path)
+                } else {
+                    fs::rename(&path, &original)
+                }
             }
-        } else {
-            continue;
         };
         result.map_err(|e| anyhow::anyhow!("cannot tidy {}: {e}", path.display()))?;
         handled += 1;
@@ -510,6 +607,27 @@ fn check_config_fits(
     Ok(())
 }
 
+/// Refuses weights holding NaN or infinity: such a checkpoint can only print garbage.
+fn check_finite(model: &HashMap<String, Tensor>, dir: &Path) -> anyhow::Result<()> {
+    let mut names: Vec<&String> = model.keys().collect();
+    names.sort();
+    for name in names {
+        let bad = model[name]
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|x| !x.is_finite())
+            .count();
+        anyhow::ensure!(
+            bad == 0,
+            "checkpoint {} holds {bad} non-finite weights (NaN or infinity) in {name}: the run \
+             that wrote it diverged or the file was altered",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Loads a checkpoint (see [`resolve`] for what `path` may name).
 pub fn load(path: &Path, prefer_best: bool, device: &Device) -> anyhow::Result<Loaded> {
     let dir = resolve(path, prefer_best)?;
@@ -518,11 +636,22 @@ pub fn load(path: &Path, prefer_best: bool, device: &Device) -> anyhow::Result<L
         .config
         .validate()
         .map_err(|e| anyhow::anyhow!("checkpoint {} has an invalid config: {e}", dir.display()))?;
-    let model = read_tensors(&dir.join(MODEL_FILE), files.get(MODEL_FILE), device)?;
+    // The manifest is what makes a flipped bit detectable: without it the checkpoint
+    // is damaged, not unchecked.
+    let sum = |file: &str| {
+        files.get(file).ok_or_else(|| {
+            anyhow::anyhow!(
+                "damaged checkpoint {}: its state.json records no size and checksum for {file}",
+                dir.display()
+            )
+        })
+    };
+    let model = read_tensors(&dir.join(MODEL_FILE), Some(sum(MODEL_FILE)?), device)?;
     check_config_fits(&state, &model, &dir)?;
+    check_finite(&model, &dir)?;
     let optim_path = dir.join(OPTIM_FILE);
     let optim = if optim_path.exists() || files.contains_key(OPTIM_FILE) {
-        read_tensors(&optim_path, files.get(OPTIM_FILE), device)?
+        read_tensors(&optim_path, Some(sum(OPTIM_FILE)?), device)?
     } else {
         HashMap::new()
     };
@@ -717,12 +846,45 @@ mod tests {
         }
         fs::write(d.join(".config.toml.tmp-99"), "x").unwrap();
         fs::write(d.join(LOCK_FILE), "1 1\n").unwrap();
+        // Not ours: look like leftovers but are not names this module writes.
+        for p in [
+            ".bashrc.tmp-1",
+            ".notes.deleting-2",
+            ".x.replaced-3",
+            ".step-1.tmp-4",
+            ".step-00000004.tmp-",
+            ".step-00000004.tmp-12a",
+            ".config.toml.tmp-1.bak",
+        ] {
+            fs::write(d.join(p), "keep").unwrap();
+        }
+        // Outside a run directory nothing is touched at all.
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join(".config.toml.tmp-5"), "keep").unwrap();
+        assert_eq!(clean_stale(outside.path()).unwrap(), 0);
+        assert!(outside.path().join(".config.toml.tmp-5").exists());
+        mark_run_dir(d).unwrap();
         assert_eq!(clean_stale(d).unwrap(), 5);
         let mut left: Vec<String> = fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [".lock", "step-00000006", "step-00000008"]);
+        assert_eq!(
+            left,
+            [
+                ".bashrc.tmp-1",
+                ".config.toml.tmp-1.bak",
+                ".lock",
+                ".notes.deleting-2",
+                ".step-00000004.tmp-",
+                ".step-00000004.tmp-12a",
+                ".step-1.tmp-4",
+                RUN_MARKER,
+                ".x.replaced-3",
+                "step-00000006",
+                "step-00000008"
+            ]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Typed training configuration and the named presets.
 
+use crate::limits::{check_range, MAX_TOKENS_PER_STEP};
 use crate::model::GptConfig;
 use serde::{Deserialize, Serialize};
 
@@ -149,62 +150,88 @@ impl TrainConfig {
         }
     }
 
-    /// Refuses impossible values with a message that names the field.
+    /// Refuses values outside the documented ranges ([`RANGES`]) with a message that
+    /// names the field, before any work.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.model.validate()?;
-        for (name, v) in [
-            ("batch size", self.batch_size),
-            ("grad accumulation", self.grad_accum),
-            ("eval interval", self.eval_interval),
-            ("eval batches", self.eval_batches),
-            ("log interval", self.log_interval),
-            ("checkpoint interval", self.checkpoint_interval),
-        ] {
-            anyhow::ensure!(v > 0, "{name} must be positive, got {v}");
+        let ints = [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("warmup_steps", self.warmup_steps),
+            ("eval_interval", self.eval_interval),
+            ("eval_batches", self.eval_batches),
+            ("log_interval", self.log_interval),
+            ("checkpoint_interval", self.checkpoint_interval),
+            ("keep_last", self.keep_last),
+            ("max_bad_steps", self.max_bad_steps),
+        ];
+        for (name, v) in ints {
+            check_range(name, v as f64, &v.to_string())?;
         }
         if let Some(s) = self.max_steps {
-            anyhow::ensure!(s > 0, "max steps must be positive, got {s}");
+            check_range("max_steps", s as f64, &s.to_string())?;
         }
         if let Some(t) = self.time_budget_s {
-            anyhow::ensure!(
-                t > 0.0 && t.is_finite(),
-                "time budget must be positive, got {t}"
-            );
+            check_range("time_budget_s", t, &t.to_string())?;
         }
         anyhow::ensure!(
             self.max_steps.is_some() || self.time_budget_s.is_some(),
             "give --max-steps or --time-budget (a run needs an end)"
         );
+        let floats = [
+            ("lr", self.lr),
+            ("min_lr", self.min_lr),
+            ("weight_decay", self.weight_decay),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("grad_clip", self.grad_clip),
+            ("val_fraction", self.val_fraction),
+        ];
+        for (name, v) in floats {
+            check_range(name, v, &v.to_string())?;
+        }
         anyhow::ensure!(
-            self.lr > 0.0 && self.lr.is_finite(),
-            "lr must be positive, got {}",
+            self.min_lr <= self.lr,
+            "min_lr ({}) must not exceed lr ({})",
+            self.min_lr,
             self.lr
         );
+        // Decoupled decay multiplies every matrix by 1 - lr·wd each step: at lr·wd ≥ 1
+        // that flips or zeroes the weights.
         anyhow::ensure!(
-            self.min_lr >= 0.0 && self.min_lr <= self.lr,
-            "min lr must be in [0, lr], got {}",
-            self.min_lr
+            self.lr * self.weight_decay < 1.0,
+            "lr x weight_decay must be below 1 (it is {}): each step multiplies the \
+             weights by 1 - lr x weight_decay",
+            self.lr * self.weight_decay
         );
+        let tokens = self
+            .batch_size
+            .checked_mul(self.grad_accum)
+            .and_then(|x| x.checked_mul(self.model.block_size));
         anyhow::ensure!(
-            self.weight_decay >= 0.0,
-            "weight decay must be >= 0, got {}",
-            self.weight_decay
-        );
-        anyhow::ensure!(
-            (0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2),
-            "betas must be in [0, 1)"
-        );
-        anyhow::ensure!(
-            self.grad_clip >= 0.0,
-            "grad clip must be >= 0, got {}",
-            self.grad_clip
-        );
-        anyhow::ensure!(
-            self.val_fraction > 0.0 && self.val_fraction < 1.0,
-            "val fraction must be in (0, 1), got {}",
-            self.val_fraction
+            tokens.is_some_and(|t| t <= MAX_TOKENS_PER_STEP),
+            "batch_size x grad_accum x context = {} x {} x {} tokens a step is more than \
+             the {MAX_TOKENS_PER_STEP} allowed",
+            self.batch_size,
+            self.grad_accum,
+            self.model.block_size
         );
         Ok(())
+    }
+
+    /// True when `other` trains the same way: equal but for the fields a resume may
+    /// change (the end, the bad-step limit and the reporting intervals).
+    pub fn same_training(&self, other: &TrainConfig) -> bool {
+        let strip = |c: &TrainConfig| TrainConfig {
+            max_steps: None,
+            time_budget_s: None,
+            max_bad_steps: 1,
+            eval_interval: 1,
+            log_interval: 1,
+            checkpoint_interval: 1,
+            ..c.clone()
+        };
+        strip(self) == strip(other)
     }
 
     /// Tokens per optimizer step.
@@ -257,6 +284,54 @@ pub const PRESETS: &[&str] = &["default", "bench-ref", "tiny"];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_range_is_checked_and_names_its_field() {
+        use crate::limits::RANGES;
+        let base = TrainConfig::preset("tiny").unwrap();
+        type Set = fn(&mut TrainConfig);
+        let bad: &[(&str, Set)] = &[
+            ("batch_size", |c| c.batch_size = 0),
+            ("grad_accum", |c| c.grad_accum = usize::MAX),
+            ("max_steps", |c| c.max_steps = Some(1 << 50)),
+            ("time_budget_s", |c| c.time_budget_s = Some(f64::INFINITY)),
+            ("lr", |c| c.lr = 1e10),
+            ("lr", |c| c.lr = f64::NAN),
+            ("min_lr", |c| c.min_lr = -1.0),
+            ("weight_decay", |c| c.weight_decay = 1e30),
+            ("weight_decay", |c| c.weight_decay = f64::INFINITY),
+            ("beta2", |c| c.beta2 = 1.0),
+            ("grad_clip", |c| c.grad_clip = f64::NAN),
+            ("val_fraction", |c| c.val_fraction = 0.0),
+            ("keep_last", |c| c.keep_last = 0),
+            ("max_bad_steps", |c| c.max_bad_steps = 0),
+            ("lr x weight_decay", |c| {
+                c.lr = 0.5;
+                c.weight_decay = 4.0
+            }),
+            ("tokens a step", |c| {
+                c.batch_size = 65_536;
+                c.grad_accum = 65_536
+            }),
+        ];
+        for (field, set) in bad {
+            let mut c = base.clone();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        // Each range's bounds are themselves accepted unless exclusive.
+        for r in RANGES {
+            let name = r.field.strip_prefix("model.").unwrap_or(r.field);
+            if !r.min_exclusive {
+                check_range(name, r.min, "min").unwrap();
+            }
+            if !r.max_exclusive {
+                check_range(name, r.max, "max").unwrap();
+            }
+            assert!(check_range(name, r.max * 2.0 + 1.0, "x").is_err());
+        }
+    }
 
     #[test]
     fn presets_validate() {

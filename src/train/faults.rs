@@ -13,6 +13,8 @@
 //! - `nan-loss:from-step=A,to-step=B`: the A-th to B-th optimizer steps of this process
 //!   (counted from 1, also in a resumed run) report a NaN loss, as a diverging model
 //!   would. `to-step` defaults to "forever".
+//! - `nan-weights:at-update=N`: the N-th applied update of this process leaves a NaN in
+//!   the weights, as an update that overflows (an extreme rate or decay) would.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -26,6 +28,7 @@ pub enum Fault {
     CheckpointWriteFail { after_bytes: u64 },
     CheckpointWriteDelay { ms: u64 },
     NanLoss { from_step: usize, to_step: usize },
+    NanWeights { at_update: usize },
 }
 
 /// Parses a `TINYLM_FAULT_INJECT` value (see the module documentation).
@@ -55,8 +58,11 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<Fault>> {
                 from_step: take("from-step", &mut kv).unwrap_or(1) as usize,
                 to_step: take("to-step", &mut kv).map_or(usize::MAX, |v| v as usize),
             },
+            "nan-weights" => Fault::NanWeights {
+                at_update: take("at-update", &mut kv).unwrap_or(1) as usize,
+            },
             other => anyhow::bail!(
-                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss)"
+                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss, nan-weights)"
             ),
         };
         if let Some(k) = kv.keys().next() {
@@ -117,6 +123,19 @@ pub fn nan_loss_next_step() -> bool {
         Fault::NanLoss { from_step, to_step } => (*from_step..=*to_step).contains(&n),
         _ => false,
     })
+}
+
+/// Counts an applied update of this process; true when it is to leave NaN weights.
+pub fn nan_weights_after_update() -> bool {
+    static UPDATES: AtomicUsize = AtomicUsize::new(0);
+    let faults = active();
+    if faults.is_empty() {
+        return false;
+    }
+    let n = UPDATES.fetch_add(1, Ordering::Relaxed) + 1;
+    faults
+        .iter()
+        .any(|f| matches!(f, Fault::NanWeights { at_update } if *at_update == n))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_file;
 pub mod faults;
 pub mod memory;
+pub mod setup;
 
 use crate::data::{eval_windows, Corpus, WindowSampler};
 use crate::eval::{evaluate_windows, EvalReport};
@@ -84,6 +85,9 @@ pub struct StepOutcome {
     pub grad_norm: f64,
     /// False when the loss or gradient was not finite and the update was skipped.
     pub applied: bool,
+    /// False when the update itself made a weight NaN or infinite (the run must stop:
+    /// the weights in memory are lost, the last checkpoint is not).
+    pub weights_finite: bool,
     pub times: StepTimes,
 }
 
@@ -235,12 +239,19 @@ impl Trainer {
             };
             self.optimizer.set_lr(lr);
             self.optimizer.step_scaled(&grads, scale)?;
+            if faults::nan_weights_after_update() {
+                let (_, w) = &self.model.params()[0];
+                let poisoned = w.as_tensor().affine(1.0, f64::NAN)?;
+                w.set(&poisoned)?;
+            }
         }
+        let weights_finite = !applied || self.optimizer.params_finite()?;
         times.optimizer = t2.elapsed().as_secs_f64();
         Ok(StepOutcome {
             loss: loss_sum,
             grad_norm,
             applied,
+            weights_finite,
             times,
         })
     }
@@ -352,6 +363,41 @@ pub fn checkpoint_tokenizer(loaded: &checkpoint::Loaded) -> anyhow::Result<Token
     Ok(tok)
 }
 
+/// A checkpoint loaded for sampling or evaluation.
+pub struct LoadedModel {
+    pub model: Gpt,
+    pub tokenizer: Tokenizer,
+    pub state: TrainState,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+}
+
+/// Loads a checkpoint (a checkpoint directory, or a run directory: its best) with its
+/// tokenizer, refusing one whose vocabulary differs from its tokenizer's.
+pub fn load_model(path: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
+    let loaded = checkpoint::load(path, true, device)?;
+    let tokenizer = checkpoint_tokenizer(&loaded)?;
+    let v = loaded.state.config.model.vocab_size;
+    anyhow::ensure!(
+        v == tokenizer.vocab_size(),
+        "checkpoint {} has a vocabulary of {v} but its tokenizer has {} tokens",
+        loaded.dir.display(),
+        tokenizer.vocab_size()
+    );
+    let model = Gpt::from_tensors(&loaded.state.config.model, loaded.model).map_err(|e| {
+        anyhow::anyhow!(
+            "checkpoint {} does not fit its config: {e}",
+            loaded.dir.display()
+        )
+    })?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        state: loaded.state,
+        dir: loaded.dir,
+    })
+}
+
 /// Refuses to continue a checkpoint with a tokenizer other than the one it was
 /// trained with.
 pub fn ensure_same_tokenizer(
@@ -413,12 +459,17 @@ pub fn run(
     let (mut trainer, mut state) = match resume {
         Some(loaded) => {
             ensure_same_tokenizer(&loaded, tokenizer)?;
+            // A resume may change when the run ends and how often it reports
+            // (`setup::RESUME_FLAGS`), nothing that shapes the training itself.
+            anyhow::ensure!(
+                config.same_training(&loaded.state.config),
+                "checkpoint {}: a resumed run must keep the checkpoint's model, optimizer \
+                 and data settings",
+                loaded.dir.display()
+            );
             let trainer = Trainer::from_checkpoint(&loaded, &opts.device)?;
             let mut state = loaded.state;
-            // A resumed run may be given a new end (e.g. more steps).
-            state.config.max_steps = config.max_steps;
-            state.config.time_budget_s = config.time_budget_s;
-            state.config.max_bad_steps = config.max_bad_steps;
+            state.config = config.clone();
             state.horizon = config.max_steps.unwrap_or(usize::MAX);
             (trainer, state)
         }
@@ -553,26 +604,47 @@ pub fn run(
             state.step as u64
         });
 
+        let last_good = |last_ckpt: &Option<PathBuf>| {
+            last_ckpt
+                .as_ref()
+                .map(|p: &PathBuf| p.display().to_string())
+                .unwrap_or_else(|| "none was written".to_string())
+        };
+        if !out.weights_finite {
+            pb.abandon();
+            anyhow::bail!(
+                "stopping: the update of step {} made weights NaN or infinite (learning rate \
+                 {lr:.3e}, weight decay {}: lower --lr or --weight-decay); they are not saved; \
+                 last good checkpoint: {}",
+                state.step,
+                cfg.weight_decay,
+                last_good(&last_ckpt)
+            );
+        }
         if out.applied {
             bad_steps = 0;
         } else {
             bad_steps += 1;
+            let what = match (out.loss.is_finite(), out.grad_norm.is_finite()) {
+                (false, _) => format!("non-finite loss {}", out.loss),
+                (true, _) => format!(
+                    "non-finite gradient norm {} (loss {:.4})",
+                    out.grad_norm, out.loss
+                ),
+            };
             say(
                 &pb,
                 &format!(
-                    "step {}: non-finite loss {} or gradient norm {}: update skipped ({bad_steps}/{})",
-                    state.step, out.loss, out.grad_norm, cfg.max_bad_steps
+                    "step {}: {what}: update skipped ({bad_steps}/{})",
+                    state.step, cfg.max_bad_steps
                 ),
             );
             if bad_steps >= cfg.max_bad_steps {
                 pb.abandon();
-                let keep = last_ckpt
-                    .as_ref()
-                    .map(|p: &PathBuf| p.display().to_string())
-                    .unwrap_or_else(|| "none was written".to_string());
                 anyhow::bail!(
                     "stopping: {bad_steps} consecutive steps with a non-finite loss or gradient \
-                     (lower --lr?); last good checkpoint: {keep}"
+                     (lower --lr?); last good checkpoint: {}",
+                    last_good(&last_ckpt)
                 );
             }
         }
@@ -647,6 +719,18 @@ pub fn run(
             save(&trainer, &state)?
         }
     };
+    // A model worse than a uniform guess over the vocabulary has diverged, whatever
+    // the loop thought of each step: say so instead of "done".
+    let uniform = (cfg.model.vocab_size as f64).ln();
+    anyhow::ensure!(
+        interrupted || final_val.loss <= uniform + 1.0,
+        "the run diverged: validation loss {:.4e} is worse than a uniform guess over {} \
+         tokens ({uniform:.3}); lower --lr (it was {:.3e}); its checkpoints are in {}",
+        final_val.loss,
+        cfg.model.vocab_size,
+        cfg.lr,
+        opts.run_dir.display()
+    );
     Ok(RunSummary {
         steps: state.step,
         elapsed_s: elapsed(&started),

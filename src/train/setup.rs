@@ -1,0 +1,586 @@
+//! Setting a training run up before its first step: which directory, which config (a
+//! preset, a file and flags for a new run; the checkpoint's own for a resumed one, with
+//! the few flags a resume takes), the corpus, the tokenizer and the memory check.
+//!
+//! Every check that can fail runs before anything is written, and nothing is ever
+//! written into a directory that is not a run's own: a new run needs a new or empty
+//! directory, a resume needs a run directory (see `checkpoint::is_run_dir`).
+
+use super::checkpoint::{self, Loaded, RunLock};
+use super::config::TrainConfig;
+use super::memory::{self, MemoryEstimate, StepKind};
+use crate::data::{read_corpus, split_text, Corpus};
+use crate::tokenizer::{bpe, Tokenizer};
+use anyhow::Context;
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// Values given on the command line for config fields (None: not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub max_steps: Option<usize>,
+    pub time_budget_s: Option<f64>,
+    pub seed: Option<u64>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_embd: Option<usize>,
+    pub block_size: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub lr: Option<f64>,
+    pub min_lr: Option<f64>,
+    pub warmup_steps: Option<usize>,
+    pub weight_decay: Option<f64>,
+    pub grad_clip: Option<f64>,
+    pub eval_interval: Option<usize>,
+    pub eval_batches: Option<usize>,
+    pub log_interval: Option<usize>,
+    pub checkpoint_interval: Option<usize>,
+    pub max_bad_steps: Option<usize>,
+}
+
+/// The flags a resume takes: when and how the run ends and how often it reports.
+/// Everything else (the model, the optimizer, the data order) is the checkpoint's.
+pub const RESUME_FLAGS: &str = "--max-steps, --time-budget, --max-bad-steps, \
+     --eval-interval, --log-interval, --checkpoint-interval";
+
+impl Overrides {
+    /// The flags given that a resume does not take, by name.
+    fn not_for_resume(&self) -> Vec<&'static str> {
+        [
+            ("--seed", self.seed.is_some()),
+            ("--layers", self.n_layer.is_some()),
+            ("--heads", self.n_head.is_some()),
+            ("--width", self.n_embd.is_some()),
+            ("--context", self.block_size.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--grad-accum", self.grad_accum.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--min-lr", self.min_lr.is_some()),
+            ("--warmup", self.warmup_steps.is_some()),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--grad-clip", self.grad_clip.is_some()),
+            ("--eval-batches", self.eval_batches.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    /// Applies every given value to a new run's config.
+    pub fn apply_new(&self, c: &mut TrainConfig) {
+        macro_rules! set {
+            ($($field:expr => $v:expr),* $(,)?) => {$(
+                if let Some(v) = $v {
+                    $field = v;
+                }
+            )*};
+        }
+        set!(
+            c.model.n_layer => self.n_layer,
+            c.model.n_head => self.n_head,
+            c.model.n_embd => self.n_embd,
+            c.model.block_size => self.block_size,
+            c.batch_size => self.batch_size,
+            c.grad_accum => self.grad_accum,
+            c.lr => self.lr,
+            c.min_lr => self.min_lr,
+            c.warmup_steps => self.warmup_steps,
+            c.weight_decay => self.weight_decay,
+            c.grad_clip => self.grad_clip,
+            c.eval_interval => self.eval_interval,
+            c.eval_batches => self.eval_batches,
+            c.log_interval => self.log_interval,
+            c.checkpoint_interval => self.checkpoint_interval,
+            c.max_bad_steps => self.max_bad_steps,
+            c.seed => self.seed,
+        );
+        self.apply_end(c);
+        if self.lr.is_some() && self.min_lr.is_none() && c.min_lr > c.lr {
+            c.min_lr = c.lr / 10.0;
+        }
+    }
+
+    /// --max-steps alone makes a run count steps (its time budget no longer applies);
+    /// --time-budget alone keeps any step count as a second end.
+    fn apply_end(&self, c: &mut TrainConfig) {
+        if let Some(s) = self.max_steps {
+            c.max_steps = Some(s);
+            if self.time_budget_s.is_none() {
+                c.time_budget_s = None;
+            }
+        }
+        if let Some(t) = self.time_budget_s {
+            c.time_budget_s = Some(t);
+        }
+    }
+
+    /// Applies a resume's flags to the checkpoint's config `c` at step `step` after
+    /// `elapsed_s` seconds; refuses the flags a resume does not take and an end that
+    /// is already behind the run. Returns one line per field changed.
+    pub fn apply_resume(
+        &self,
+        c: &mut TrainConfig,
+        step: usize,
+        elapsed_s: f64,
+    ) -> anyhow::Result<Vec<String>> {
+        let refused = self.not_for_resume();
+        anyhow::ensure!(
+            refused.is_empty(),
+            "a resumed run keeps its checkpoint's model, optimizer and data order, so {} \
+             cannot change on --resume (a resume takes {RESUME_FLAGS}); to train with \
+             other settings start a new run, e.g. with --config <run>/config.toml and the flags",
+            refused.join(", ")
+        );
+        if let Some(s) = self.max_steps {
+            anyhow::ensure!(
+                s > step,
+                "--max-steps {s} is not beyond the checkpoint's step {step}: nothing to train"
+            );
+        }
+        if let Some(t) = self.time_budget_s {
+            anyhow::ensure!(
+                t > elapsed_s,
+                "--time-budget {t} is not beyond the {elapsed_s:.1} s the run has trained"
+            );
+        }
+        let before = c.clone();
+        self.apply_end(c);
+        macro_rules! set {
+            ($($field:expr => $v:expr),* $(,)?) => {$(
+                if let Some(v) = $v {
+                    $field = v;
+                }
+            )*};
+        }
+        set!(
+            c.max_bad_steps => self.max_bad_steps,
+            c.eval_interval => self.eval_interval,
+            c.log_interval => self.log_interval,
+            c.checkpoint_interval => self.checkpoint_interval,
+        );
+        let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
+        let mut changed = Vec::new();
+        let fields = [
+            (
+                "max_steps",
+                show(before.max_steps.map(|v| v.to_string())),
+                show(c.max_steps.map(|v| v.to_string())),
+            ),
+            (
+                "time_budget_s",
+                show(before.time_budget_s.map(|v| v.to_string())),
+                show(c.time_budget_s.map(|v| v.to_string())),
+            ),
+            (
+                "max_bad_steps",
+                before.max_bad_steps.to_string(),
+                c.max_bad_steps.to_string(),
+            ),
+            (
+                "eval_interval",
+                before.eval_interval.to_string(),
+                c.eval_interval.to_string(),
+            ),
+            (
+                "log_interval",
+                before.log_interval.to_string(),
+                c.log_interval.to_string(),
+            ),
+            (
+                "checkpoint_interval",
+                before.checkpoint_interval.to_string(),
+                c.checkpoint_interval.to_string(),
+            ),
+        ];
+        for (name, old, new) in fields {
+            if old != new {
+                changed.push(format!("resume changes {name}: {old} -> {new}"));
+            }
+        }
+        if before.max_steps.is_none() && c.max_steps.is_some() {
+            changed.push(format!(
+                "the learning rate now follows the step schedule over {} steps: {:.2e} at step {step}",
+                c.max_steps.unwrap_or(0),
+                c.lr_at(step, c.max_steps.unwrap_or(0))
+            ));
+        }
+        Ok(changed)
+    }
+}
+
+/// What `tinylm train` was asked to do.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    /// The training text.
+    pub data: PathBuf,
+    /// The run directory (new run or fork); default runs/<preset>-<stamp>.
+    pub out: Option<PathBuf>,
+    /// A preset name (None: `default`; refused on a resume).
+    pub preset: Option<String>,
+    /// `bytes`, `bpe:N` or a tokenizer.json path (None: the preset's).
+    pub tokenizer: Option<String>,
+    /// A TOML file of config fields over the preset (refused on a resume).
+    pub config_file: Option<PathBuf>,
+    /// A run directory (its latest checkpoint) or a checkpoint directory to continue.
+    pub resume: Option<PathBuf>,
+    pub overrides: Overrides,
+    /// Names a new run's default directory: runs/<preset>-<stamp>.
+    pub stamp: String,
+}
+
+/// A run ready for its first step: the directory (locked, marked, tidied), the config,
+/// the data and the tokenizer.
+pub struct Prepared {
+    pub run_dir: PathBuf,
+    /// Held for the whole run; released when dropped.
+    pub lock: RunLock,
+    pub config: TrainConfig,
+    pub corpus: Corpus,
+    pub tokenizer: Tokenizer,
+    pub resume: Option<Loaded>,
+    pub memory: MemoryEstimate,
+    /// Bytes of the corpus file.
+    pub text_bytes: usize,
+    /// What set-up decided that the user should read (printed before training).
+    pub notes: Vec<String>,
+}
+
+/// How the run directory relates to what came before.
+enum Mode {
+    New,
+    /// A new run in the directory of one that never wrote a checkpoint.
+    Restart,
+    /// Continue the run in place (its latest checkpoint).
+    Resume,
+    /// Continue a checkpoint in a new run directory.
+    Fork,
+}
+
+/// The config of a new run: the preset, then the file, then the flags; validated.
+pub fn new_config(req: &TrainRequest) -> anyhow::Result<TrainConfig> {
+    let mut c = TrainConfig::preset(req.preset.as_deref().unwrap_or("default"))?;
+    if let Some(path) = &req.config_file {
+        let bytes =
+            crate::data::read_input(path, "config", super::config_file::MAX_CONFIG_BYTES as u64)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("config {} is not UTF-8 text", path.display()))?;
+        c = super::config_file::config_from_toml(&c, &text)
+            .with_context(|| format!("config {}", path.display()))?;
+    }
+    req.overrides.apply_new(&mut c);
+    c.validate()?;
+    Ok(c)
+}
+
+/// What a new run (or a fork) finds at its directory.
+#[derive(Debug, PartialEq)]
+enum Fresh {
+    /// Nothing, or an empty directory.
+    Empty,
+    /// A run that never wrote a checkpoint (stopped before its first): it starts over,
+    /// its own files replaced.
+    Restart,
+}
+
+/// Refuses a directory a new run (or a fork) may not write into: one that holds
+/// anything but a run that never checkpointed.
+fn check_fresh_dir(dir: &Path) -> anyhow::Result<Fresh> {
+    if !dir.exists() {
+        return Ok(Fresh::Empty);
+    }
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} exists and is not a directory: choose another --out",
+        dir.display()
+    );
+    if dir.join(checkpoint::RUN_MARKER).is_file() && checkpoint::list(dir).is_empty() {
+        return Ok(Fresh::Restart);
+    }
+    anyhow::ensure!(
+        !checkpoint::is_run_dir(dir),
+        "run directory {} is already a run: continue it with --resume {}, or choose another --out",
+        dir.display(),
+        dir.display()
+    );
+    let first = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .next();
+    anyhow::ensure!(
+        first.is_none(),
+        "{} is not empty and is not a tinylm run: a new run needs a new or empty directory \
+         (tinylm never writes among files it did not make)",
+        dir.display()
+    );
+    Ok(Fresh::Empty)
+}
+
+/// The run directory a checkpoint path belongs to, and the checkpoint's step directory.
+fn run_of(path: &Path, loaded: &Loaded) -> PathBuf {
+    if path.join("state.json").exists() {
+        loaded
+            .dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| path.to_path_buf())
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// `bytes`, `bpe:N` (trained here on `train_text`), or a tokenizer.json path.
+pub fn resolve_tokenizer(
+    spec: &str,
+    train_text: &[u8],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Tokenizer> {
+    if let Some(n) = spec.strip_prefix("bpe:") {
+        let vocab: usize = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad tokenizer {spec:?}: expected bpe:<vocab size>"))?;
+        crate::limits::check_range("bpe_vocab_size", vocab as f64, n)?;
+        let text = std::str::from_utf8(train_text).map_err(|e| {
+            anyhow::anyhow!(
+                "a BPE is trained on UTF-8 text; the training text is not UTF-8 (first bad \
+                 byte at offset {})",
+                e.valid_up_to()
+            )
+        })?;
+        let t0 = std::time::Instant::now();
+        let bpe = bpe::train_bpe_from_text(text, &bpe::BpeTrainOptions::new(vocab))?;
+        notes.push(format!(
+            "trained a BPE of {} tokens in {:.1} s",
+            bpe.vocab_size(),
+            t0.elapsed().as_secs_f64()
+        ));
+        return Ok(Tokenizer::Bpe(bpe));
+    }
+    Tokenizer::load(spec)
+}
+
+/// The step kind a run takes on `device` (for the memory estimate).
+fn step_kind(device: &Device) -> StepKind {
+    if device.is_cpu() {
+        StepKind::Native
+    } else {
+        StepKind::Graph
+    }
+}
+
+/// Checks everything, then makes the run directory its own (lock, marker, tidy) and
+/// writes the tokenizer and config there. Nothing is written before every check passed.
+pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> {
+    super::faults::check_env()?;
+    let mut notes = Vec::new();
+    // ---- which run, which config
+    let (mode, run_dir, mut config, resume) = match &req.resume {
+        None => {
+            let config = new_config(req)?;
+            let run_dir = req.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!(
+                    "{}-{}",
+                    req.preset.as_deref().unwrap_or("default"),
+                    req.stamp
+                ))
+            });
+            let mode = match check_fresh_dir(&run_dir)? {
+                Fresh::Empty => Mode::New,
+                Fresh::Restart => Mode::Restart,
+            };
+            (mode, run_dir, config, None)
+        }
+        Some(path) => {
+            anyhow::ensure!(
+                req.preset.is_none() && req.config_file.is_none(),
+                "--preset and --config make a new run; a resumed run keeps its checkpoint's \
+                 config (a resume takes {RESUME_FLAGS})"
+            );
+            anyhow::ensure!(path.exists(), "checkpoint {} not found", path.display());
+            let loaded = checkpoint::load(path, false, device)?;
+            let source = run_of(path, &loaded);
+            let latest = checkpoint::list(&source).last().map(|(s, _)| *s);
+            let same_dir = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            let (mode, run_dir) = match &req.out {
+                Some(out) if !same_dir(out, &source) => {
+                    check_fresh_dir(out)?;
+                    // Files of a never-checkpointed run there are replaced below.
+                    (Mode::Fork, out.clone())
+                }
+                _ => {
+                    anyhow::ensure!(
+                        checkpoint::is_run_dir(&source),
+                        "{} is not a tinylm run directory",
+                        source.display()
+                    );
+                    if let Some(latest) = latest.filter(|&l| l > loaded.state.step) {
+                        anyhow::bail!(
+                            "{} is step {}, but run {} goes on to step {latest}: continuing the \
+                             older step there would mix two histories (and prune the newer \
+                             checkpoints). Fork it into a new run with --resume {} --out <new \
+                             directory>, or continue the run from its latest with --resume {}",
+                            loaded.dir.display(),
+                            loaded.state.step,
+                            source.display(),
+                            loaded.dir.display(),
+                            source.display()
+                        );
+                    }
+                    (Mode::Resume, source.clone())
+                }
+            };
+            let mut config = loaded.state.config.clone();
+            notes.extend(req.overrides.apply_resume(
+                &mut config,
+                loaded.state.step,
+                loaded.state.elapsed_s,
+            )?);
+            config.validate().map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint {} has an invalid config: {e}",
+                    loaded.dir.display()
+                )
+            })?;
+            notes.push(format!(
+                "{} {} at step {}{}",
+                if matches!(mode, Mode::Fork) {
+                    "forking"
+                } else {
+                    "resuming"
+                },
+                loaded.dir.display(),
+                loaded.state.step,
+                if matches!(mode, Mode::Fork) {
+                    format!(" into the new run {}", run_dir.display())
+                } else {
+                    String::new()
+                }
+            ));
+            (mode, run_dir, config, Some(loaded))
+        }
+    };
+
+    // ---- data and tokenizer (a BPE's vocabulary is bounded by what it was asked for,
+    // so the memory check can run before it is trained)
+    let text = read_corpus(&req.data)?;
+    let split = split_text(&text, config.val_fraction, config.seed)?;
+    let spec = match (&resume, &req.tokenizer) {
+        (_, Some(spec)) => Some(spec.clone()),
+        (None, None) => Some(config.tokenizer.clone()),
+        (Some(_), None) => None,
+    };
+    let kind = step_kind(device);
+    if let (None, Some(n)) = (
+        &resume,
+        spec.as_deref().and_then(|s| s.strip_prefix("bpe:")),
+    ) {
+        if let Ok(v) = n.parse::<usize>() {
+            crate::limits::check_range("bpe_vocab_size", v as f64, n)?;
+            let mut bound = config.clone();
+            bound.model.vocab_size = v;
+            memory::check(&bound, text.len(), kind, memory::available_bytes())?;
+        }
+    }
+    let tokenizer = match (&resume, spec) {
+        (Some(loaded), None) => super::checkpoint_tokenizer(loaded)?,
+        (_, Some(spec)) => resolve_tokenizer(&spec, &split.train, &mut notes)?,
+        (None, None) => unreachable!("a new run always has a tokenizer spec"),
+    };
+    match &resume {
+        Some(loaded) => {
+            super::ensure_same_tokenizer(loaded, &tokenizer)?;
+            anyhow::ensure!(
+                config.model.vocab_size == tokenizer.vocab_size(),
+                "checkpoint {} has a vocabulary of {} but its tokenizer has {} tokens",
+                loaded.dir.display(),
+                config.model.vocab_size,
+                tokenizer.vocab_size()
+            );
+        }
+        None => {
+            if let Some(spec) = &req.tokenizer {
+                config.tokenizer = spec.clone();
+            }
+            config.model.vocab_size = tokenizer.vocab_size();
+            config.validate()?;
+        }
+    }
+    let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
+    let memory = memory::check(
+        &config,
+        corpus.train.len() + corpus.val.len(),
+        kind,
+        memory::available_bytes(),
+    )?;
+
+    // ---- the directory: only now is anything written
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let (lock, note) = RunLock::acquire(&run_dir)?;
+    notes.extend(note);
+    checkpoint::mark_run_dir(&run_dir)?;
+    let tidied = checkpoint::clean_stale(&run_dir)?;
+    if tidied > 0 {
+        notes.push(format!(
+            "removed {tidied} leftovers of an interrupted checkpoint write"
+        ));
+    }
+    if !matches!(mode, Mode::Resume) && checkpoint::list(&run_dir).is_empty() {
+        // A run that stopped before its first checkpoint: its records would mix with
+        // this run's, so they go (only the files a run writes, by name).
+        let removed = checkpoint::remove_run_records(&run_dir)?;
+        if removed > 0 {
+            notes.push(format!(
+                "starting over in {}: the run there stopped before its first checkpoint",
+                run_dir.display()
+            ));
+        }
+    }
+    if let Tokenizer::Bpe(b) = &tokenizer {
+        let path = run_dir.join("tokenizer.json");
+        let json = b.to_json()?;
+        if std::fs::read(&path).ok().as_deref() != Some(json.as_bytes()) {
+            checkpoint::write_atomic(&path, json.as_bytes())?;
+        }
+    }
+    write_config(&run_dir, &config, resume.as_ref(), &mut notes)?;
+    Ok(Prepared {
+        run_dir,
+        lock,
+        config,
+        corpus,
+        tokenizer,
+        resume,
+        memory,
+        text_bytes: text.len(),
+        notes,
+    })
+}
+
+/// Writes config.toml, except over a file the user edited (one that no longer says
+/// what the checkpoint's config says): that one is left alone, with a note.
+fn write_config(
+    run_dir: &Path,
+    config: &TrainConfig,
+    resume: Option<&Loaded>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let path = run_dir.join("config.toml");
+    if let (Some(loaded), Ok(existing)) = (resume, std::fs::read_to_string(&path)) {
+        let ours = toml::from_str::<TrainConfig>(&existing)
+            .is_ok_and(|c| c == loaded.state.config || &c == config);
+        if !ours {
+            notes.push(format!(
+                "{} was edited; it is left as it is, and the run goes on with its \
+                 checkpoint's config (config.toml is a record, not an input: start a new run \
+                 with --config {} to use it)",
+                path.display(),
+                path.display()
+            ));
+            return Ok(());
+        }
+    }
+    checkpoint::write_atomic(&path, toml::to_string_pretty(config)?.as_bytes())
+}
