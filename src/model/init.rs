@@ -11,6 +11,7 @@
 //! repeating the input byte and the initial loss is 5.65 instead of ln 256 = 5.545.
 //! With 0.01 it is ~1.1 and the initial loss 5.55–5.57, a uniform start.
 
+use super::params::Role;
 use super::GptConfig;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
@@ -28,22 +29,23 @@ pub fn gpt2_init(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let residual_std = STD / (2.0 * config.n_layer as f64).sqrt();
     let mut out = HashMap::new();
-    for (name, shape) in config.param_shapes() {
+    for super::params::Spec { name, shape, role } in config.layout().into_flat() {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with(".bias") {
-            vec![0.0; n]
-        } else if name.starts_with("ln_") || name.contains(".ln_") {
-            vec![1.0; n]
-        } else {
-            let std = if name.ends_with("c_proj.weight") {
-                residual_std
-            } else if name == "wte" {
-                TIED_EMBEDDING_STD
-            } else {
-                STD
-            };
-            let normal = Normal::new(0.0f32, std as f32)?;
-            (0..n).map(|_| normal.sample(&mut rng)).collect()
+        let data: Vec<f32> = match role {
+            Role::Bias => vec![0.0; n],
+            Role::Gain => vec![1.0; n],
+            Role::TokenEmbedding
+            | Role::PositionEmbedding
+            | Role::Matrix
+            | Role::ResidualMatrix => {
+                let std = match role {
+                    Role::ResidualMatrix => residual_std,
+                    Role::TokenEmbedding => TIED_EMBEDDING_STD,
+                    _ => STD,
+                };
+                let normal = Normal::new(0.0f32, std as f32)?;
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            }
         };
         out.insert(name, Tensor::from_vec(data, shape, device)?);
     }

@@ -10,16 +10,19 @@
 //! logits = h · wteᵀ (tied head), loss = cross_entropy     [N, V]
 //! ```
 //!
-//! Parameters are plain `Var`s in a fixed order, named as in nanoGPT's state dict, so
-//! that checkpoints are ordinary safetensors files.
+//! Parameters are plain `Var`s in the fixed order of `params` (which names them: wte,
+//! wpe, blocks[l].c_attn, ...), with nanoGPT's state-dict names, so that checkpoints
+//! are ordinary safetensors files.
 
 pub mod init;
 pub mod native;
+pub mod params;
 
 use crate::attention;
 use crate::kernels;
 use crate::loss::{self, CrossEntropyOptions};
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
+use params::{Affine, Block, Params};
 use serde::{Deserialize, Serialize};
 
 /// The shape of a GPT.
@@ -65,35 +68,13 @@ impl GptConfig {
         self.n_embd / self.n_head
     }
 
-    /// Every parameter's name and shape, in the model's fixed order.
+    /// Every parameter's name and shape, in the model's fixed order (see [`params`]).
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (c, v, t) = (self.n_embd, self.vocab_size, self.block_size);
-        let mut out = vec![
-            ("wte".to_string(), vec![v, c]),
-            ("wpe".to_string(), vec![t, c]),
-        ];
-        for l in 0..self.n_layer {
-            let p = |s: &str| format!("h.{l}.{s}");
-            out.extend([
-                (p("ln_1.weight"), vec![c]),
-                (p("ln_1.bias"), vec![c]),
-                (p("attn.c_attn.weight"), vec![3 * c, c]),
-                (p("attn.c_attn.bias"), vec![3 * c]),
-                (p("attn.c_proj.weight"), vec![c, c]),
-                (p("attn.c_proj.bias"), vec![c]),
-                (p("ln_2.weight"), vec![c]),
-                (p("ln_2.bias"), vec![c]),
-                (p("mlp.c_fc.weight"), vec![4 * c, c]),
-                (p("mlp.c_fc.bias"), vec![4 * c]),
-                (p("mlp.c_proj.weight"), vec![c, 4 * c]),
-                (p("mlp.c_proj.bias"), vec![c]),
-            ]);
-        }
-        out.extend([
-            ("ln_f.weight".to_string(), vec![c]),
-            ("ln_f.bias".to_string(), vec![c]),
-        ]);
-        out
+        self.layout()
+            .into_flat()
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect()
     }
 
     /// Number of scalars in all parameters.
@@ -140,16 +121,6 @@ impl KvCache {
     }
 }
 
-/// One transformer block's parameters.
-struct Block {
-    ln_1: (Tensor, Tensor),
-    c_attn: (Tensor, Tensor),
-    c_proj: (Tensor, Tensor),
-    ln_2: (Tensor, Tensor),
-    c_fc: (Tensor, Tensor),
-    mlp_proj: (Tensor, Tensor),
-}
-
 /// A GPT: its config and its parameters.
 pub struct Gpt {
     pub config: GptConfig,
@@ -164,7 +135,7 @@ pub struct Gpt {
 
 /// x [..., in] · wᵀ [in, out] + b [out] -> [..., out], for 3-D x flattened to 2-D so the
 /// matmul is one GEMM.
-fn linear(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+fn linear(x: &Tensor, Affine { weight: w, bias: b }: &Affine<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (rows, inp) = (
         dims[..dims.len() - 1].iter().product::<usize>(),
@@ -271,7 +242,11 @@ impl Gpt {
         Ok(m)
     }
 
-    fn layer_norm(&self, x: &Tensor, (g, b): &(Tensor, Tensor)) -> Result<Tensor> {
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        Affine { weight: g, bias: b }: &Affine<&Tensor>,
+    ) -> Result<Tensor> {
         if self.reference_kernels {
             kernels::reference::layer_norm(x, g, b, LN_EPS)
         } else {
@@ -287,36 +262,20 @@ impl Gpt {
         }
     }
 
-    fn p(&self, i: usize) -> &Tensor {
-        match &self.frozen {
-            Some(f) => &f[i],
-            None => self.params[i].1.as_tensor(),
-        }
-    }
-
-    fn block(&self, l: usize) -> Block {
-        let base = 2 + 12 * l;
-        let pair = |i: usize| (self.p(base + i).clone(), self.p(base + i + 1).clone());
-        Block {
-            ln_1: pair(0),
-            c_attn: pair(2),
-            c_proj: pair(4),
-            ln_2: pair(6),
-            c_fc: pair(8),
-            mlp_proj: pair(10),
-        }
-    }
-
-    fn ln_f(&self) -> (Tensor, Tensor) {
-        let n = self.params.len();
-        (self.p(n - 2).clone(), self.p(n - 1).clone())
+    /// The parameters by name: the live tensors, or a frozen view's detached ones.
+    fn named(&self) -> Params<&Tensor> {
+        let flat: Vec<&Tensor> = match &self.frozen {
+            Some(f) => f.iter().collect(),
+            None => self.params.iter().map(|(_, v)| v.as_tensor()).collect(),
+        };
+        Params::from_flat(flat).expect("from_tensors checked the layout")
     }
 
     /// Causal self-attention of one block. x [B, T, C]. With a cache, the T new
     /// positions attend to the cached ones too, and the cache grows by T.
     fn attn(
         &self,
-        blk: &Block,
+        blk: &Block<&Tensor>,
         x: &Tensor,
         cache: Option<&mut (Tensor, Tensor)>,
     ) -> Result<Tensor> {
@@ -349,7 +308,7 @@ impl Gpt {
     }
 
     /// MLP of one block: x [B, T, C] -> [B, T, 4C] -> GELU -> [B, T, C].
-    fn mlp(&self, blk: &Block, x: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, blk: &Block<&Tensor>, x: &Tensor) -> Result<Tensor> {
         let hidden = self.gelu(&linear(x, &blk.c_fc)?)?; // [B, T, 4C]
         linear(&hidden, &blk.mlp_proj) // [B, T, C]
     }
@@ -366,11 +325,9 @@ impl Gpt {
                 self.config.block_size
             );
         }
-        let tok = self
-            .p(0)
-            .embedding(&idx.flatten_all()?)?
-            .reshape((b, t, c))?; // [B, T, C]
-        let pos = self.p(1).narrow(0, pos0, t)?; // [T, C]
+        let w = self.named();
+        let tok = w.wte.embedding(&idx.flatten_all()?)?.reshape((b, t, c))?; // [B, T, C]
+        let pos = w.wpe.narrow(0, pos0, t)?; // [T, C]
         let mut x = tok.broadcast_add(&pos)?; // [B, T, C]
         if let Some(cache) = cache.as_deref_mut() {
             if cache.layers.is_empty() {
@@ -379,15 +336,14 @@ impl Gpt {
                 cache.layers = vec![(empty.clone(), empty); self.config.n_layer];
             }
         }
-        for l in 0..self.config.n_layer {
-            let blk = self.block(l);
+        for (l, blk) in w.blocks.iter().enumerate() {
             let a_in = self.layer_norm(&x, &blk.ln_1)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            x = (x + self.attn(&blk, &a_in, kv)?)?;
+            x = (x + self.attn(blk, &a_in, kv)?)?;
             let m_in = self.layer_norm(&x, &blk.ln_2)?;
-            x = (x + self.mlp(&blk, &m_in)?)?;
+            x = (x + self.mlp(blk, &m_in)?)?;
         }
-        self.layer_norm(&x, &self.ln_f())
+        self.layer_norm(&x, &w.ln_f)
     }
 
     /// Mean (or as `opts` says) cross-entropy of next-token prediction.
@@ -403,10 +359,11 @@ impl Gpt {
             .hidden(idx, 0, None)?
             .reshape((b * t, self.config.n_embd))?; // [N, C]
         let targets = targets.flatten_all()?; // [N]
+        let wte = self.named().wte;
         if self.reference_kernels {
-            loss::reference::linear_cross_entropy(&h, self.p(0), &targets, opts)
+            loss::reference::linear_cross_entropy(&h, wte, &targets, opts)
         } else {
-            loss::linear_cross_entropy(&h, self.p(0), &targets, opts)
+            loss::linear_cross_entropy(&h, wte, &targets, opts)
         }
     }
 
@@ -417,7 +374,7 @@ impl Gpt {
         let h = self
             .hidden(idx, 0, None)?
             .reshape((b * t, self.config.n_embd))?; // [N, C]
-        h.matmul(&self.p(0).t()?)?
+        h.matmul(&self.named().wte.t()?)?
             .reshape((b, t, self.config.vocab_size)) // [N, C] x [C, V]
     }
 
@@ -428,6 +385,6 @@ impl Gpt {
         let pos0 = cache.len();
         let h = self.hidden(idx, pos0, Some(cache))?; // [B, Tnew, C]
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?; // [B, C]
-        last.matmul(&self.p(0).t()?) // [B, C] x [C, V] -> [B, V]
+        last.matmul(&self.named().wte.t()?) // [B, C] x [C, V] -> [B, V]
     }
 }

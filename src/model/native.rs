@@ -28,6 +28,7 @@
 //! out = x2 + g · W_mpᵀ + b_mp                    [N, C]
 //! ```
 
+use super::params::{Affine, Block, Params};
 use super::Gpt;
 use crate::attention::fused as attn;
 use crate::kernels::{as_uninit, assume_init, gelu, layer_norm, storage_slice, uninit_vec};
@@ -58,7 +59,8 @@ pub struct NativeOutcome {
     pub backward_s: f64,
 }
 
-/// Zeroed gradient buffers, one per parameter in `GptConfig::param_shapes` order.
+/// Zeroed gradient buffers, one per parameter in the model's flat order
+/// (`params::Params::into_flat`).
 pub fn zero_grads(model: &Gpt) -> Vec<Vec<f32>> {
     model
         .config
@@ -132,6 +134,8 @@ pub fn loss_and_grad_into(
         .iter()
         .map(|(s, l)| storage_slice::<f32>(s, l))
         .collect::<Result<Vec<_>>>()?;
+    let w = Params::from_flat(w).expect("the model's parameters follow its layout");
+    let mut g = Params::from_flat(grads.iter_mut()).expect("checked against the shapes");
     let dm = Dims {
         b,
         t,
@@ -142,17 +146,16 @@ pub fn loss_and_grad_into(
     };
     let t0 = Instant::now();
     // ---- forward
-    let mut x = embed(&dm, idx, w[0], w[1]); // [N, C]
+    let mut x = embed(&dm, idx, w.wte, w.wpe); // [N, C]
     let mut acts = Vec::with_capacity(cfg.n_layer);
-    for l in 0..cfg.n_layer {
-        let (a, out) = block_forward(&dm, &w[2 + 12 * l..14 + 12 * l], x);
+    for blk in &w.blocks {
+        let (a, out) = block_forward(&dm, blk, x);
         acts.push(a);
         x = out;
     }
-    let nw = w.len();
-    let (lnf, lnf_mean, lnf_rstd) = layer_norm::forward(&x, w[nw - 2], w[nw - 1], LN_EPS);
+    let (lnf, lnf_mean, lnf_rstd) = layer_norm::forward(&x, w.ln_f.weight, w.ln_f.bias, LN_EPS);
     // ---- output head and loss, with the head's backward (dwte, d lnf) in the same pass
-    let (loss, dlnf) = match head(&dm, &lnf, w[0], targets, opts, &mut grads[0]) {
+    let (loss, dlnf) = match head(&dm, &lnf, w.wte, targets, opts, g.wte) {
         Ok(r) => r,
         Err(HeadError::NonFinite) => {
             return Ok(NativeOutcome {
@@ -166,19 +169,13 @@ pub fn loss_and_grad_into(
     let t1 = Instant::now();
     // ---- backward
     let stats = (lnf_mean, lnf_rstd);
-    let mut dx = ln_backward(&x, &dlnf, w[nw - 2], &stats, &mut grads[nw - 2..]);
+    let mut dx = ln_backward(&x, &dlnf, w.ln_f.weight, &stats, &mut g.ln_f);
     drop((lnf, dlnf, x));
-    for l in (0..cfg.n_layer).rev() {
+    for (blk, gb) in w.blocks.iter().zip(g.blocks.iter_mut()).rev() {
         let a = acts.pop().expect("one per layer");
-        dx = block_backward(
-            &dm,
-            &w[2 + 12 * l..14 + 12 * l],
-            a,
-            dx,
-            &mut grads[2 + 12 * l..14 + 12 * l],
-        );
+        dx = block_backward(&dm, blk, a, dx, gb);
     }
-    embed_backward(&dm, idx, &dx, grads);
+    embed_backward(&dm, idx, &dx, g.wte, g.wpe);
     Ok(NativeOutcome {
         loss,
         forward_s: (t1 - t0).as_secs_f64(),
@@ -413,10 +410,9 @@ fn embed(dm: &Dims, idx: &[u32], wte: &[f32], wpe: &[f32]) -> Vec<f32> {
 }
 
 /// dwte[idx[r]] += dx[r] (rows in order: deterministic), dwpe[t] += Σ_b dx[b, t].
-fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], grads: &mut [Vec<f32>]) {
+fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], dwte: &mut [f32], dwpe: &mut [f32]) {
     let c = dm.c;
     {
-        let dwte = &mut grads[0];
         for (r, &tok) in idx.iter().enumerate() {
             let tok = tok as usize;
             for (g, &x) in dwte[tok * c..(tok + 1) * c]
@@ -427,7 +423,7 @@ fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], grads: &mut [Vec<f32>]) {
             }
         }
     }
-    grads[1][..dm.t * c]
+    dwpe[..dm.t * c]
         .par_chunks_mut(c)
         .enumerate()
         .for_each(|(ti, g)| {
@@ -461,28 +457,27 @@ struct BlockActs {
     act: Vec<f32>,
 }
 
-/// One block: x [N, C] -> ([saved activations], out [N, C]). `w` is the block's 12
-/// parameters in `param_shapes` order.
-fn block_forward(dm: &Dims, w: &[&[f32]], x: Vec<f32>) -> (BlockActs, Vec<f32>) {
+/// One block: x [N, C] -> ([saved activations], out [N, C]).
+fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f32>) {
     let (n, c) = (dm.n, dm.c);
     let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
-    let ln1 = layer_norm::forward(&x, w[0], w[1], LN_EPS); // [N, C]
-    let mut qkv_rows = bias_init(w[3], None, n); // [N, 3C]
-    mm_nt_acc(&mut qkv_rows, &ln1.0, w[2], (n, 3 * c, c)); // [N, C] x [C, 3C]
+    let ln1 = layer_norm::forward(&x, w.ln_1.weight, w.ln_1.bias, LN_EPS); // [N, C]
+    let mut qkv_rows = bias_init(w.c_attn.bias, None, n); // [N, 3C]
+    mm_nt_acc(&mut qkv_rows, &ln1.0, w.c_attn.weight, (n, 3 * c, c)); // [N, C] x [C, 3C]
     let qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
     drop(qkv_rows);
     let part = b * h * t * d;
     let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
     let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
     let atty = heads_to_rows(dm, &[&att]); // [N, C]
-    let mut x2 = bias_init(w[5], Some(&x), n); // [N, C]
-    mm_nt_acc(&mut x2, &atty, w[4], (n, c, c)); // x + [N, C] x [C, C]
-    let ln2 = layer_norm::forward(&x2, w[6], w[7], LN_EPS);
-    let mut fc = bias_init(w[9], None, n); // [N, 4C]
-    mm_nt_acc(&mut fc, &ln2.0, w[8], (n, 4 * c, c)); // [N, C] x [C, 4C]
+    let mut x2 = bias_init(w.c_proj.bias, Some(&x), n); // [N, C]
+    mm_nt_acc(&mut x2, &atty, w.c_proj.weight, (n, c, c)); // x + [N, C] x [C, C]
+    let ln2 = layer_norm::forward(&x2, w.ln_2.weight, w.ln_2.bias, LN_EPS);
+    let mut fc = bias_init(w.c_fc.bias, None, n); // [N, 4C]
+    mm_nt_acc(&mut fc, &ln2.0, w.c_fc.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
     let act = gelu::forward(&fc); // [N, 4C]
-    let mut out = bias_init(w[11], Some(&x2), n); // [N, C]
-    mm_nt_acc(&mut out, &act, w[10], (n, c, 4 * c)); // x2 + [N, 4C] x [4C, C]
+    let mut out = bias_init(w.mlp_proj.bias, Some(&x2), n); // [N, C]
+    mm_nt_acc(&mut out, &act, w.mlp_proj.weight, (n, c, 4 * c)); // x2 + [N, 4C] x [4C, C]
     let acts = BlockActs {
         x,
         ln1,
@@ -498,36 +493,35 @@ fn block_forward(dm: &Dims, w: &[&[f32]], x: Vec<f32>) -> (BlockActs, Vec<f32>) 
     (acts, out)
 }
 
-/// One block backward: d(out) [N, C] -> d(x) [N, C]; parameter gradients added into `g`
-/// (the block's 12 buffers).
+/// One block backward: d(out) [N, C] -> d(x) [N, C]; parameter gradients added into `g`.
 fn block_backward(
     dm: &Dims,
-    w: &[&[f32]],
+    w: &Block<&[f32]>,
     a: BlockActs,
     dout: Vec<f32>,
-    g: &mut [Vec<f32>],
+    g: &mut Block<&mut Vec<f32>>,
 ) -> Vec<f32> {
     let (n, c) = (dm.n, dm.c);
     let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
     // MLP: out = x2 + act · W_mpᵀ + b_mp
-    mm_tn_acc(&mut g[10], &dout, &a.act, (c, 4 * c, n)); // [C, N] x [N, 4C]
-    add_colsum(&mut g[11], &dout);
-    let dact = mm_nn(&dout, w[10], (n, 4 * c, c)); // [N, C] x [C, 4C]
+    mm_tn_acc(g.mlp_proj.weight, &dout, &a.act, (c, 4 * c, n)); // [C, N] x [N, 4C]
+    add_colsum(g.mlp_proj.bias, &dout);
+    let dact = mm_nn(&dout, w.mlp_proj.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
     drop(a.act);
     let dfc = gelu::backward(&a.fc, &dact); // [N, 4C]
     drop((dact, a.fc));
-    mm_tn_acc(&mut g[8], &dfc, &a.ln2.0, (4 * c, c, n)); // [4C, N] x [N, C]
-    add_colsum(&mut g[9], &dfc);
-    let dln2 = mm_nn(&dfc, w[8], (n, c, 4 * c)); // [N, 4C] x [4C, C]
+    mm_tn_acc(g.c_fc.weight, &dfc, &a.ln2.0, (4 * c, c, n)); // [4C, N] x [N, C]
+    add_colsum(g.c_fc.bias, &dfc);
+    let dln2 = mm_nn(&dfc, w.c_fc.weight, (n, c, 4 * c)); // [N, 4C] x [4C, C]
     drop(dfc);
     let stats = (a.ln2.1, a.ln2.2);
-    let mut dx2 = ln_backward(&a.x2, &dln2, w[6], &stats, &mut g[6..8]);
+    let mut dx2 = ln_backward(&a.x2, &dln2, w.ln_2.weight, &stats, &mut g.ln_2);
     add_into(&mut dx2, &dout); // the residual path
     drop((dout, dln2, a.x2, a.ln2.0));
     // Attention: x2 = x + atty · W_projᵀ + b_proj
-    mm_tn_acc(&mut g[4], &dx2, &a.atty, (c, c, n)); // [C, N] x [N, C]
-    add_colsum(&mut g[5], &dx2);
-    let datty = mm_nn(&dx2, w[4], (n, c, c)); // [N, C] x [C, C]
+    mm_tn_acc(g.c_proj.weight, &dx2, &a.atty, (c, c, n)); // [C, N] x [N, C]
+    add_colsum(g.c_proj.bias, &dx2);
+    let datty = mm_nn(&dx2, w.c_proj.weight, (n, c, c)); // [N, C] x [C, C]
     let datt = rows_to_heads(dm, &datty, 1); // [B, H, T, D]
     drop(datty);
     let part = b * h * t * d;
@@ -537,28 +531,28 @@ fn block_backward(
     drop((datt, a.att, a.lse, a.qkv));
     let dqkv = heads_to_rows(dm, &[&dq, &dk, &dv]); // [N, 3C]
     drop((dq, dk, dv));
-    mm_tn_acc(&mut g[2], &dqkv, &a.ln1.0, (3 * c, c, n)); // [3C, N] x [N, C]
-    add_colsum(&mut g[3], &dqkv);
-    let dln1 = mm_nn(&dqkv, w[2], (n, c, 3 * c)); // [N, 3C] x [3C, C]
+    mm_tn_acc(g.c_attn.weight, &dqkv, &a.ln1.0, (3 * c, c, n)); // [3C, N] x [N, C]
+    add_colsum(g.c_attn.bias, &dqkv);
+    let dln1 = mm_nn(&dqkv, w.c_attn.weight, (n, c, 3 * c)); // [N, 3C] x [3C, C]
     drop(dqkv);
     let stats = (a.ln1.1, a.ln1.2);
-    let mut dx = ln_backward(&a.x, &dln1, w[0], &stats, &mut g[0..2]);
+    let mut dx = ln_backward(&a.x, &dln1, w.ln_1.weight, &stats, &mut g.ln_1);
     add_into(&mut dx, &dx2); // the residual path
     dx
 }
 
 /// LayerNorm backward from x [N, C], dy [N, C], the gain and the forward's (mean, rstd)
-/// [N]: returns dx [N, C] and adds d(gain), d(bias) into `g_gain_bias` (two buffers).
+/// [N]: returns dx [N, C] and adds d(gain), d(bias) into `g`.
 fn ln_backward(
     x: &[f32],
     dy: &[f32],
     gain: &[f32],
     (mean, rstd): &(Vec<f32>, Vec<f32>),
-    g_gain_bias: &mut [Vec<f32>],
+    g: &mut Affine<&mut Vec<f32>>,
 ) -> Vec<f32> {
     let (dx, dg, db) = layer_norm::backward(x, dy, gain, mean, rstd, true);
-    add_into(&mut g_gain_bias[0], &dg);
-    add_into(&mut g_gain_bias[1], &db);
+    add_into(g.weight, &dg);
+    add_into(g.bias, &db);
     dx.expect("asked for dx")
 }
 

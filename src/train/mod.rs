@@ -100,22 +100,17 @@ pub struct Trainer {
     device: Device,
 }
 
-/// Which parameters get weight decay: matrices of linear layers only. Biases, LayerNorm
-/// gains and the embeddings (token and position) are left alone, as in nanoGPT/minGPT.
-pub fn decays(name: &str) -> bool {
-    name.ends_with(".weight") && !name.contains("ln_")
-}
-
 /// AdamW over the model's parameters in the model's order (so the i-th gradient, the
-/// i-th moment pair and the i-th parameter line up), with the two weight-decay groups
-/// applied per parameter.
+/// i-th moment pair and the i-th parameter line up), each with its weight decay: the
+/// matrices of linear layers only (`params::Role::decays`).
 pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW> {
     let groups = model
         .params()
         .iter()
-        .map(|(name, var)| ParamGroup {
+        .zip(model.config.layout().into_flat())
+        .map(|((_, var), spec)| ParamGroup {
             vars: vec![var.clone()],
-            weight_decay: if decays(name) {
+            weight_decay: if spec.role.decays() {
                 config.weight_decay
             } else {
                 0.0
