@@ -163,7 +163,7 @@ impl<T> Params<T> {
     pub fn from_flat(values: impl IntoIterator<Item = T>) -> Option<Self> {
         let values: Vec<T> = values.into_iter().collect();
         let n = values.len();
-        if n < OUTSIDE_BLOCKS || (n - OUTSIDE_BLOCKS) % PER_BLOCK != 0 {
+        if n < OUTSIDE_BLOCKS || !(n - OUTSIDE_BLOCKS).is_multiple_of(PER_BLOCK) {
             return None;
         }
         let layers = (n - OUTSIDE_BLOCKS) / PER_BLOCK;
