@@ -195,12 +195,12 @@ impl Corpus {
         seed: u64,
         context: usize,
     ) -> anyhow::Result<Self> {
-        Self::tokenize(split_text(text, val_fraction, seed)?, tokenizer, context)
+        Self::tokenize(&split_text(text, val_fraction, seed)?, tokenizer, context)
     }
 
     /// Tokenizes an already split text.
     pub fn tokenize(
-        split: SplitText,
+        split: &SplitText,
         tokenizer: &Tokenizer,
         context: usize,
     ) -> anyhow::Result<Self> {

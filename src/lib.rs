@@ -20,3 +20,4 @@ pub mod model;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;
+pub mod verse;

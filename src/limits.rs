@@ -82,6 +82,13 @@ pub const RANGES: &[Range] = &[
     r("temperature", "sample --temperature", 0.0, 100.0),
     open(r("top_p", "sample --top-p", 0.0, 1.0), true, false),
     r("top_k", "sample --top-k", 0.0, 1_048_576.0),
+    open(r("min_p", "sample --min-p", 0.0, 1.0), false, true),
+    r(
+        "repetition_penalty",
+        "sample --repetition-penalty",
+        1.0,
+        10.0,
+    ),
     r(
         "max_new_tokens",
         "sample --max-new-tokens",
@@ -90,6 +97,12 @@ pub const RANGES: &[Range] = &[
     ),
     r("num_samples", "sample --num-samples", 1.0, 10_000.0),
     r("eval_batch_size", "eval --batch-size", 1.0, 65_536.0),
+    r(
+        "form_samples",
+        "eval --samples, train --form-samples",
+        0.0,
+        10_000.0,
+    ),
 ];
 
 /// `--threads`: at most this many per core (more only adds switching; far more stalls

@@ -165,14 +165,60 @@ struct TrainArgs {
     /// run stops, keeping its last good checkpoint.
     #[arg(long)]
     max_bad_steps: Option<usize>,
-    /// Tokens of the sample printed at the end (0 = none).
+    /// At the end, a poem from the best checkpoint: the title and author of a
+    /// validation poem continued until the poem ends, at most this many tokens (0 = none).
     #[arg(long, default_value_t = 300)]
     sample_tokens: usize,
+    /// At the end, the form of this many samples (`tinylm eval --samples`), printed and
+    /// written to metrics.jsonl (0 = none).
+    #[arg(long, default_value_t = 20)]
+    form_samples: usize,
     /// Hide the progress bar (log lines are still printed).
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
     common: Common,
+}
+
+/// How tokens are drawn; each unset option takes the product's default
+/// (`SamplingOptions::default()`, chosen by the form measurements in BENCHMARKS.md).
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Softmax temperature (0 = greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep tokens at least this fraction as likely as the most likely (0 = off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalty on the logits of tokens among the last 64 (1 = off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Seed of the first sample (the i-th uses seed + i).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The options of the i-th sample, validated.
+    fn options(&self, i: usize) -> anyhow::Result<SamplingOptions> {
+        let d = SamplingOptions::default();
+        let o = SamplingOptions {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            seed: self.seed.unwrap_or(d.seed).wrapping_add(i as u64),
+        };
+        o.validate()?;
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -188,17 +234,8 @@ struct SampleArgs {
     prompt_file: Option<PathBuf>,
     #[arg(long, default_value_t = 300)]
     max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// Keep the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Nucleus sampling threshold (1 = off).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
     /// Recompute the whole window for every token instead of using the KV cache.
@@ -213,10 +250,27 @@ struct EvalArgs {
     /// A checkpoint directory, or a run directory (its best checkpoint is used).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The text to score, whole, in context-sized windows.
+    /// A text to score, whole, in context-sized windows: loss, bits per byte and per
+    /// character, perplexity.
     #[arg(long)]
-    text: PathBuf,
-    /// Print one JSON object instead of text.
+    text: Option<PathBuf>,
+    /// Generate N samples (default 20) from the title and author lines of validation
+    /// poems and measure their form: regular verse lines, clauses of 5 or 7
+    /// characters, clause lengths, valid UTF-8, 8-grams copied from the training text;
+    /// the same figures of the real validation poems beside them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "20")]
+    samples: Option<usize>,
+    /// The corpus the run was trained on (its validation poems give the prompts, its
+    /// training text the copy measure; split as the run split it).
+    #[arg(long, default_value = "data/zh_corpus.txt")]
+    data: PathBuf,
+    /// New tokens per sample.
+    #[arg(long, default_value_t = tinylm::verse::SAMPLE_TOKENS)]
+    max_new_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object instead of text: the text's figures, or with --samples
+    /// {"text": ..., "form": ...}.
     #[arg(long)]
     json: bool,
     #[arg(long, default_value_t = 16)]
@@ -431,27 +485,57 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         println!("resume with: tinylm train --resume {}", p.run_dir.display());
         return Ok(());
     }
+    if a.sample_tokens == 0 && a.form_samples == 0 {
+        return Ok(());
+    }
+    let m = train::load_model(&p.run_dir, &device)?;
+    let o = SamplingOptions::default();
     if a.sample_tokens > 0 {
-        let (model, _) = load_model(&p.run_dir, &device)?;
+        // A poem as a reader would ask for one: a title and an author (of a poem the
+        // model never saw), continued until the poem ends.
+        let (prompts, _) = tinylm::verse::prompts_and_bodies(&p.split.val, 1);
+        let prompt = prompts.first().cloned().unwrap_or_else(|| b"\n".to_vec());
         println!(
-            "--- sample ({} tokens, temperature 0.8, best checkpoint) ---",
-            a.sample_tokens
+            "--- a poem from the best checkpoint ({}, step {}; temperature {}, top-p {}, \
+             min-p {}; the title and author are a validation poem's) ---",
+            m.dir.display(),
+            m.state.step,
+            o.temperature,
+            o.top_p,
+            o.min_p
         );
+        print!("{}", String::from_utf8_lossy(&prompt));
         stream_sample(
-            &model,
+            &m.model,
             tokenizer,
-            b"\n",
+            &prompt,
             a.sample_tokens,
-            &SamplingOptions::default(),
+            &o,
+            true,
             true,
             &device,
         )?;
-        println!("\n---");
+        println!("---");
+    }
+    if a.form_samples > 0 {
+        let rep = tinylm::verse::form_report_for_split(
+            &m.model,
+            tokenizer,
+            &p.split,
+            a.form_samples,
+            tinylm::verse::SAMPLE_TOKENS,
+            &o,
+            &device,
+        )?;
+        println!("{rep}");
+        train::append_form_metrics(&p.run_dir, m.state.step, &rep)?;
     }
     Ok(())
 }
 
-/// Generates and prints text as it comes, never splitting a UTF-8 sequence.
+/// Generates and prints text as it comes, never splitting a UTF-8 sequence; with
+/// `one_poem`, stops at the blank line that ends a poem.
+#[allow(clippy::too_many_arguments)]
 fn stream_sample(
     model: &tinylm::model::Gpt,
     tokenizer: &Tokenizer,
@@ -459,19 +543,28 @@ fn stream_sample(
     max_new: usize,
     o: &SamplingOptions,
     use_cache: bool,
+    one_poem: bool,
     device: &candle_core::Device,
 ) -> anyhow::Result<()> {
     let ids = tokenizer.encode(prompt)?;
     let mut dec = StreamDecoder::new();
     let mut out = std::io::stdout().lock();
     let mut write_err = None;
-    tinylm::sample::generate(model, &ids, max_new, o, use_cache, device, |id| {
-        let text = dec.push(&tokenizer.token_bytes(id));
+    let mut tail = prompt.to_vec();
+    tinylm::sample::generate_until(model, &ids, max_new, o, use_cache, device, |id| {
+        let bytes = tokenizer.token_bytes(id);
+        let text = dec.push(&bytes);
         if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
             write_err.get_or_insert(e);
         }
+        tail.extend_from_slice(&bytes);
+        let ended = tail.ends_with(b"\n\n") || tail.ends_with(b"\r\n\r\n");
+        !(one_poem && ended)
     })?;
     write!(out, "{}", dec.finish())?;
+    if !tail.ends_with(b"\n") {
+        writeln!(out)?;
+    }
     if let Some(e) = write_err {
         return Err(e.into());
     }
@@ -537,13 +630,7 @@ fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
 
 fn cmd_sample(a: SampleArgs) -> anyhow::Result<()> {
     use tinylm::limits::check_range;
-    let options = |i: usize| SamplingOptions {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed.wrapping_add(i as u64),
-    };
-    options(0).validate()?;
+    a.sampling.options(0)?;
     check_range(
         "num_samples",
         a.num_samples as f64,
@@ -561,7 +648,7 @@ fn cmd_sample(a: SampleArgs) -> anyhow::Result<()> {
     let device = setup(&a.common)?;
     let (model, tokenizer) = load_model(&a.checkpoint, &device)?;
     for i in 0..a.num_samples {
-        let o = options(i);
+        let o = a.sampling.options(i)?;
         if a.num_samples > 1 {
             println!("--- sample {} ---", i + 1);
         }
@@ -575,30 +662,80 @@ fn cmd_sample(a: SampleArgs) -> anyhow::Result<()> {
             a.max_new_tokens,
             &o,
             !a.no_cache,
+            false,
             &device,
         )?;
-        println!();
     }
     Ok(())
 }
 
 fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
-    tinylm::limits::check_range(
+    use tinylm::limits::check_range;
+    check_range(
         "eval_batch_size",
         a.batch_size as f64,
         &a.batch_size.to_string(),
     )?;
+    anyhow::ensure!(
+        a.text.is_some() || a.samples.is_some(),
+        "give --text FILE (score a text), --samples [N] (measure the form of samples), or both"
+    );
+    if let Some(n) = a.samples {
+        check_range("form_samples", n as f64, &n.to_string())?;
+        check_range(
+            "max_new_tokens",
+            a.max_new_tokens as f64,
+            &a.max_new_tokens.to_string(),
+        )?;
+    }
+    let sampling = a.sampling.options(0)?;
     let device = setup(&a.common)?;
-    let (model, tokenizer) = load_model(&a.checkpoint, &device)?;
-    let text = read_corpus(&a.text)?;
-    let tokens = tokenizer.encode(&text)?;
-    let rep = tinylm::eval::evaluate_stream(&model, &tokenizer, &tokens, a.batch_size, &device)?;
+    let m = train::load_model(&a.checkpoint, &device)?;
+    let text_report = match &a.text {
+        None => None,
+        Some(path) => {
+            let text = tinylm::data::read_input(path, "text", tinylm::data::input_limit())?;
+            let tokens = m.tokenizer.encode(&text)?;
+            Some(tinylm::eval::evaluate_stream(
+                &m.model,
+                &m.tokenizer,
+                &tokens,
+                a.batch_size,
+                &device,
+            )?)
+        }
+    };
+    let form = match a.samples {
+        None => None,
+        Some(n) => {
+            let corpus = read_corpus(&a.data)?;
+            let c = &m.state.config;
+            let split = tinylm::data::split_text(&corpus, c.val_fraction, c.seed)?;
+            Some(tinylm::verse::form_report_for_split(
+                &m.model,
+                &m.tokenizer,
+                &split,
+                n,
+                a.max_new_tokens,
+                &sampling,
+                &device,
+            )?)
+        }
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&rep)?);
-    } else {
+        match (&form, &text_report) {
+            (None, Some(rep)) => println!("{}", serde_json::to_string(rep)?),
+            _ => println!(
+                "{}",
+                serde_json::json!({ "text": text_report, "form": form })
+            ),
+        }
+        return Ok(());
+    }
+    if let (Some(rep), Some(path)) = (&text_report, &a.text) {
         println!(
             "{}: {} tokens, {} bytes, {} characters ({:.2} bytes/token)\nloss {:.4} nats/token | {:.4} bits/byte | {:.4} bits/char | perplexity {:.3}",
-            a.text.display(),
+            path.display(),
             rep.tokens,
             rep.bytes,
             rep.chars,
@@ -608,6 +745,9 @@ fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
             rep.bits_per_char,
             rep.perplexity
         );
+    }
+    if let Some(form) = &form {
+        println!("{form}");
     }
     Ok(())
 }

@@ -15,8 +15,17 @@ pub struct SamplingOptions {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches p (1.0 = all).
     pub top_p: f32,
+    /// Keep only tokens at least this fraction as likely as the most likely one
+    /// (0 = all): truncation that adapts to how peaked the distribution is.
+    pub min_p: f32,
+    /// Logits of tokens among the last [`REPETITION_WINDOW`] are divided by this when
+    /// positive, multiplied when negative (CTRL's penalty; 1 = off).
+    pub repetition_penalty: f32,
     pub seed: u64,
 }
+
+/// Tokens back that the repetition penalty looks at.
+pub const REPETITION_WINDOW: usize = 64;
 
 impl Default for SamplingOptions {
     fn default() -> Self {
@@ -24,6 +33,8 @@ impl Default for SamplingOptions {
             temperature: 0.8,
             top_k: 0,
             top_p: 0.95,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
             seed: 1337,
         }
     }
@@ -40,12 +51,38 @@ impl SamplingOptions {
         )?;
         check_range("top_p", self.top_p as f64, &self.top_p.to_string())?;
         check_range("top_k", self.top_k as f64, &self.top_k.to_string())?;
+        check_range("min_p", self.min_p as f64, &self.min_p.to_string())?;
+        check_range(
+            "repetition_penalty",
+            self.repetition_penalty as f64,
+            &self.repetition_penalty.to_string(),
+        )?;
         Ok(())
     }
 }
 
-/// Draws one token id from `logits` [V].
-pub fn pick(logits: &[f32], o: &SamplingOptions, rng: &mut ChaCha8Rng) -> u32 {
+/// Draws one token id from `logits` [V]; `recent` are the ids before it (the
+/// repetition penalty's window).
+pub fn pick(logits: &[f32], recent: &[u32], o: &SamplingOptions, rng: &mut ChaCha8Rng) -> u32 {
+    let penalised;
+    let logits = if o.repetition_penalty != 1.0 && !recent.is_empty() {
+        let mut l = logits.to_vec();
+        let window = &recent[recent.len().saturating_sub(REPETITION_WINDOW)..];
+        let mut seen = std::collections::HashSet::new();
+        for &id in window {
+            if let Some(x) = l.get_mut(id as usize).filter(|_| seen.insert(id)) {
+                *x = if *x > 0.0 {
+                    *x / o.repetition_penalty
+                } else {
+                    *x * o.repetition_penalty
+                };
+            }
+        }
+        penalised = l;
+        &penalised[..]
+    } else {
+        logits
+    };
     let argmax = || {
         logits
             .iter()
@@ -68,6 +105,16 @@ pub fn pick(logits: &[f32], o: &SamplingOptions, rng: &mut ChaCha8Rng) -> u32 {
         .iter()
         .map(|&i| (((logits[i] - max) / o.temperature) as f64).exp())
         .collect();
+    if o.min_p > 0.0 {
+        // probs[0] = 1 is the most likely token's weight: keep those >= min_p of it.
+        let keep = probs
+            .iter()
+            .take_while(|&&p| p >= o.min_p as f64)
+            .count()
+            .max(1);
+        probs.truncate(keep);
+        idx.truncate(keep);
+    }
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if o.top_p < 1.0 {
@@ -107,6 +154,22 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32),
 ) -> anyhow::Result<Vec<u32>> {
+    generate_until(model, prompt, max_new, o, use_cache, device, |id| {
+        on_token(id);
+        true
+    })
+}
+
+/// [`generate`] that stops early when `on_token` returns false (after that token).
+pub fn generate_until(
+    model: &Gpt,
+    prompt: &[u32],
+    max_new: usize,
+    o: &SamplingOptions,
+    use_cache: bool,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> anyhow::Result<Vec<u32>> {
     o.validate()?;
     // The caller encodes its idea of "nothing yet" (e.g. a line break) with its own
     // tokenizer: an id chosen here would mean different text in every vocabulary.
@@ -139,9 +202,67 @@ pub fn generate(
             all.narrow(1, x.dim(1)? - 1, 1)?.squeeze(1)? // [1, V]
         };
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-        let next = pick(&logits, o, &mut rng);
+        let next = pick(&logits, &ids, o, &mut rng);
         ids.push(next);
-        on_token(next);
+        if !on_token(next) {
+            break;
+        }
     }
-    Ok(ids[ids.len() - max_new..].to_vec())
+    Ok(ids[prompt.len()..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draws(logits: &[f32], recent: &[u32], o: &SamplingOptions) -> Vec<usize> {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..2000 {
+            counts[pick(logits, recent, o, &mut rng) as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_near_the_top_only() {
+        // Probabilities 0.5, 0.3, 0.2 at temperature 1.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let o = |min_p| SamplingOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            min_p,
+            ..Default::default()
+        };
+        let all = draws(&logits, &[], &o(0.0));
+        assert!(all.iter().all(|&n| n > 200), "{all:?}");
+        // 0.3 >= 0.5 x 0.5 is kept, 0.2 is not.
+        let cut = draws(&logits, &[], &o(0.5));
+        assert_eq!(cut[2], 0, "{cut:?}");
+        assert!(cut[0] > 1000 && cut[1] > 500, "{cut:?}");
+    }
+
+    #[test]
+    fn repetition_penalty_lowers_recent_tokens() {
+        let greedy = |penalty, recent: &[u32]| {
+            let o = SamplingOptions {
+                temperature: 0.0,
+                repetition_penalty: penalty,
+                ..Default::default()
+            };
+            pick(
+                &[2.0, 2.1, -1.0],
+                recent,
+                &o,
+                &mut ChaCha8Rng::seed_from_u64(0),
+            )
+        };
+        assert_eq!(greedy(1.0, &[1, 1]), 1);
+        assert_eq!(greedy(2.0, &[1, 1]), 0, "2.1 / 2 < 2");
+        assert_eq!(greedy(2.0, &[0, 1]), 1, "both penalised: 1.05 > 1.0");
+        // Outside the window the penalty no longer applies.
+        let mut far = vec![1u32];
+        far.extend(std::iter::repeat_n(2u32, REPETITION_WINDOW));
+        assert_eq!(greedy(2.0, &far), 1);
+    }
 }

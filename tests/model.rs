@@ -193,11 +193,13 @@ fn kv_cache_sampling_equals_full_recomputation() {
     let cfg = tiny_config(256, 48);
     let model = Gpt::new(&cfg, 9, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = "春眠不觉晓".bytes().map(|b| b as u32).collect();
-    for temperature in [0.0, 1.0] {
+    for (temperature, min_p, repetition_penalty) in [(0.0, 0.0, 1.0), (1.0, 0.05, 1.2)] {
         let o = tinylm::sample::SamplingOptions {
             temperature,
             top_k: 50,
             top_p: 0.95,
+            min_p,
+            repetition_penalty,
             seed: 42,
         };
         // 33 new tokens after a 15-token prompt: exactly fills the context of 48.

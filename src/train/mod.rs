@@ -418,7 +418,24 @@ fn say(pb: &indicatif::ProgressBar, line: &str) {
     }
 }
 
+/// Appends the form of the final samples to the run's metrics.jsonl, as
+/// `{"step": N, "form": {...}}`.
+pub fn append_form_metrics(
+    run_dir: &Path,
+    step: usize,
+    report: &crate::verse::FormReport,
+) -> anyhow::Result<()> {
+    append_json(
+        &run_dir.join("metrics.jsonl"),
+        &serde_json::json!({ "step": step, "form": report }),
+    )
+}
+
 fn append_metrics(path: &Path, line: &MetricsLine) -> anyhow::Result<()> {
+    append_json(path, line)
+}
+
+fn append_json(path: &Path, line: &impl Serialize) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

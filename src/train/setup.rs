@@ -242,6 +242,9 @@ pub struct Prepared {
     pub memory: MemoryEstimate,
     /// Bytes of the corpus file.
     pub text_bytes: usize,
+    /// The corpus split into its training and validation text (for the form report:
+    /// prompts from validation poems, copies counted against the training text).
+    pub split: crate::data::SplitText,
     /// What set-up decided that the user should read (printed before training).
     pub notes: Vec<String>,
 }
@@ -507,7 +510,7 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
             config.validate()?;
         }
     }
-    let corpus = Corpus::tokenize(split, &tokenizer, config.model.block_size)?;
+    let corpus = Corpus::tokenize(&split, &tokenizer, config.model.block_size)?;
     let memory = memory::check(
         &config,
         corpus.train.len() + corpus.val.len(),
@@ -555,6 +558,7 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
         resume,
         memory,
         text_bytes: text.len(),
+        split,
         notes,
     })
 }
