@@ -164,8 +164,16 @@ fn draw_figure<DB: DrawingBackend>(
         XAxis::Tokens => (1.0, "training tokens seen"),
         XAxis::Bytes => (1.0, "training bytes seen (tokens × validation bytes/token)"),
     };
+    // One x range for every panel, so that a step lines up across them.
+    let xr = range(
+        fig.runs
+            .iter()
+            .flat_map(|r| r.series.iter().flatten())
+            .map(|p| p.0 * x_scale),
+        false,
+    );
     for (k, (metric, cell)) in Metric::ALL.iter().zip(&cells).enumerate() {
-        panel(cell, fig, k, *metric, x_scale, x_desc)?;
+        panel(cell, fig, k, *metric, (x_scale, x_desc), xr)?;
     }
     legend(&cells[5], fig, png)
 }
@@ -175,8 +183,8 @@ fn panel<DB: DrawingBackend>(
     fig: &Figure,
     k: usize,
     metric: Metric,
-    x_scale: f64,
-    x_desc: &str,
+    (x_scale, x_desc): (f64, &str),
+    xr: (f64, f64),
 ) -> DrawResult<DB> {
     let series: Vec<Vec<(f64, f64)>> = fig
         .runs
@@ -184,7 +192,6 @@ fn panel<DB: DrawingBackend>(
         .map(|r| r.series[k].iter().map(|&(x, y)| (x * x_scale, y)).collect())
         .collect();
     let all = || series.iter().flatten();
-    let xr = range(all().map(|p| p.0), false);
     let yr = range(all().map(|p| p.1), true);
     let mut chart = ChartBuilder::on(area)
         .caption(metric.title(), bold(17.0))
