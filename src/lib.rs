@@ -1,7 +1,8 @@
 //! tinylm: a tiny byte-level GPT trainer whose core is the loss computation.
 //!
 //! Data flows one way: `tokenizer` -> `data` -> `model` (which calls `attention`,
-//! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache.
+//! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache;
+//! `plot` draws a run's metrics.
 //! Nothing below `train` knows about files or the command line.
 //!
 //! Notation used in every shape comment: B batch, T context length, C model width,
@@ -17,6 +18,7 @@ pub mod kernels;
 pub mod limits;
 pub mod loss;
 pub mod model;
+pub mod plot;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;

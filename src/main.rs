@@ -40,6 +40,9 @@ enum Command {
     /// Train a byte-level BPE tokenizer, or measure one on a text.
     #[command(subcommand)]
     Tokenizer(TokenizerCmd),
+    /// Draw runs' training curves (loss, validation bits/byte, lr, gradient norm,
+    /// tokens/s) into one SVG or PNG.
+    Plot(tinylm::plot::PlotArgs),
 }
 
 #[derive(Subcommand)]
@@ -328,6 +331,7 @@ fn main() {
         Command::Eval(a) => cmd_eval(a),
         Command::Bench(a) => cmd_bench(a),
         Command::Tokenizer(a) => cmd_tokenizer(a),
+        Command::Plot(a) => tinylm::plot::cmd_plot(&a),
     };
     if let Err(e) = result {
         // One line that names the problem.

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// The `--preset` the run started from: a label for `tinylm plot`'s legend. Absent
+    /// from configs written before it was recorded, which still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     pub model: GptConfig,
     /// `bytes`, `bpe:N` (a BPE of N tokens trained on the training split when the run
     /// starts), or the path of a tokenizer.json. The model's vocabulary follows it.
@@ -57,8 +61,9 @@ impl TrainConfig {
     /// A named preset.
     pub fn preset(name: &str) -> anyhow::Result<Self> {
         let base = Self::default_preset();
+        let preset = Some(name.to_string());
         Ok(match name {
-            "default" => base,
+            "default" => Self { preset, ..base },
             // The reference GPT of the benchmarks (issue 5): the shapes PyTorch is
             // measured on in ../shared/bench/torch_reference.py.
             "bench-ref" => Self {
@@ -72,6 +77,7 @@ impl TrainConfig {
                 batch_size: 16,
                 lr: 1e-3,
                 tokenizer: "bytes".to_string(),
+                preset,
                 ..base
             },
             // Seconds on 2 cores: for tests and smoke runs.
@@ -94,6 +100,7 @@ impl TrainConfig {
                 log_interval: 20,
                 checkpoint_interval: 100,
                 tokenizer: "bytes".to_string(),
+                preset,
                 ..base
             },
             other => anyhow::bail!("unknown preset {other:?} (known: {})", PRESETS.join(", ")),
@@ -104,6 +111,7 @@ impl TrainConfig {
     /// 2 cores (see README for its measured time and validation bits per byte).
     fn default_preset() -> Self {
         Self {
+            preset: None,
             model: GptConfig {
                 vocab_size: 256,
                 // 256 bytes ≈ 85 Han characters: a whole short poem.
@@ -338,6 +346,16 @@ mod tests {
         for p in PRESETS {
             TrainConfig::preset(p).unwrap().validate().unwrap();
         }
+    }
+
+    #[test]
+    fn configs_written_before_the_preset_was_recorded_still_load() {
+        let c = TrainConfig::preset("tiny").unwrap();
+        assert_eq!(c.preset.as_deref(), Some("tiny"));
+        let mut v = toml::Value::try_from(&c).unwrap();
+        v.as_table_mut().unwrap().remove("preset");
+        let old: TrainConfig = v.try_into().unwrap();
+        assert_eq!(old, TrainConfig { preset: None, ..c });
     }
 
     #[test]

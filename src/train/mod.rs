@@ -58,6 +58,8 @@ pub struct RunSummary {
 struct MetricsLine {
     step: usize,
     elapsed_s: f64,
+    /// Training tokens consumed so far (step × tokens per step).
+    tokens: usize,
     train_loss: Option<f64>,
     val_loss: Option<f64>,
     val_bpb: Option<f64>,
@@ -66,6 +68,8 @@ struct MetricsLine {
     grad_norm: Option<f64>,
     tok_per_s: Option<f64>,
     mfu: Option<f64>,
+    /// Of the validation text (eval lines): turns tokens into bytes for `tinylm plot`.
+    bytes_per_token: Option<f64>,
 }
 
 /// Times of one optimizer step's phases, in seconds.
@@ -595,6 +599,9 @@ pub fn run(
             let improved =
                 record_eval(&mut state, &rep, &pb, &metrics_path, elapsed(&started), lr)?;
             last_val = Some(rep);
+            if let Err(e) = crate::plot::write_run_curves(&opts.run_dir) {
+                say(&pb, &format!("warning: curves not drawn: {e:#}"));
+            }
             // The best model so far is kept as a checkpoint of its own.
             if improved && step > 0 {
                 state.elapsed_s = elapsed(&started);
@@ -684,6 +691,7 @@ pub fn run(
                 &MetricsLine {
                     step: state.step,
                     elapsed_s: elapsed(&started),
+                    tokens: state.step * cfg.tokens_per_step(),
                     train_loss: Some(out.loss),
                     val_loss: None,
                     val_bpb: None,
@@ -692,6 +700,7 @@ pub fn run(
                     grad_norm: Some(out.grad_norm),
                     tok_per_s: Some(tok_s),
                     mfu: Some(mfu),
+                    bytes_per_token: None,
                 },
             )?;
         }
@@ -720,6 +729,10 @@ pub fn run(
         }
     }
     pb.finish_and_clear();
+    match crate::plot::write_run_curves(&opts.run_dir) {
+        Ok(path) => println!("curves: {}", path.display()),
+        Err(e) => eprintln!("warning: curves not drawn: {e:#}"),
+    }
     let final_val = match last_val {
         Some(v) => v,
         None => evaluate(&trainer)?,
@@ -782,6 +795,7 @@ fn record_eval(
         &MetricsLine {
             step: state.step,
             elapsed_s,
+            tokens: state.step * state.config.tokens_per_step(),
             train_loss: None,
             val_loss: Some(rep.loss),
             val_bpb: Some(rep.bits_per_byte),
@@ -790,6 +804,7 @@ fn record_eval(
             grad_norm: None,
             tok_per_s: None,
             mfu: None,
+            bytes_per_token: Some(rep.bytes_per_token),
         },
     )?;
     Ok(improved)
