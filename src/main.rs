@@ -131,6 +131,9 @@ struct TrainArgs {
     /// Context length in tokens (T).
     #[arg(long)]
     context: Option<usize>,
+    /// Positions: learned (an embedding per position, GPT-2) or rotary (RoFormer).
+    #[arg(long, value_parser = parse_positions)]
+    positions: Option<tinylm::model::Positions>,
     /// Sequences per micro-batch (B).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -353,6 +356,14 @@ fn setup(c: &Common) -> anyhow::Result<candle_core::Device> {
     tinylm::device::select(&c.device)
 }
 
+fn parse_positions(s: &str) -> Result<tinylm::model::Positions, String> {
+    match s {
+        "learned" => Ok(tinylm::model::Positions::Learned),
+        "rotary" => Ok(tinylm::model::Positions::Rotary),
+        _ => Err(format!("expected learned or rotary, got {s:?}")),
+    }
+}
+
 /// "YYYYmmdd-HHMMSS" in UTC, for default run names.
 fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
@@ -394,6 +405,7 @@ fn train_request(a: &TrainArgs) -> train::setup::TrainRequest {
             n_head: a.heads,
             n_embd: a.width,
             block_size: a.context,
+            positions: a.positions,
             batch_size: a.batch_size,
             grad_accum: a.grad_accum,
             lr: a.lr,

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use tinylm::loss::CrossEntropyOptions;
-use tinylm::model::{Gpt, GptConfig};
+use tinylm::model::{Gpt, GptConfig, Positions};
 use tinylm::train::config::TrainConfig;
 
 fn corpus_windows(b: usize, t: usize, stride: usize) -> (Tensor, Tensor) {
@@ -31,6 +31,7 @@ fn tiny_config(vocab: usize, t: usize) -> GptConfig {
         n_layer: 2,
         n_head: 2,
         n_embd: 32,
+        positions: Default::default(),
     }
 }
 
@@ -91,6 +92,7 @@ fn small_model_overfits_one_batch() {
         n_layer: 2,
         n_head: 2,
         n_embd: 64,
+        positions: Default::default(),
     };
     let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
     let (x, y) = corpus_windows(4, 32, 3000);
@@ -121,7 +123,16 @@ fn small_model_overfits_one_batch() {
 /// Central differences in f64 against autograd for a few entries of every parameter.
 #[test]
 fn model_gradients_match_finite_differences_in_f64() {
-    let cfg = tiny_config(13, 5);
+    for positions in [Positions::Learned, Positions::Rotary] {
+        println!("--- positions {positions:?}");
+        finite_difference_check(GptConfig {
+            positions,
+            ..tiny_config(13, 5)
+        });
+    }
+}
+
+fn finite_difference_check(cfg: GptConfig) {
     let base = Gpt::new(&cfg, 11, &Device::Cpu)
         .unwrap()
         .to_f64_reference()
@@ -190,7 +201,16 @@ fn fused_model_matches_reference_model() {
 
 #[test]
 fn kv_cache_sampling_equals_full_recomputation() {
-    let cfg = tiny_config(256, 48);
+    for positions in [Positions::Learned, Positions::Rotary] {
+        println!("--- positions {positions:?}");
+        kv_cache_check(GptConfig {
+            positions,
+            ..tiny_config(256, 48)
+        });
+    }
+}
+
+fn kv_cache_check(cfg: GptConfig) {
     let model = Gpt::new(&cfg, 9, &Device::Cpu).unwrap();
     let prompt: Vec<u32> = "春眠不觉晓".bytes().map(|b| b as u32).collect();
     for (temperature, min_p, repetition_penalty) in [(0.0, 0.0, 1.0), (1.0, 0.05, 1.2)] {

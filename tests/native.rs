@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use tinylm::loss::CrossEntropyOptions;
 use tinylm::model::native::{loss_and_grad_into, zero_grads};
-use tinylm::model::{Gpt, GptConfig};
+use tinylm::model::{Gpt, GptConfig, Positions};
 
 /// Byte windows of the tiny corpus: (inputs, targets), each B·T ids.
 fn windows(b: usize, t: usize, v: usize) -> (Vec<u32>, Vec<u32>) {
@@ -30,6 +30,7 @@ fn odd_config() -> GptConfig {
         n_layer: 2,
         n_head: 2,
         n_embd: 32,
+        positions: Default::default(),
     }
 }
 
@@ -80,7 +81,16 @@ fn rel_err(a: impl Iterator<Item = f64> + Clone, r: &[f64]) -> f64 {
 
 #[test]
 fn native_step_matches_the_f64_reference_within_twice_the_f32_reference_error() {
-    let cfg = odd_config();
+    for positions in [Positions::Learned, Positions::Rotary] {
+        println!("--- positions {positions:?}");
+        native_matches_reference(GptConfig {
+            positions,
+            ..odd_config()
+        });
+    }
+}
+
+fn native_matches_reference(cfg: GptConfig) {
     let (b, t) = (3, 77);
     let model = Gpt::new(&cfg, 11, &Device::Cpu).unwrap();
     let (x, y) = windows(b, t, cfg.vocab_size);
@@ -132,6 +142,7 @@ fn output_head_in_several_chunks_matches_the_graph() {
         n_layer: 1,
         n_head: 2,
         n_embd: 32,
+        positions: Default::default(),
     };
     assert!(tinylm::loss::linear::chunk_rows(300, cfg.vocab_size) < 300);
     let (b, t) = (2, 150);

@@ -10,6 +10,7 @@ pub(crate) mod gelu;
 pub(crate) mod layer_norm;
 mod malloc;
 pub mod reference;
+pub mod rope;
 mod util;
 
 pub(crate) use util::dispatch as dispatch_simd;

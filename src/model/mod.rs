@@ -4,7 +4,7 @@
 //! L layers, V vocabulary, N = B·T rows of the loss.
 //!
 //! ```text
-//! x = wte[idx] + wpe[pos]                                 [B, T, C]
+//! x = wte[idx] + wpe[pos]   (rotary positions: wte[idx])  [B, T, C]
 //! L times:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))  [B, T, C]
 //! h = ln_f(x)                                             [B, T, C]
 //! logits = h · wteᵀ (tied head), loss = cross_entropy     [N, V]
@@ -25,6 +25,19 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
 use params::{Affine, Block, Params};
 use serde::{Deserialize, Serialize};
 
+/// How the model knows where a token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// A learned embedding per position, added to the token's (GPT-2): `wpe`.
+    #[default]
+    Learned,
+    /// Rotary embeddings (RoFormer): q and k of every head rotated by an angle
+    /// proportional to the position, so attention scores depend on the distance
+    /// between two tokens, not on where they are. No parameters.
+    Rotary,
+}
+
 /// The shape of a GPT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {
@@ -38,6 +51,10 @@ pub struct GptConfig {
     pub n_head: usize,
     /// C.
     pub n_embd: usize,
+    /// Learned or rotary positions (absent in configs written before rotary existed:
+    /// learned).
+    #[serde(default)]
+    pub positions: Positions,
 }
 
 impl GptConfig {
@@ -59,6 +76,12 @@ impl GptConfig {
             "heads ({}) must divide the width ({})",
             self.n_head,
             self.n_embd
+        );
+        anyhow::ensure!(
+            self.positions == Positions::Learned || self.head_dim().is_multiple_of(2),
+            "rotary positions rotate pairs of a head's dimensions: the head width {} \
+             (width / heads) must be even",
+            self.head_dim()
         );
         Ok(())
     }
@@ -89,7 +112,11 @@ impl GptConfig {
     /// 6 per weight of the matmuls (position embeddings excluded, the tied head
     /// included), plus 12·L·C·T for the attention scores and weighted sum.
     pub fn flops_per_token(&self) -> f64 {
-        let n = (self.num_params() - self.block_size * self.n_embd) as f64;
+        let wpe = match self.positions {
+            Positions::Learned => self.block_size * self.n_embd,
+            Positions::Rotary => 0,
+        };
+        let n = (self.num_params() - wpe) as f64;
         6.0 * n + 12.0 * (self.n_layer * self.n_embd * self.block_size) as f64
     }
 }
@@ -268,7 +295,7 @@ impl Gpt {
             Some(f) => f.iter().collect(),
             None => self.params.iter().map(|(_, v)| v.as_tensor()).collect(),
         };
-        Params::from_flat(flat).expect("from_tensors checked the layout")
+        Params::from_flat(flat, &self.config).expect("from_tensors checked the layout")
     }
 
     /// Causal self-attention of one block. x [B, T, C]. With a cache, the T new
@@ -277,6 +304,7 @@ impl Gpt {
         &self,
         blk: &Block<&Tensor>,
         x: &Tensor,
+        pos0: usize,
         cache: Option<&mut (Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
@@ -284,6 +312,14 @@ impl Gpt {
         let qkv = linear(x, &blk.c_attn)?; // [B, T, 3C]
         let qkv = qkv.reshape((b, t, 3, h, d))?.permute((2, 0, 3, 1, 4))?; // [3, B, H, T, D]
         let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?); // each [B, H, T, D]
+        let (q, k) = match self.config.positions {
+            Positions::Learned => (q, k),
+            // Rotated at their absolute positions; cached keys keep their rotation.
+            Positions::Rotary => (
+                kernels::rope::rope(&q, pos0)?,
+                kernels::rope::rope(&k, pos0)?,
+            ),
+        };
         let y = match cache {
             None if self.reference_kernels => attention::reference::causal_attention(&q, &k, &v)?,
             None => attention::causal_attention(&q, &k, &v)?, // [B, H, T, D]
@@ -327,8 +363,10 @@ impl Gpt {
         }
         let w = self.named();
         let tok = w.wte.embedding(&idx.flatten_all()?)?.reshape((b, t, c))?; // [B, T, C]
-        let pos = w.wpe.narrow(0, pos0, t)?; // [T, C]
-        let mut x = tok.broadcast_add(&pos)?; // [B, T, C]
+        let mut x = match w.wpe {
+            Some(wpe) => tok.broadcast_add(&wpe.narrow(0, pos0, t)?)?, // + [T, C]
+            None => tok,
+        };
         if let Some(cache) = cache.as_deref_mut() {
             if cache.layers.is_empty() {
                 let (h, d) = (self.config.n_head, self.config.head_dim());
@@ -339,7 +377,7 @@ impl Gpt {
         for (l, blk) in w.blocks.iter().enumerate() {
             let a_in = self.layer_norm(&x, &blk.ln_1)?;
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            x = (x + self.attn(blk, &a_in, kv)?)?;
+            x = (x + self.attn(blk, &a_in, pos0, kv)?)?;
             let m_in = self.layer_norm(&x, &blk.ln_2)?;
             x = (x + self.mlp(blk, &m_in)?)?;
         }

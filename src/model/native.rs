@@ -31,7 +31,7 @@
 use super::params::{Affine, Block, Params};
 use super::Gpt;
 use crate::attention::fused as attn;
-use crate::kernels::{as_uninit, assume_init, gelu, layer_norm, storage_slice, uninit_vec};
+use crate::kernels::{as_uninit, assume_init, gelu, layer_norm, rope, storage_slice, uninit_vec};
 use crate::loss::fused::{count_rows, params as ce_params, reduce, row_factor};
 use crate::loss::kernel::{self, KernelError, RowScale};
 use crate::loss::linear::chunk_rows;
@@ -134,9 +134,10 @@ pub fn loss_and_grad_into(
         .iter()
         .map(|(s, l)| storage_slice::<f32>(s, l))
         .collect::<Result<Vec<_>>>()?;
-    let w = Params::from_flat(w).expect("the model's parameters follow its layout");
-    let mut g = Params::from_flat(grads.iter_mut()).expect("checked against the shapes");
+    let w = Params::from_flat(w, cfg).expect("the model's parameters follow its layout");
+    let mut g = Params::from_flat(grads.iter_mut(), cfg).expect("checked against the shapes");
     let dm = Dims {
+        rotary: cfg.positions == super::Positions::Rotary,
         b,
         t,
         c: cfg.n_embd,
@@ -175,7 +176,7 @@ pub fn loss_and_grad_into(
         let a = acts.pop().expect("one per layer");
         dx = block_backward(&dm, blk, a, dx, gb);
     }
-    embed_backward(&dm, idx, &dx, g.wte, g.wpe);
+    embed_backward(&dm, idx, &dx, g.wte, g.wpe.map(|g| g.as_mut_slice()));
     Ok(NativeOutcome {
         loss,
         forward_s: (t1 - t0).as_secs_f64(),
@@ -185,6 +186,8 @@ pub fn loss_and_grad_into(
 
 #[derive(Clone, Copy)]
 struct Dims {
+    /// Rotary positions: q and k rotated after the qkv projection.
+    rotary: bool,
     b: usize,
     t: usize,
     c: usize,
@@ -392,25 +395,33 @@ fn heads_to_rows(dm: &Dims, parts: &[&[f32]]) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------
 // Layers: forward/backward pairs.
 
-/// x [N, C] = wte[idx] + wpe[t]. wte [V, C], wpe [block, C].
-fn embed(dm: &Dims, idx: &[u32], wte: &[f32], wpe: &[f32]) -> Vec<f32> {
+/// x [N, C] = wte[idx] + wpe[t] (rotary positions: wte[idx]). wte [V, C], wpe [block, C].
+fn embed(dm: &Dims, idx: &[u32], wte: &[f32], wpe: Option<&[f32]>) -> Vec<f32> {
     let c = dm.c;
     filled(dm.n * c, |x| {
         x.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
             let (tok, pos) = (idx[r] as usize, r % dm.t);
-            for ((o, &a), &p) in row
-                .iter_mut()
-                .zip(&wte[tok * c..(tok + 1) * c])
-                .zip(&wpe[pos * c..(pos + 1) * c])
-            {
-                o.write(a + p);
+            let tok_row = &wte[tok * c..(tok + 1) * c];
+            match wpe {
+                Some(wpe) => {
+                    for ((o, &a), &p) in row
+                        .iter_mut()
+                        .zip(tok_row)
+                        .zip(&wpe[pos * c..(pos + 1) * c])
+                    {
+                        o.write(a + p);
+                    }
+                }
+                None => {
+                    row.write_copy_of_slice(tok_row);
+                }
             }
         })
     })
 }
 
 /// dwte[idx[r]] += dx[r] (rows in order: deterministic), dwpe[t] += Σ_b dx[b, t].
-fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], dwte: &mut [f32], dwpe: &mut [f32]) {
+fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], dwte: &mut [f32], dwpe: Option<&mut [f32]>) {
     let c = dm.c;
     {
         for (r, &tok) in idx.iter().enumerate() {
@@ -423,6 +434,9 @@ fn embed_backward(dm: &Dims, idx: &[u32], dx: &[f32], dwte: &mut [f32], dwpe: &m
             }
         }
     }
+    let Some(dwpe) = dwpe else {
+        return;
+    };
     dwpe[..dm.t * c]
         .par_chunks_mut(c)
         .enumerate()
@@ -464,9 +478,12 @@ fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f
     let ln1 = layer_norm::forward(&x, w.ln_1.weight, w.ln_1.bias, LN_EPS); // [N, C]
     let mut qkv_rows = bias_init(w.c_attn.bias, None, n); // [N, 3C]
     mm_nt_acc(&mut qkv_rows, &ln1.0, w.c_attn.weight, (n, 3 * c, c)); // [N, C] x [C, 3C]
-    let qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
+    let mut qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
     drop(qkv_rows);
     let part = b * h * t * d;
+    if dm.rotary {
+        rope::rotate_in_place(&mut qkv[..2 * part], t, d, false); // q and k, [2·B·H, T, D]
+    }
     let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
     let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
     let atty = heads_to_rows(dm, &[&att]); // [N, C]
@@ -526,8 +543,13 @@ fn block_backward(
     drop(datty);
     let part = b * h * t * d;
     let (q, k, v) = (&a.qkv[..part], &a.qkv[part..2 * part], &a.qkv[2 * part..]);
-    let (dq, dk, dv) =
+    let (mut dq, mut dk, dv) =
         attn::self_attention_backward_f32((b * h, t, d), true, q, k, v, &a.att, &datt, &a.lse);
+    if dm.rotary {
+        // Back through the rotation of q and k: the inverse rotation of their gradients.
+        rope::rotate_in_place(&mut dq, t, d, true);
+        rope::rotate_in_place(&mut dk, t, d, true);
+    }
     drop((datt, a.att, a.lse, a.qkv));
     let dqkv = heads_to_rows(dm, &[&dq, &dk, &dv]); // [N, 3C]
     drop((dq, dk, dv));

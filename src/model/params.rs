@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! wte                 (V, C)    token embedding, also the output head (tied)
-//! wpe                 (T, C)    position embedding
+//! wpe                 (T, C)    position embedding (learned positions only; with
+//!                               rotary positions there is none)
 //! blocks[l], L of them:
 //!   ln_1.weight/bias  (C)       LayerNorm before attention
 //!   c_attn.weight     (3C, C)   q, k, v projections, stacked
@@ -25,7 +26,7 @@
 //! the names are nanoGPT's state-dict names, so checkpoints are ordinary safetensors
 //! files that a PyTorch GPT loads.
 
-use super::GptConfig;
+use super::{GptConfig, Positions};
 
 /// What a parameter is for: decides its initialisation and its weight decay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub struct Block<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params<T> {
     pub wte: T,
-    pub wpe: T,
+    pub wpe: Option<T>,
     pub blocks: Vec<Block<T>>,
     pub ln_f: Affine<T>,
 }
@@ -88,9 +89,8 @@ pub struct Spec {
     pub role: Role,
 }
 
-/// Parameters per block, and outside the blocks.
+/// Parameters per block.
 pub const PER_BLOCK: usize = 12;
-pub const OUTSIDE_BLOCKS: usize = 4;
 
 impl<T> Affine<T> {
     fn map<U>(self, f: &mut impl FnMut(T) -> U) -> Affine<U> {
@@ -158,25 +158,25 @@ impl<T> Block<T> {
 }
 
 impl<T> Params<T> {
-    /// Parameters from values in the fixed order; None unless there are exactly
-    /// 4 + 12·L of them for some L.
-    pub fn from_flat(values: impl IntoIterator<Item = T>) -> Option<Self> {
-        let values: Vec<T> = values.into_iter().collect();
-        let n = values.len();
-        if n < OUTSIDE_BLOCKS || !(n - OUTSIDE_BLOCKS).is_multiple_of(PER_BLOCK) {
-            return None;
-        }
-        let layers = (n - OUTSIDE_BLOCKS) / PER_BLOCK;
+    /// Parameters from values in the fixed order of `config`'s layout; None unless
+    /// there are exactly as many as the layout has.
+    pub fn from_flat(values: impl IntoIterator<Item = T>, config: &GptConfig) -> Option<Self> {
         let mut it = values.into_iter();
         let wte = it.next()?;
-        let wpe = it.next()?;
-        let blocks = (0..layers)
+        let wpe = match config.positions {
+            Positions::Learned => Some(it.next()?),
+            Positions::Rotary => None,
+        };
+        let blocks = (0..config.n_layer)
             .map(|_| Block::from_iter(&mut it))
             .collect::<Option<Vec<_>>>()?;
         let ln_f = Affine {
             weight: it.next()?,
             bias: it.next()?,
         };
+        if it.next().is_some() {
+            return None;
+        }
         Some(Params {
             wte,
             wpe,
@@ -187,9 +187,9 @@ impl<T> Params<T> {
 
     /// The parameters in the fixed order.
     pub fn into_flat(self) -> Vec<T> {
-        let mut out = Vec::with_capacity(OUTSIDE_BLOCKS + PER_BLOCK * self.blocks.len());
+        let mut out = Vec::with_capacity(4 + PER_BLOCK * self.blocks.len());
         out.push(self.wte);
-        out.push(self.wpe);
+        out.extend(self.wpe);
         for b in self.blocks {
             out.extend(b.into_flat());
         }
@@ -201,7 +201,7 @@ impl<T> Params<T> {
     /// The same structure with `f` applied to every parameter (in the fixed order).
     pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> Params<U> {
         let wte = f(self.wte);
-        let wpe = f(self.wpe);
+        let wpe = self.wpe.map(&mut f);
         let blocks = self.blocks.into_iter().map(|b| b.map(&mut f)).collect();
         Params {
             wte,
@@ -253,7 +253,10 @@ impl GptConfig {
             .collect();
         Params {
             wte: spec("wte".into(), vec![v, c], Role::TokenEmbedding),
-            wpe: spec("wpe".into(), vec![t, c], Role::PositionEmbedding),
+            wpe: match self.positions {
+                Positions::Learned => Some(spec("wpe".into(), vec![t, c], Role::PositionEmbedding)),
+                Positions::Rotary => None,
+            },
             blocks,
             ln_f: affine("ln_f", vec![c], Role::Gain, c),
         }
@@ -272,6 +275,7 @@ mod tests {
             n_layer: 3,
             n_head: 2,
             n_embd: 6,
+            positions: Positions::Learned,
         };
         let layout = cfg.layout();
         let names: Vec<String> = layout
@@ -280,7 +284,7 @@ mod tests {
             .into_iter()
             .map(|s| s.name)
             .collect();
-        assert_eq!(names.len(), OUTSIDE_BLOCKS + PER_BLOCK * 3);
+        assert_eq!(names.len(), 4 + PER_BLOCK * 3);
         assert_eq!(
             names[..4],
             ["wte", "wpe", "h.0.ln_1.weight", "h.0.ln_1.bias"]
@@ -290,16 +294,30 @@ mod tests {
             ["h.0.mlp.c_proj.weight", "h.0.mlp.c_proj.bias"]
         );
         assert_eq!(names[names.len() - 2..], ["ln_f.weight", "ln_f.bias"]);
-        let back = Params::from_flat(layout.clone().into_flat()).unwrap();
+        let back = Params::from_flat(layout.clone().into_flat(), &cfg).unwrap();
         assert_eq!(back, layout);
         assert_eq!(back.blocks[2].c_fc.weight.shape, vec![24, 6]);
         assert_eq!(back.blocks[1].c_proj.weight.role, Role::ResidualMatrix);
-        // Counts that are not 4 + 12·L are refused.
-        for n in [0, 3, 5, 15, 17] {
-            assert!(Params::from_flat(0..n).is_none(), "{n}");
+        // Other counts are refused.
+        for n in [0, 3, 39, 41] {
+            assert!(Params::from_flat(0..n, &cfg).is_none(), "{n}");
         }
         // map keeps the order.
-        let idx = Params::from_flat(0..40).unwrap().map(|i| i * 2);
+        let idx = Params::from_flat(0..40, &cfg).unwrap().map(|i| i * 2);
         assert_eq!(idx.into_flat(), (0..40).map(|i| i * 2).collect::<Vec<_>>());
+        // Rotary positions: no wpe, one parameter fewer.
+        let rope = GptConfig {
+            positions: Positions::Rotary,
+            ..cfg
+        };
+        let names: Vec<String> = rope
+            .layout()
+            .into_flat()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names.len(), 3 + PER_BLOCK * 3);
+        assert!(!names.iter().any(|n| n == "wpe"));
+        assert!(Params::from_flat(0..39, &rope).unwrap().wpe.is_none());
     }
 }

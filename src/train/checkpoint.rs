@@ -595,7 +595,12 @@ fn check_config_fits(
     let values: usize = model.values().map(|t| t.elem_count()).sum();
     let expected =
         super::memory::estimate(&state.config, 0, super::memory::StepKind::Native).params;
-    let tensors = m.n_layer.checked_mul(12).and_then(|x| x.checked_add(4));
+    let tensors = m
+        .n_layer
+        .checked_mul(crate::model::params::PER_BLOCK)
+        .and_then(|x| {
+            x.checked_add(3 + (m.positions == crate::model::Positions::Learned) as usize)
+        });
     anyhow::ensure!(
         tensors == Some(model.len()) && expected == values as f64,
         "checkpoint {} does not fit its config: the config has {} layers and {expected} \

@@ -73,6 +73,7 @@ impl TrainConfig {
                     n_layer: 4,
                     n_head: 4,
                     n_embd: 256,
+                    positions: Default::default(),
                 },
                 batch_size: 16,
                 lr: 1e-3,
@@ -88,6 +89,7 @@ impl TrainConfig {
                     n_layer: 2,
                     n_head: 2,
                     n_embd: 64,
+                    positions: Default::default(),
                 },
                 batch_size: 8,
                 max_steps: Some(200),
@@ -119,6 +121,7 @@ impl TrainConfig {
                 n_layer: 4,
                 n_head: 4,
                 n_embd: 256,
+                positions: Default::default(),
             },
             // A BPE of 8192 packs 3.36 bytes of this corpus into a token, so the same
             // 5 minutes show the model ~2.7x more text than raw bytes do: 2.97 vs 3.32

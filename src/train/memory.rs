@@ -114,7 +114,11 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
         m.n_embd as f64,
     );
     let b = config.batch_size as f64;
-    let p = v * c + t * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
+    let wpe = match m.positions {
+        crate::model::Positions::Learned => t * c,
+        crate::model::Positions::Rotary => 0.0,
+    };
+    let p = v * c + wpe + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
     let f = 4.0;
     MemoryEstimate {
         params: p,
