@@ -36,7 +36,7 @@ pub fn tables(pos0: usize, t: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
 /// rotation of the output's gradient).
 pub fn rotate_in_place(x: &mut [f32], t: usize, d: usize, inverse: bool) {
     assert!(
-        d % 2 == 0 && x.len() % (t * d) == 0,
+        d.is_multiple_of(2) && x.len().is_multiple_of(t * d),
         "rope: x is not [R, T, D]"
     );
     let (cos, sin) = tables(0, t, d);
