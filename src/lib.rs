@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: `tokenizer` -> `data` -> `model` (which calls `attention`,
 //! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache.
-//! Nothing below `train` knows about files or the command line.
+//! Nothing below `train` knows about files or the command line. `serve` puts a
+//! checkpoint behind an HTTP API.
 //!
 //! Notation used in every shape comment: B batch, T context length, C model width,
 //! H heads, D head width (C / H), L layers, V vocabulary, N = B·T rows of the loss.
@@ -17,5 +18,6 @@ pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod sample;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;

@@ -40,6 +40,32 @@ enum Command {
     /// Train a byte-level BPE tokenizer, or measure one on a text.
     #[command(subcommand)]
     Tokenizer(TokenizerCmd),
+    /// Serve a checkpoint over HTTP: an OpenAI-style API (streaming) and a page to try it.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A checkpoint directory, or a run directory (its best checkpoint is used).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Address to listen on; anything but loopback without --api-key gets a warning.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 = any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 request.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests generating at once (1-64); the others wait in a fair queue.
+    #[arg(long, default_value_t = 2)]
+    max_concurrency: usize,
+    /// Requests that may wait for a slot (0-4096); beyond it a request gets 503.
+    #[arg(long, default_value_t = 32)]
+    max_queue: usize,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Subcommand)]
@@ -265,6 +291,7 @@ fn main() {
         Command::Eval(a) => cmd_eval(a),
         Command::Bench(a) => cmd_bench(a),
         Command::Tokenizer(a) => cmd_tokenizer(a),
+        Command::Serve(a) => cmd_serve(a),
     };
     if let Err(e) = result {
         // One line that names the problem.
@@ -731,4 +758,19 @@ fn cmd_bench(a: BenchCmd) -> anyhow::Result<()> {
         "train" => tinylm::bench::train::run(&args),
         other => anyhow::bail!("unknown bench {other:?}: expected loss, attention or train"),
     }
+}
+
+fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    let opts = tinylm::serve::ServeOptions {
+        checkpoint: a.checkpoint,
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        max_concurrency: a.max_concurrency,
+        max_queue: a.max_queue,
+    };
+    opts.validate()?;
+    train::faults::check_env()?;
+    let device = setup(&a.common)?;
+    tinylm::serve::run(&opts, &device)
 }

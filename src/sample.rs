@@ -5,6 +5,7 @@ use crate::model::{Gpt, KvCache};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::ops::ControlFlow;
 
 /// How the next token is drawn from the logits.
 #[derive(Debug, Clone)]
@@ -108,6 +109,24 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32),
 ) -> anyhow::Result<Vec<u32>> {
+    generate_until(model, prompt, max_new, o, use_cache, device, |id| {
+        on_token(id);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`] whose callback can end the generation early by returning
+/// `ControlFlow::Break` (a stop sequence, a client that went away): then the tokens
+/// made so far, the one just passed to `on_token` included, are returned.
+pub fn generate_until(
+    model: &Gpt,
+    prompt: &[u32],
+    max_new: usize,
+    o: &SamplingOptions,
+    use_cache: bool,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> anyhow::Result<Vec<u32>> {
     o.validate()?;
     // No graph: the KV cache would otherwise keep every step's autograd history.
     let model = &model.frozen();
@@ -117,6 +136,7 @@ pub fn generate(
     if ids.is_empty() {
         ids.push(b'\n' as u32); // an empty prompt starts a new poem
     }
+    let first_new = ids.len(); // ids[first_new..] are the generated tokens
     let mut cache = KvCache::new();
     let mut fed = 0; // ids[..fed] are in the cache
     for _ in 0..max_new {
@@ -138,7 +158,45 @@ pub fn generate(
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
         let next = pick(&logits, o, &mut rng);
         ids.push(next);
-        on_token(next);
+        if on_token(next).is_break() {
+            break;
+        }
     }
-    Ok(ids[ids.len() - max_new..].to_vec())
+    Ok(ids[first_new..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GptConfig;
+
+    #[test]
+    fn generate_until_stops_where_the_callback_says() {
+        let cfg = GptConfig {
+            vocab_size: 256,
+            block_size: 32,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 16,
+        };
+        let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+        let o = SamplingOptions {
+            seed: 7,
+            ..Default::default()
+        };
+        let full = generate(&model, &[65, 66], 20, &o, true, &Device::Cpu, |_| {}).unwrap();
+        assert_eq!(full.len(), 20);
+        let mut seen = Vec::new();
+        let part = generate_until(&model, &[65, 66], 20, &o, true, &Device::Cpu, |id| {
+            seen.push(id);
+            if seen.len() == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(part, full[..5]);
+        assert_eq!(seen, full[..5]);
+    }
 }

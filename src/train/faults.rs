@@ -13,6 +13,8 @@
 //! - `nan-loss:from-step=A,to-step=B`: the A-th to B-th optimizer steps of this process
 //!   (counted from 1, also in a resumed run) report a NaN loss, as a diverging model
 //!   would. `to-step` defaults to "forever".
+//! - `token-delay:ms=N`: `tinylm serve` sleeps N ms after each generated token, so that
+//!   a test can disconnect or crowd the queue while a generation is surely running.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -26,6 +28,7 @@ pub enum Fault {
     CheckpointWriteFail { after_bytes: u64 },
     CheckpointWriteDelay { ms: u64 },
     NanLoss { from_step: usize, to_step: usize },
+    TokenDelay { ms: u64 },
 }
 
 /// Parses a `TINYLM_FAULT_INJECT` value (see the module documentation).
@@ -55,8 +58,11 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<Fault>> {
                 from_step: take("from-step", &mut kv).unwrap_or(1) as usize,
                 to_step: take("to-step", &mut kv).map_or(usize::MAX, |v| v as usize),
             },
+            "token-delay" => Fault::TokenDelay {
+                ms: take("ms", &mut kv).unwrap_or(0),
+            },
             other => anyhow::bail!(
-                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss)"
+                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss, token-delay)"
             ),
         };
         if let Some(k) = kv.keys().next() {
@@ -105,6 +111,15 @@ pub fn checkpoint_write_pause() {
     }
 }
 
+/// Sleeps as `token-delay` asks, if injected.
+pub fn token_pause() {
+    for f in active() {
+        if let Fault::TokenDelay { ms } = f {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+    }
+}
+
 /// Counts an optimizer step of this process; true when its loss is to be NaN.
 pub fn nan_loss_next_step() -> bool {
     static STEPS: AtomicUsize = AtomicUsize::new(0);
@@ -142,6 +157,10 @@ mod tests {
                 from_step: 1,
                 to_step: usize::MAX
             }]
+        );
+        assert_eq!(
+            parse("token-delay:ms=20").unwrap(),
+            vec![Fault::TokenDelay { ms: 20 }]
         );
         assert!(parse("").unwrap().is_empty());
         for bad in [
