@@ -500,12 +500,20 @@ fn bad_options_are_refused_before_loading() {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// (endpoint, body, status, param, words in the message)
+type BadCase = (
+    &'static str,
+    Vec<u8>,
+    u16,
+    Option<&'static str>,
+    &'static str,
+);
+
 #[test]
 fn bad_input_gets_openai_errors_and_the_server_carries_on() {
     let mut s = Server::start(&[], &[]);
     let long_prompt = "春".repeat(30); // 90 tokens > the context of 64
-    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>, &str)> = vec![
-        // (endpoint, body, status, param, words in the message)
+    let cases: Vec<BadCase> = vec![
         ("/v1/completions", b"{\"prompt\": \"a\",".to_vec(), 400, None, "not valid JSON"),
         ("/v1/completions", b"not json".to_vec(), 400, None, "not valid JSON"),
         ("/v1/completions", b"[1, 2]".to_vec(), 400, None, "JSON object"),
