@@ -625,6 +625,27 @@ fn a_client_that_disconnects_stops_its_generation() {
     assert_eq!(s.metric("tinylm_cancelled_generations_total"), 1.0);
     let made = s.metric("tinylm_generated_tokens_total");
     assert!(made < 49.0, "{made} tokens: the generation ran to its end");
+    // A non-streamed request whose client leaves mid-generation stops as well.
+    let body = json!({"prompt": PROMPT, "max_tokens": 49}).to_string();
+    let mut sock = TcpStream::connect(s.addr()).unwrap();
+    write!(
+        sock,
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    eventually("the second generation starts", || {
+        s.metric("tinylm_active_generations") == 1.0
+    });
+    let before = s.metric("tinylm_generated_tokens_total");
+    drop(sock);
+    eventually("the second generation ends", || {
+        s.metric("tinylm_active_generations") == 0.0
+    });
+    assert_eq!(s.metric("tinylm_cancelled_generations_total"), 2.0);
+    let made = s.metric("tinylm_generated_tokens_total") - before;
+    assert!(made < 49.0, "{made} tokens: the generation ran to its end");
     // The slot is free again.
     let (status, v) = post(
         &s,
@@ -632,7 +653,7 @@ fn a_client_that_disconnects_stops_its_generation() {
         &json!({"prompt": "春", "max_tokens": 3}),
     );
     assert_eq!(status, 200, "{v}");
-    assert_eq!(s.metric("tinylm_cancelled_generations_total"), 1.0);
+    assert_eq!(s.metric("tinylm_cancelled_generations_total"), 2.0);
 }
 
 /// VmHWM (peak resident memory) of a process, in kB.
