@@ -343,9 +343,10 @@ fn chat_renders_the_template_and_streams() {
     assert_eq!(streamed, reply);
     let n = cs.len();
     assert_eq!(cs[n - 2]["choices"][0]["finish_reason"], finish);
-    // include_usage: a last chunk with no choices and the usage.
+    // include_usage: a last chunk with no choices and the usage, as OpenAI sends it.
     assert_eq!(cs[n - 1]["choices"], json!([]));
     assert_eq!(cs[n - 1]["usage"], v["usage"]);
+    assert!(cs[..n - 1].iter().all(|c| c.get("usage").is_none()));
 }
 
 #[test]

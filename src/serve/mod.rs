@@ -605,7 +605,9 @@ fn stream_response(shape: Shape, rx: mpsc::Receiver<Event>, include_usage: bool)
                     tokens,
                 }) => {
                     st.tokens += tokens;
-                    let last = index + 1 == st.shape.n;
+                    // Usage on the request's last chunk, unless include_usage asks
+                    // for OpenAI's separate usage chunk instead.
+                    let last = index + 1 == st.shape.n && !st.include_usage;
                     let usage = last.then(|| st.shape.usage(st.tokens));
                     let c = st.shape.chunk(index, None, Some(finish.as_str()), usage);
                     st.out.push_back(c.to_string());
