@@ -4,6 +4,9 @@
 //! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache;
 //! `plot` draws a run's metrics.
 //! Nothing below `train` knows about files or the command line.
+//! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache.
+//! Nothing below `train` knows about files or the command line. `serve` puts a
+//! checkpoint behind an HTTP API.
 //!
 //! Notation used in every shape comment: B batch, T context length, C model width,
 //! H heads, D head width (C / H), L layers, V vocabulary, N = B·T rows of the loss.
@@ -20,6 +23,7 @@ pub mod loss;
 pub mod model;
 pub mod plot;
 pub mod sample;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub mod verse;

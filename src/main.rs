@@ -43,6 +43,32 @@ enum Command {
     /// Draw runs' training curves (loss, validation bits/byte, lr, gradient norm,
     /// tokens/s) into one SVG or PNG.
     Plot(tinylm::plot::PlotArgs),
+    /// Serve a checkpoint over HTTP: an OpenAI-style API (streaming) and a page to try it.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A checkpoint directory, or a run directory (its best checkpoint is used).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Address to listen on; anything but loopback without --api-key gets a warning.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 = any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 request.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests generating at once (1-64); the others wait in a fair queue.
+    #[arg(long, default_value_t = 2)]
+    max_concurrency: usize,
+    /// Requests that may wait for a slot (0-4096); beyond it a request gets 503.
+    #[arg(long, default_value_t = 32)]
+    max_queue: usize,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Subcommand)]
@@ -96,8 +122,9 @@ struct TrainArgs {
     /// Named preset: default, bench-ref, tiny (default: default).
     #[arg(long)]
     preset: Option<String>,
-    /// `bytes`, `bpe:N` (train a BPE of N tokens on the training split first), or the
-    /// path of a tokenizer.json (default: the preset's). Stored in the run directory;
+    /// `bytes`, `bpe:N[,han-piece=K]` (train a BPE of N tokens on the training split
+    /// first, Han runs cut into pieces of at most K characters, default 2), or the path
+    /// of a tokenizer.json (default: the preset's). Stored in the run directory;
     /// sample and eval use it.
     #[arg(long)]
     tokenizer: Option<String>,
@@ -335,6 +362,7 @@ fn main() {
         Command::Bench(a) => cmd_bench(a),
         Command::Tokenizer(a) => cmd_tokenizer(a),
         Command::Plot(a) => tinylm::plot::cmd_plot(&a),
+        Command::Serve(a) => cmd_serve(a),
     };
     if let Err(e) = result {
         // One line that names the problem.
@@ -533,7 +561,13 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         )?;
         println!("---");
     }
-    if a.form_samples > 0 {
+    let has_poems = !tinylm::verse::prompts_and_bodies(&p.split.val, 1)
+        .0
+        .is_empty();
+    if a.form_samples > 0 && !has_poems {
+        // Text that is not verse (no title, author and body lines): nothing to prompt with.
+        println!("form report skipped: the validation text holds no poem to prompt with");
+    } else if a.form_samples > 0 {
         let rep = tinylm::verse::form_report_for_split(
             &m.model,
             tokenizer,
@@ -567,6 +601,7 @@ fn stream_sample(
     let mut out = std::io::stdout().lock();
     let mut write_err = None;
     let mut tail = prompt.to_vec();
+    let mut body_started = false;
     tinylm::sample::generate_until(model, &ids, max_new, o, use_cache, device, |id| {
         let bytes = tokenizer.token_bytes(id);
         let text = dec.push(&bytes);
@@ -574,8 +609,15 @@ fn stream_sample(
             write_err.get_or_insert(e);
         }
         tail.extend_from_slice(&bytes);
+        // A blank line ends the poem once its body has begun: a model that answers the
+        // author line with an empty line has not written a poem yet.
+        body_started |= bytes.iter().any(|b| !b.is_ascii_whitespace());
         let ended = tail.ends_with(b"\n\n") || tail.ends_with(b"\r\n\r\n");
-        !(one_poem && ended)
+        if one_poem && body_started && ended {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
     })?;
     write!(out, "{}", dec.finish())?;
     if !tail.ends_with(b"\n") {
@@ -781,4 +823,19 @@ fn cmd_bench(a: BenchCmd) -> anyhow::Result<()> {
         "train" => tinylm::bench::train::run(&args),
         other => anyhow::bail!("unknown bench {other:?}: expected loss, attention or train"),
     }
+}
+
+fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    let opts = tinylm::serve::ServeOptions {
+        checkpoint: a.checkpoint,
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        max_concurrency: a.max_concurrency,
+        max_queue: a.max_queue,
+    };
+    opts.validate()?;
+    train::faults::check_env()?;
+    let device = setup(&a.common)?;
+    tinylm::serve::run(&opts, &device)
 }

@@ -5,6 +5,7 @@ use crate::model::{Gpt, KvCache};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::ops::ControlFlow;
 
 /// How the next token is drawn from the logits.
 #[derive(Debug, Clone)]
@@ -156,11 +157,13 @@ pub fn generate(
 ) -> anyhow::Result<Vec<u32>> {
     generate_until(model, prompt, max_new, o, use_cache, device, |id| {
         on_token(id);
-        true
+        ControlFlow::Continue(())
     })
 }
 
-/// [`generate`] that stops early when `on_token` returns false (after that token).
+/// [`generate`] whose callback can end the generation early by returning
+/// `ControlFlow::Break` (a stop sequence, a client that went away): then the tokens
+/// made so far, the one just passed to `on_token` included, are returned.
 pub fn generate_until(
     model: &Gpt,
     prompt: &[u32],
@@ -168,7 +171,7 @@ pub fn generate_until(
     o: &SamplingOptions,
     use_cache: bool,
     device: &Device,
-    mut on_token: impl FnMut(u32) -> bool,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> anyhow::Result<Vec<u32>> {
     o.validate()?;
     // The caller encodes its idea of "nothing yet" (e.g. a line break) with its own
@@ -204,7 +207,7 @@ pub fn generate_until(
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
         let next = pick(&logits, &ids, o, &mut rng);
         ids.push(next);
-        if !on_token(next) {
+        if on_token(next).is_break() {
             break;
         }
     }
@@ -264,5 +267,36 @@ mod tests {
         let mut far = vec![1u32];
         far.extend(std::iter::repeat_n(2u32, REPETITION_WINDOW));
         assert_eq!(greedy(2.0, &far), 1);
+    }
+
+    #[test]
+    fn generate_until_stops_where_the_callback_says() {
+        let cfg = crate::model::GptConfig {
+            vocab_size: 256,
+            block_size: 32,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 16,
+            positions: Default::default(),
+        };
+        let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+        let o = SamplingOptions {
+            seed: 7,
+            ..Default::default()
+        };
+        let full = generate(&model, &[65, 66], 20, &o, true, &Device::Cpu, |_| {}).unwrap();
+        assert_eq!(full.len(), 20);
+        let mut seen = Vec::new();
+        let part = generate_until(&model, &[65, 66], 20, &o, true, &Device::Cpu, |id| {
+            seen.push(id);
+            if seen.len() == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(part, full[..5]);
+        assert_eq!(seen, full[..5]);
     }
 }

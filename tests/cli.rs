@@ -41,7 +41,7 @@ fn trained_run() -> &'static Path {
         let stdout = text(&out.stdout);
         println!("{stdout}\n{}", text(&out.stderr));
         assert!(out.status.success(), "train failed: {}", text(&out.stderr));
-        assert!(stdout.contains("--- sample"), "no sample printed");
+        assert!(stdout.contains("--- a poem from"), "no poem printed");
         (dir, run)
     })
     .1

@@ -15,6 +15,8 @@
 //!   would. `to-step` defaults to "forever".
 //! - `nan-weights:at-update=N`: the N-th applied update of this process leaves a NaN in
 //!   the weights, as an update that overflows (an extreme rate or decay) would.
+//! - `token-delay:ms=N`: `tinylm serve` sleeps N ms after each generated token, so that
+//!   a test can disconnect or crowd the queue while a generation is surely running.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -29,6 +31,7 @@ pub enum Fault {
     CheckpointWriteDelay { ms: u64 },
     NanLoss { from_step: usize, to_step: usize },
     NanWeights { at_update: usize },
+    TokenDelay { ms: u64 },
 }
 
 /// Parses a `TINYLM_FAULT_INJECT` value (see the module documentation).
@@ -61,8 +64,11 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<Fault>> {
             "nan-weights" => Fault::NanWeights {
                 at_update: take("at-update", &mut kv).unwrap_or(1) as usize,
             },
+            "token-delay" => Fault::TokenDelay {
+                ms: take("ms", &mut kv).unwrap_or(0),
+            },
             other => anyhow::bail!(
-                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss, nan-weights)"
+                "{ENV}: unknown fault {other:?} (known: checkpoint-write-fail, checkpoint-write-delay, nan-loss, nan-weights, token-delay)"
             ),
         };
         if let Some(k) = kv.keys().next() {
@@ -106,6 +112,15 @@ pub fn checkpoint_write_limit() -> Option<u64> {
 pub fn checkpoint_write_pause() {
     for f in active() {
         if let Fault::CheckpointWriteDelay { ms } = f {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+    }
+}
+
+/// Sleeps as `token-delay` asks, if injected.
+pub fn token_pause() {
+    for f in active() {
+        if let Fault::TokenDelay { ms } = f {
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
@@ -161,6 +176,14 @@ mod tests {
                 from_step: 1,
                 to_step: usize::MAX
             }]
+        );
+        assert_eq!(
+            parse("token-delay:ms=20").unwrap(),
+            vec![Fault::TokenDelay { ms: 20 }]
+        );
+        assert_eq!(
+            parse("nan-weights:at-update=4").unwrap(),
+            vec![Fault::NanWeights { at_update: 4 }]
         );
         assert!(parse("").unwrap().is_empty());
         for bad in [

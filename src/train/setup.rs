@@ -334,17 +334,38 @@ fn run_of(path: &Path, loaded: &Loaded) -> PathBuf {
     }
 }
 
-/// `bytes`, `bpe:N` (trained here on `train_text`), or a tokenizer.json path.
+/// A `bpe:N[,han-piece=K]` spec: the BPE to train (None for other specs).
+pub fn parse_bpe_spec(spec: &str) -> anyhow::Result<Option<bpe::BpeTrainOptions>> {
+    let Some(rest) = spec.strip_prefix("bpe:") else {
+        return Ok(None);
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "bad tokenizer {spec:?}: expected bpe:<vocab size>, optionally with \
+             ,han-piece=<Han characters per piece> (e.g. bpe:8192,han-piece=1)"
+        )
+    };
+    let mut parts = rest.split(',');
+    let n = parts.next().unwrap_or("");
+    let vocab: usize = n.parse().map_err(|_| bad())?;
+    crate::limits::check_range("bpe_vocab_size", vocab as f64, n)?;
+    let mut opts = bpe::BpeTrainOptions::new(vocab);
+    for part in parts {
+        let k = part.strip_prefix("han-piece=").ok_or_else(bad)?;
+        opts.han_piece = k.parse().map_err(|_| bad())?;
+        crate::limits::check_range("han_piece", opts.han_piece as f64, k)?;
+    }
+    Ok(Some(opts))
+}
+
+/// `bytes`, `bpe:N[,han-piece=K]` (trained here on `train_text`), or a tokenizer.json
+/// path.
 pub fn resolve_tokenizer(
     spec: &str,
     train_text: &[u8],
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Tokenizer> {
-    if let Some(n) = spec.strip_prefix("bpe:") {
-        let vocab: usize = n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("bad tokenizer {spec:?}: expected bpe:<vocab size>"))?;
-        crate::limits::check_range("bpe_vocab_size", vocab as f64, n)?;
+    if let Some(opts) = parse_bpe_spec(spec)? {
         let text = std::str::from_utf8(train_text).map_err(|e| {
             anyhow::anyhow!(
                 "a BPE is trained on UTF-8 text; the training text is not UTF-8 (first bad \
@@ -353,10 +374,11 @@ pub fn resolve_tokenizer(
             )
         })?;
         let t0 = std::time::Instant::now();
-        let bpe = bpe::train_bpe_from_text(text, &bpe::BpeTrainOptions::new(vocab))?;
+        let bpe = bpe::train_bpe_from_text(text, &opts)?;
         notes.push(format!(
-            "trained a BPE of {} tokens in {:.1} s",
+            "trained a BPE of {} tokens ({} Han characters a piece at most) in {:.1} s",
             bpe.vocab_size(),
+            opts.han_piece,
             t0.elapsed().as_secs_f64()
         ));
         return Ok(Tokenizer::Bpe(bpe));
@@ -478,14 +500,10 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
         (Some(_), None) => None,
     };
     let kind = step_kind(device);
-    if let (None, Some(n)) = (
-        &resume,
-        spec.as_deref().and_then(|s| s.strip_prefix("bpe:")),
-    ) {
-        if let Ok(v) = n.parse::<usize>() {
-            crate::limits::check_range("bpe_vocab_size", v as f64, n)?;
+    if let (None, Some(spec)) = (&resume, &spec) {
+        if let Some(opts) = parse_bpe_spec(spec)? {
             let mut bound = config.clone();
-            bound.model.vocab_size = v;
+            bound.model.vocab_size = opts.vocab_size;
             memory::check(&bound, text.len(), kind, memory::available_bytes())?;
         }
     }
