@@ -49,6 +49,24 @@ pub fn measure_matmul_flops(device: &candle_core::Device) -> anyhow::Result<f64>
     Ok(2.0 * (n * n * n) as f64 / best)
 }
 
+/// The matmul ceiling MFU is measured against, in FLOP/s: the better of candle's rate
+/// on a 1024³ product and, on the CPU, the native step's own GEMM on its largest
+/// product (the MLP's [B·T, C]·[C, 4C]). The better of the two, so that a faster path
+/// than the one the step takes can only lower the figure, never push it past 100%.
+pub fn matmul_ceiling(
+    device: &candle_core::Device,
+    model: &crate::model::GptConfig,
+    rows: usize,
+) -> anyhow::Result<f64> {
+    let candle = measure_matmul_flops(device)?;
+    if !device.is_cpu() {
+        return Ok(candle);
+    }
+    let c = model.n_embd;
+    let native = crate::model::native::gemm_rate(rows.max(1), 4 * c, c, 5, 0.5);
+    Ok(candle.max(native))
+}
+
 /// Threads candle and tinylm's kernels use (as `set_threads` left it).
 pub fn threads() -> usize {
     candle_core::utils::get_num_threads()

@@ -108,16 +108,19 @@ impl GptConfig {
             .sum()
     }
 
-    /// Training FLOPs per token (forward + backward), as nanoGPT's `estimate_mfu`:
-    /// 6 per weight of the matmuls (position embeddings excluded, the tied head
-    /// included), plus 12·L·C·T for the attention scores and weighted sum.
+    /// Training FLOPs per token (forward + backward), PaLM's convention with causal
+    /// attention counted as executed: 6 per weight of the matmuls (position embeddings
+    /// excluded, the tied head included), plus 6·L·C·T for the attention scores and
+    /// weighted sum (a query at position t meets t + 1 keys, T/2 on average: 2·C·T
+    /// forward per layer, twice that backward). nanoGPT's 12·L·C·T counts the masked
+    /// half too, which the fused kernel skips.
     pub fn flops_per_token(&self) -> f64 {
         let wpe = match self.positions {
             Positions::Learned => self.block_size * self.n_embd,
             Positions::Rotary => 0,
         };
         let n = (self.num_params() - wpe) as f64;
-        6.0 * n + 12.0 * (self.n_layer * self.n_embd * self.block_size) as f64
+        6.0 * n + 6.0 * (self.n_layer * self.n_embd * self.block_size) as f64
     }
 }
 

@@ -205,6 +205,27 @@ impl Dims {
 // ---------------------------------------------------------------------------------------
 // Matrix products: gemm writing (or adding) into its destination.
 
+/// The FLOP/s of this step's own matrix product (`gemm_into`, the threads of the
+/// current pool) on [m, k]·[k, n]: the best of at least `reps` products and at least
+/// `min_secs` of them, after a warm-up, so that a clock still ramping up or a moment's
+/// contention does not lower the ceiling MFU is measured against.
+pub fn gemm_rate(m: usize, n: usize, k: usize, reps: usize, min_secs: f64) -> f64 {
+    let a = vec![1.0f32; m * k];
+    let b = vec![1.0f32; k * n];
+    let mut c = uninit_vec(m * n);
+    gemm_into((m, n, k), &mut c, false, (&a, k, 1), (&b, n, 1)); // warm-up
+    let start = std::time::Instant::now();
+    let mut best = f64::INFINITY;
+    let mut done = 0;
+    while done < reps.max(1) || start.elapsed().as_secs_f64() < min_secs {
+        let t = std::time::Instant::now();
+        gemm_into((m, n, k), &mut c, false, (&a, k, 1), (&b, n, 1));
+        best = best.min(t.elapsed().as_secs_f64());
+        done += 1;
+    }
+    2.0 * (m * n * k) as f64 / best
+}
+
 /// dst [m, n] = (dst if `acc` else 0) + A · B, with A [m, k] and B [k, n] given as
 /// (data, row stride, column stride). Parallel over the rayon pool; each entry's k-sum
 /// runs in a fixed order, so results repeat bit for bit at a fixed thread count.

@@ -515,8 +515,14 @@ pub fn run(
         cfg.eval_batches * cfg.batch_size,
         mc.block_size,
     );
-    let peak_flops = crate::device::measure_matmul_flops(&opts.device)?;
+    let peak_flops =
+        crate::device::matmul_ceiling(&opts.device, mc, cfg.batch_size * mc.block_size)?;
     let flops_per_token = mc.flops_per_token();
+    println!(
+        "MFU: {:.1} MFLOP a token over a measured ceiling of {:.0} GFLOP/s (tinylm train --help)",
+        flops_per_token / 1e6,
+        peak_flops / 1e9
+    );
 
     let evaluate = |trainer: &Trainer| {
         evaluate_windows(
