@@ -194,6 +194,8 @@ pub struct Message {
     pub content: Value,
 }
 
+/// The sampling fields repeat those of [`CompletionRequest`] rather than sharing a
+/// flattened struct: serde's `flatten` does not work with `deny_unknown_fields`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {

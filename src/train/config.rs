@@ -105,32 +105,48 @@ impl TrainConfig {
                 preset,
                 ..base
             },
+            // For people who will wait: about 30 minutes on 2 cores, a deeper model
+            // and six times the default's training (BENCHMARKS.md, "Verse").
+            "poet" => Self {
+                model: GptConfig {
+                    n_layer: 6,
+                    ..base.model
+                },
+                time_budget_s: Some(1800.0),
+                warmup_steps: 200,
+                eval_interval: 500,
+                checkpoint_interval: 500,
+                preset,
+                ..base
+            },
             other => anyhow::bail!("unknown preset {other:?} (known: {})", PRESETS.join(", ")),
         })
     }
 
     /// The preset `tinylm train` uses with no arguments: chosen for about 5 minutes on
-    /// 2 cores (see README for its measured time and validation bits per byte).
+    /// 2 cores, on what a reader judges (the form of the verse) as well as on bits per
+    /// byte (BENCHMARKS.md, "Verse").
     fn default_preset() -> Self {
         Self {
             preset: None,
             model: GptConfig {
                 vocab_size: 256,
-                // 256 bytes ≈ 85 Han characters: a whole short poem.
+                // 256 tokens: a whole poem, title and author included.
                 block_size: 256,
                 n_layer: 4,
                 n_head: 4,
                 n_embd: 256,
-                positions: Default::default(),
+                // Counting the characters of a line is relative: rotary positions let
+                // attention see how far back the last punctuation is.
+                positions: crate::model::Positions::Rotary,
             },
-            // A BPE of 8192 packs 3.36 bytes of this corpus into a token, so the same
-            // 5 minutes show the model ~2.7x more text than raw bytes do: 2.97 vs 3.32
-            // validation bits per byte (BENCHMARKS.md, "Tokenizers"). Training it on
-            // the corpus takes ~5 s of the run.
-            tokenizer: "bpe:8192".to_string(),
-            // 8 windows (2,048 tokens) a step: in 5 minutes, ~700 smaller steps learned
-            // more than ~360 of 16 windows (2.878 vs 2.902 bits/byte on the same
-            // validation windows, BENCHMARKS.md "Training step").
+            // One Han character per token (the BPE merges bytes only within a
+            // character), so a 5-character clause is 5 tokens and the model can count
+            // it; pieces of several characters packed more text into a step but left
+            // the line's length unknowable. Training it takes a few seconds of the run.
+            tokenizer: "bpe:8192,han-piece=1".to_string(),
+            // 8 windows a step: in 5 minutes, more smaller steps learned more than
+            // half as many of 16 windows.
             batch_size: 8,
             grad_accum: 1,
             max_steps: None,
@@ -290,7 +306,7 @@ impl TrainConfig {
 }
 
 /// Names accepted by `--preset`.
-pub const PRESETS: &[&str] = &["default", "bench-ref", "tiny"];
+pub const PRESETS: &[&str] = &["default", "poet", "bench-ref", "tiny"];
 
 #[cfg(test)]
 mod tests {

@@ -376,9 +376,10 @@ pub fn resolve_tokenizer(
         let t0 = std::time::Instant::now();
         let bpe = bpe::train_bpe_from_text(text, &opts)?;
         notes.push(format!(
-            "trained a BPE of {} tokens ({} Han characters a piece at most) in {:.1} s",
+            "trained a BPE of {} tokens (at most {} Han character{} a piece) in {:.1} s",
             bpe.vocab_size(),
             opts.han_piece,
+            if opts.han_piece == 1 { "" } else { "s" },
             t0.elapsed().as_secs_f64()
         ));
         return Ok(Tokenizer::Bpe(bpe));
@@ -608,4 +609,33 @@ fn write_config(
         }
     }
     checkpoint::write_atomic(&path, toml::to_string_pretty(config)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bpe_spec;
+
+    #[test]
+    fn bpe_specs_parse_or_fail_with_the_field() {
+        assert!(parse_bpe_spec("bytes").unwrap().is_none());
+        assert!(parse_bpe_spec("runs/x/tokenizer.json").unwrap().is_none());
+        let o = parse_bpe_spec("bpe:8192").unwrap().unwrap();
+        assert_eq!(o.vocab_size, 8192);
+        let default_piece = o.han_piece;
+        let o = parse_bpe_spec("bpe:4096,han-piece=1").unwrap().unwrap();
+        assert_eq!((o.vocab_size, o.han_piece), (4096, 1));
+        assert_ne!(default_piece, 0);
+        for (bad, want) in [
+            ("bpe:", "bad tokenizer"),
+            ("bpe:x", "bad tokenizer"),
+            ("bpe:8192,han=1", "bad tokenizer"),
+            ("bpe:8192,han-piece=", "bad tokenizer"),
+            ("bpe:100", "bpe_vocab_size"),
+            ("bpe:8192,han-piece=0", "han_piece"),
+            ("bpe:8192,han-piece=65", "han_piece"),
+        ] {
+            let e = parse_bpe_spec(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
 }
