@@ -51,8 +51,9 @@ pub fn measure_matmul_flops(device: &candle_core::Device) -> anyhow::Result<f64>
 
 /// The matmul ceiling MFU is measured against, in FLOP/s: the better of candle's rate
 /// on a 1024³ product and, on the CPU, the native step's own GEMM on its largest
-/// product (the MLP's [B·T, C]·[C, 4C]). The better of the two, so that a faster path
-/// than the one the step takes can only lower the figure, never push it past 100%.
+/// product (the MLP's [B·T, C]·[C, 4C]). The better of the two, so that MFU is taken
+/// against the faster path. A measurement on a busy machine can still come out low;
+/// `train` measures again whenever a step beats it.
 pub fn matmul_ceiling(
     device: &candle_core::Device,
     model: &crate::model::GptConfig,

@@ -2,11 +2,9 @@
 //!
 //! Data flows one way: `tokenizer` -> `data` -> `model` (which calls `attention`,
 //! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache;
-//! `plot` draws a run's metrics.
-//! Nothing below `train` knows about files or the command line.
-//! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache.
-//! Nothing below `train` knows about files or the command line. `serve` puts a
-//! checkpoint behind an HTTP API.
+//! `verse` measures the form of what it writes; `plot` draws a run's metrics; `serve`
+//! puts a checkpoint behind an HTTP API. Nothing below `train` knows about files or
+//! the command line.
 //!
 //! Notation used in every shape comment: B batch, T context length, C model width,
 //! H heads, D head width (C / H), L layers, V vocabulary, N = B·T rows of the loss.

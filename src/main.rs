@@ -90,7 +90,7 @@ enum TokenizerCmd {
         out: PathBuf,
         /// Longest run of Han characters in one pre-token (runs are cut into pieces of
         /// this many characters before merges are learned).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = tinylm::tokenizer::bpe::DEFAULT_HAN_PIECE)]
         han_piece: usize,
         /// Replace --out if it exists.
         #[arg(long)]
@@ -124,11 +124,11 @@ struct TrainArgs {
     /// Run directory for checkpoints, metrics and the config (default: runs/<preset>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Named preset: default, bench-ref, tiny (default: default).
+    /// Named preset: default (~5 min), poet (~30 min), bench-ref, tiny (default: default).
     #[arg(long)]
     preset: Option<String>,
     /// `bytes`, `bpe:N[,han-piece=K]` (train a BPE of N tokens on the training split
-    /// first, Han runs cut into pieces of at most K characters, default 2), or the path
+    /// first, Han runs cut into pieces of at most K characters, default 1), or the path
     /// of a tokenizer.json (default: the preset's). Stored in the run directory;
     /// sample and eval use it.
     #[arg(long)]
@@ -163,7 +163,8 @@ struct TrainArgs {
     /// Context length in tokens (T).
     #[arg(long)]
     context: Option<usize>,
-    /// Positions: learned (an embedding per position, GPT-2) or rotary (RoFormer).
+    /// Positions: learned (an embedding per position, GPT-2) or rotary (RoFormer)
+    /// (default: the preset's; rotary for default and poet).
     #[arg(long, value_parser = parse_positions)]
     positions: Option<tinylm::model::Positions>,
     /// Sequences per micro-batch (B).

@@ -98,6 +98,54 @@ fn sample_streams_valid_utf8() {
 }
 
 #[test]
+fn sample_poem_stops_where_the_poem_ends() {
+    let run = trained_run();
+    let sample = |seed: &str, poem: bool| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--prompt",
+            "春望\n杜甫\n",
+            "--max-new-tokens",
+            "400",
+            "--seed",
+            seed,
+        ];
+        if poem {
+            args.push("--poem");
+        }
+        let out = tinylm(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let mut ended = 0;
+    for seed in ["1", "2", "3", "4"] {
+        let (poem, whole) = (sample(seed, true), sample(seed, false));
+        println!("--- seed {seed}, --poem:\n{poem}--- without:\n{whole}");
+        let body = poem.strip_prefix("春望\n杜甫\n").unwrap();
+        // The same tokens, cut: the poem is where the whole sample's first blank line
+        // after a written line is.
+        let first_end = body
+            .match_indices("\n\n")
+            .map(|(i, _)| i)
+            .find(|&i| !body[..i].trim().is_empty());
+        if let Some(end) = first_end {
+            ended += 1;
+            assert_eq!(end + 2, body.len(), "text after the poem ended: {body:?}");
+            assert!(
+                whole.starts_with(&poem),
+                "{poem:?} is not a prefix of {whole:?}"
+            );
+        } else {
+            // Never ended: all 400 tokens, the same as without --poem.
+            assert_eq!(poem, whole);
+        }
+    }
+    println!("{ended} of 4 samples ended their poem");
+}
+
+#[test]
 fn eval_reports_finite_numbers() {
     let run = trained_run();
     let out = tinylm(&[

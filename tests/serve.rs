@@ -202,14 +202,19 @@ fn chunks(data: &[String]) -> Vec<Value> {
 
 /// What `tinylm sample` prints for the same settings, less the prompt it echoes.
 fn sample_text(prompt: &str, max_new: u64, temperature: f64, top_p: f64, seed: u64) -> String {
+    let (t, p) = (temperature.to_string(), top_p.to_string());
+    sample_text_with(prompt, max_new, seed, &["--temperature", &t, "--top-p", &p])
+}
+
+/// `tinylm sample`'s text with `sampling` flags (none: its defaults).
+fn sample_text_with(prompt: &str, max_new: u64, seed: u64, sampling: &[&str]) -> String {
     let out = Command::new(BIN)
         .arg("sample")
         .arg("--checkpoint")
         .arg(run_dir())
         .args(["--prompt", prompt, "--threads", "2"])
         .args(["--max-new-tokens", &max_new.to_string()])
-        .args(["--temperature", &temperature.to_string()])
-        .args(["--top-p", &top_p.to_string()])
+        .args(sampling)
         .args(["--seed", &seed.to_string()])
         .output()
         .unwrap();
@@ -243,6 +248,14 @@ fn completion_streams_what_it_returns_and_what_sample_prints() {
         text
     );
     assert_eq!(sample_text(PROMPT, 40, 0.8, 0.95, 7), text);
+    // Settings left out take the product's defaults, the same as `tinylm sample`'s.
+    let bare = json!({"prompt": PROMPT, "max_tokens": 40, "seed": 7});
+    let (status, v) = post(&s, "/v1/completions", &bare);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["text"].as_str().unwrap(),
+        sample_text_with(PROMPT, 40, 7, &[])
+    );
 
     let mut sreq = req.clone();
     sreq["stream"] = json!(true);
@@ -359,7 +372,7 @@ fn models_health_metrics_and_page() {
     assert_eq!(m["id"], "run");
     assert_eq!(m["object"], "model");
     assert_eq!(m["tinylm"]["step"], 30);
-    assert_eq!(m["tinylm"]["preset"], "tiny (by shape)");
+    assert_eq!(m["tinylm"]["preset"], "tiny");
     assert_eq!(m["tinylm"]["context"], CONTEXT);
     assert!(m["tinylm"]["val_bpb"].as_f64().unwrap() > 0.0);
     let health: Value = c.get(s.url("/health")).send().unwrap().json_text();

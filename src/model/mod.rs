@@ -51,8 +51,9 @@ pub struct GptConfig {
     pub n_head: usize,
     /// C.
     pub n_embd: usize,
-    /// Learned or rotary positions (absent in configs written before rotary existed:
-    /// learned).
+    /// Learned or rotary positions (absent in configs and checkpoints written before
+    /// rotary existed: learned; `config_file` does the same for a whole `[model]`
+    /// table).
     #[serde(default)]
     pub positions: Positions,
 }

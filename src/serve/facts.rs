@@ -61,6 +61,11 @@ impl RunFacts {
 }
 
 fn preset_of(run_name: &str, config: &TrainConfig) -> String {
+    // The preset the run recorded; then its directory's name; then its shape (the
+    // vocabulary aside: a BPE run's is the tokenizer's, not the preset's).
+    if let Some(p) = &config.preset {
+        return p.clone();
+    }
     if let Some(p) = PRESETS
         .iter()
         .find(|p| run_name == **p || run_name.starts_with(&format!("{p}-")))
@@ -69,7 +74,15 @@ fn preset_of(run_name: &str, config: &TrainConfig) -> String {
     }
     PRESETS
         .iter()
-        .find(|p| TrainConfig::preset(p).is_ok_and(|c| c.model == config.model))
+        .find(|p| {
+            TrainConfig::preset(p).is_ok_and(|c| {
+                let v = config.model.vocab_size;
+                crate::model::GptConfig {
+                    vocab_size: v,
+                    ..c.model
+                } == config.model
+            })
+        })
         .map(|p| format!("{p} (by shape)"))
         .unwrap_or_else(|| "custom".to_string())
 }
@@ -95,13 +108,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn preset_from_name_then_shape() {
-        let tiny = TrainConfig::preset("tiny").unwrap();
+    fn preset_recorded_then_from_name_then_shape() {
+        let recorded = TrainConfig::preset("tiny").unwrap();
+        assert_eq!(preset_of("default-20260101-120000", &recorded), "tiny");
+        // Configs written before the preset was recorded.
+        let tiny = TrainConfig {
+            preset: None,
+            ..recorded
+        };
         assert_eq!(preset_of("default-20260101-120000", &tiny), "default");
         assert_eq!(preset_of("run", &tiny), "tiny (by shape)");
         let mut odd = tiny.clone();
         odd.model.n_layer = 3;
         assert_eq!(preset_of("run", &odd), "custom");
+        // A BPE run's vocabulary is its tokenizer's, not the preset's.
+        let mut poet = TrainConfig::preset("poet").unwrap();
+        poet.preset = None;
+        poet.model.vocab_size = 8192;
+        assert_eq!(preset_of("run", &poet), "poet (by shape)");
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //!
 //! | han_piece | vocab 1024 | vocab 4096 | vocab 8192 | train s (8192) | peak RSS |
 //! | ---: | ---: | ---: | ---: | ---: | ---: |
-//! | 1 (per character) | 2.339 | 2.987 | 3.023 | 6-11 | 0.10 GB |
-//! | **2 (default)** | 2.339 | 3.112 | 3.361 | 18-25 | 0.34 GB |
+//! | **1 (per character, default)** | 2.339 | 2.987 | 3.023 | 6-11 | 0.10 GB |
+//! | 2 | 2.339 | 3.112 | 3.361 | 18-25 | 0.34 GB |
 //! | 3 | 2.339 | 3.099 | 3.328 | ~100 | 1.09 GB |
 //! | 4 | 2.339 | 3.145 | 3.431 | ~70 | 1.13 GB |
 //! | 64 (whole clause, as GPT-2) | 2.339 | 3.166 | 3.480 | ~175 | 1.32 GB |
@@ -57,9 +57,10 @@ use tokenizers::{
     Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
 };
 
-/// Default maximum number of Han characters per pre-token (chosen by measurement; see
-/// the table in the module docs).
-pub const DEFAULT_HAN_PIECE: usize = 2;
+/// Default maximum number of Han characters per pre-token: one, so that a token never
+/// holds two characters and a model can count a line (pairs compress better, but the
+/// model then writes fragments: BENCHMARKS.md, "Verse").
+pub const DEFAULT_HAN_PIECE: usize = 1;
 
 /// Inputs longer than this are cut at safe line breaks and encoded in parallel.
 const CHUNK_BYTES: usize = 1 << 16;

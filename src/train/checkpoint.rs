@@ -715,29 +715,9 @@ impl RunLock {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => anyhow::bail!("cannot create lock file {}: {e}", path.display()),
             }
-            let text = read_lock(&path).unwrap_or_default();
-            let mut it = text.split_whitespace();
-            let owner: Option<u32> = it.next().and_then(|s| s.parse().ok());
-            let started: Option<u64> = it.next().and_then(|s| s.parse().ok());
-            // Without /proc (not Linux) nothing can be known: assume it runs.
-            let have_proc = Path::new("/proc/self/stat").exists();
-            let alive = match owner {
-                Some(_) if !have_proc => true,
-                Some(p) => match process_start_time(p) {
-                    None => false,
-                    Some(t) => started.is_none_or(|s| s == 0 || s == t),
-                },
-                None => false,
-            };
+            let (owner, alive) = lock_owner(&path);
             if alive {
-                anyhow::bail!(
-                    "run directory {} is in use by process {} (lock file {}): wait for it to \
-                     end or stop it, then continue with --resume (delete the lock file only if \
-                     that process is not a tinylm run)",
-                    run_dir.display(),
-                    owner.map_or("?".to_string(), |p| p.to_string()),
-                    path.display()
-                );
+                return Err(in_use(run_dir, owner));
             }
             note = Some(format!(
                 "taking over the stale lock of process {}, which is no longer running",
@@ -753,6 +733,50 @@ impl RunLock {
             "cannot take the lock {}: another process keeps taking it",
             path.display()
         )
+    }
+}
+
+/// The process named in a lock file, and whether it is alive (the same process: its
+/// start time matches).
+fn lock_owner(path: &Path) -> (Option<u32>, bool) {
+    let text = read_lock(path).unwrap_or_default();
+    let mut it = text.split_whitespace();
+    let owner: Option<u32> = it.next().and_then(|s| s.parse().ok());
+    let started: Option<u64> = it.next().and_then(|s| s.parse().ok());
+    // Without /proc (not Linux) nothing can be known: assume it runs.
+    let have_proc = Path::new("/proc/self/stat").exists();
+    let alive = match owner {
+        Some(_) if !have_proc => true,
+        Some(p) => match process_start_time(p) {
+            None => false,
+            Some(t) => started.is_none_or(|s| s == 0 || s == t),
+        },
+        None => false,
+    };
+    (owner, alive)
+}
+
+fn in_use(run_dir: &Path, owner: Option<u32>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "run directory {} is in use by process {} (lock file {}): wait for it to end or \
+         stop it, then continue with --resume (delete the lock file only if that process \
+         is not a tinylm run)",
+        run_dir.display(),
+        owner.map_or("?".to_string(), |p| p.to_string()),
+        run_dir.join(LOCK_FILE).display()
+    )
+}
+
+/// Refuses a run directory whose lock a live process holds (before anything in it is
+/// read: a run that has not written its first checkpoint yet is still in use).
+pub fn check_not_in_use(run_dir: &Path) -> anyhow::Result<()> {
+    let path = run_dir.join(LOCK_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    match lock_owner(&path) {
+        (owner, true) => Err(in_use(run_dir, owner)),
+        _ => Ok(()),
     }
 }
 

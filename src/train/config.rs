@@ -14,8 +14,9 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
     pub model: GptConfig,
-    /// `bytes`, `bpe:N` (a BPE of N tokens trained on the training split when the run
-    /// starts), or the path of a tokenizer.json. The model's vocabulary follows it.
+    /// `bytes`, `bpe:N[,han-piece=K]` (a BPE of N tokens, Han runs cut into pieces of at
+    /// most K characters, trained on the training split when the run starts), or the
+    /// path of a tokenizer.json. The model's vocabulary follows it.
     pub tokenizer: String,
     /// Sequences per micro-batch (B).
     pub batch_size: usize,
@@ -105,8 +106,8 @@ impl TrainConfig {
                 preset,
                 ..base
             },
-            // For people who will wait: about 30 minutes on 2 cores, a deeper model
-            // and six times the default's training (BENCHMARKS.md, "Verse").
+            // For people who will wait: a deeper model and six times the default's
+            // budget (its measured figures: BENCHMARKS.md, "Verse").
             "poet" => Self {
                 model: GptConfig {
                     n_layer: 6,
@@ -143,7 +144,7 @@ impl TrainConfig {
             // One Han character per token (the BPE merges bytes only within a
             // character), so a 5-character clause is 5 tokens and the model can count
             // it; pieces of several characters packed more text into a step but left
-            // the line's length unknowable. Training it takes a few seconds of the run.
+            // the line's length unknowable.
             tokenizer: "bpe:8192,han-piece=1".to_string(),
             // 8 windows a step: in 5 minutes, more smaller steps learned more than
             // half as many of 16 windows.
@@ -311,6 +312,20 @@ pub const PRESETS: &[&str] = &["default", "poet", "bench-ref", "tiny"];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_writes_verse_with_one_character_tokens_and_rotary_positions() {
+        // The choice BENCHMARKS.md "Verse" measured; poet shares it.
+        for name in ["default", "poet"] {
+            let c = TrainConfig::preset(name).unwrap();
+            assert_eq!(c.tokenizer, "bpe:8192,han-piece=1", "{name}");
+            assert_eq!(c.model.positions, crate::model::Positions::Rotary, "{name}");
+            c.validate().unwrap();
+        }
+        let poet = TrainConfig::preset("poet").unwrap();
+        assert_eq!(poet.time_budget_s, Some(1800.0));
+        assert!(poet.model.n_layer > TrainConfig::preset("default").unwrap().model.n_layer);
+    }
 
     #[test]
     fn every_range_is_checked_and_names_its_field() {

@@ -64,7 +64,22 @@ pub fn config_from_toml(base: &TrainConfig, text: &str) -> anyhow::Result<TrainC
     if let Some(k) = unknown_key(&merged, &over, "") {
         anyhow::bail!("invalid config: unknown field `{k}`");
     }
+    let written_before_positions = over
+        .get("model")
+        .and_then(|m| m.as_table())
+        .is_some_and(|m| {
+            ["vocab_size", "block_size", "n_layer", "n_head", "n_embd"]
+                .iter()
+                .all(|k| m.contains_key(*k))
+                && !m.contains_key("positions")
+        });
     merge_toml(&mut merged, over);
+    if written_before_positions {
+        // A whole [model] table without `positions` was written by a tinylm that had
+        // only learned positions (a run's config.toml): it means learned, not the
+        // preset's current choice.
+        merged["model"]["positions"] = toml::Value::String("learned".into());
+    }
     merged
         .try_into()
         .map_err(|e| anyhow::anyhow!("invalid config: {e}"))
@@ -73,6 +88,22 @@ pub fn config_from_toml(base: &TrainConfig, text: &str) -> anyhow::Result<TrainC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_table_from_before_rotary_positions_means_learned() {
+        use crate::model::Positions;
+        let base = TrainConfig::preset("default").unwrap();
+        assert_eq!(base.model.positions, Positions::Rotary);
+        let old =
+            "[model]\nvocab_size = 256\nblock_size = 64\nn_layer = 2\nn_head = 2\nn_embd = 64\n";
+        let c = config_from_toml(&base, old).unwrap();
+        assert_eq!(c.model.positions, Positions::Learned);
+        // A partial model table changes only what it names.
+        let c = config_from_toml(&base, "[model]\nn_layer = 3\n").unwrap();
+        assert_eq!((c.model.n_layer, c.model.positions), (3, Positions::Rotary));
+        let c = config_from_toml(&base, &format!("{old}positions = \"rotary\"\n")).unwrap();
+        assert_eq!(c.model.positions, Positions::Rotary);
+    }
 
     #[test]
     fn overrides_merge_key_by_key() {

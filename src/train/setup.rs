@@ -350,8 +350,9 @@ pub fn parse_bpe_spec(spec: &str) -> anyhow::Result<Option<bpe::BpeTrainOptions>
     let vocab: usize = n.parse().map_err(|_| bad())?;
     crate::limits::check_range("bpe_vocab_size", vocab as f64, n)?;
     let mut opts = bpe::BpeTrainOptions::new(vocab);
-    for part in parts {
+    for (i, part) in parts.enumerate() {
         let k = part.strip_prefix("han-piece=").ok_or_else(bad)?;
+        anyhow::ensure!(i == 0, "bad tokenizer {spec:?}: han-piece given twice");
         opts.han_piece = k.parse().map_err(|_| bad())?;
         crate::limits::check_range("han_piece", opts.han_piece as f64, k)?;
     }
@@ -425,6 +426,7 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
                  config (a resume takes {RESUME_FLAGS})"
             );
             anyhow::ensure!(path.exists(), "checkpoint {} not found", path.display());
+            checkpoint::check_not_in_use(path)?;
             let loaded = checkpoint::load(path, false, device)?;
             let source = run_of(path, &loaded);
             let latest = checkpoint::list(&source).last().map(|(s, _)| *s);
@@ -633,6 +635,7 @@ mod tests {
             ("bpe:100", "bpe_vocab_size"),
             ("bpe:8192,han-piece=0", "han_piece"),
             ("bpe:8192,han-piece=65", "han_piece"),
+            ("bpe:8192,han-piece=1,han-piece=2", "twice"),
         ] {
             let e = parse_bpe_spec(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad}: {e}");
