@@ -2,17 +2,16 @@
 //!
 //! Data flows one way: `tokenizer` -> `data` -> `model` (which calls `attention`,
 //! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache;
-//! `plot` draws a run's metrics.
-//! Nothing below `train` knows about files or the command line.
-//! `kernels` and `loss`) -> `train`. `sample` runs the model forward with a KV cache.
-//! Nothing below `train` knows about files or the command line. `serve` puts a
-//! checkpoint behind an HTTP API.
+//! `plot` draws a run's metrics; `serve` puts a checkpoint behind an HTTP API.
+//! Nothing below `train` knows about files or the command line. The CPU kernels share
+//! `cpu` (SIMD level, buffers, storage access) and `fastmath` (the vectorisable exp).
 //!
 //! Notation used in every shape comment: B batch, T context length, C model width,
 //! H heads, D head width (C / H), L layers, V vocabulary, N = B·T rows of the loss.
 
 pub mod attention;
 pub mod bench;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod eval;

@@ -10,7 +10,7 @@
 
 use super::kernel::{self, Elem, Params, Real, RowOut, RowScale};
 use super::{CrossEntropyOptions, Reduction};
-use crate::kernels::{assume_init, uninit_vec};
+use crate::cpu::{assume_init, uninit_vec};
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape,
     Storage, Tensor,

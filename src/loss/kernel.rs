@@ -35,7 +35,7 @@
 //! it, and the caller reduces the per-row losses in row order, so results are bitwise
 //! identical for any thread count.
 
-use crate::kernels::as_uninit;
+use crate::cpu::as_uninit;
 #[cfg(target_arch = "x86_64")]
 mod short_rows;
 use half::{bf16, f16};

@@ -30,8 +30,9 @@
 
 use super::params::{Affine, Block, Params};
 use super::Gpt;
-use crate::attention::fused as attn;
-use crate::kernels::{as_uninit, assume_init, gelu, layer_norm, rope, storage_slice, uninit_vec};
+use crate::attention::kernel as attn;
+use crate::cpu::{as_uninit, assume_init, storage_slice, uninit_vec};
+use crate::kernels::{gelu, layer_norm, rope};
 use crate::loss::fused::{count_rows, params as ce_params, reduce, row_factor};
 use crate::loss::kernel::{self, KernelError, RowScale};
 use crate::loss::linear::chunk_rows;
