@@ -8,106 +8,16 @@
 //! factor per row, so `bwd` runs the kernel again with those factors instead (eval, the
 //! usual user of `None`, needs no gradient at all).
 
-use super::kernel::{self, Elem, Params, Real, RowOut, RowScale};
-use super::{CrossEntropyOptions, Reduction};
-use crate::cpu::{assume_init, uninit_vec};
-use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape,
-    Storage, Tensor,
+use super::kernel::{self, RowScale};
+use super::rows::{
+    count_rows, logits_slice, loss_storage, params, reduce, row_factor, run_logits, stats,
+    targets_slice, CrossEntropyStats, Logits,
 };
-use half::{bf16, f16};
+use super::{CrossEntropyOptions, Reduction};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
+};
 use std::sync::{Arc, Mutex};
-
-/// By-products of one fused pass: per-row log-sum-exp and the argmax accuracy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CrossEntropyStats {
-    /// log Σ_j exp(y_ij) per row (after the soft-cap); 0 for ignored rows. [N]
-    pub lse: Vec<f32>,
-    /// Counted rows whose argmax (first on ties) is the target.
-    pub correct: usize,
-    /// Rows not ignored.
-    pub counted: usize,
-}
-
-pub(crate) fn params(o: &CrossEntropyOptions, v: usize) -> Params {
-    Params {
-        v,
-        ignore_index: o.ignore_index,
-        label_smoothing: o.label_smoothing as f64,
-        z_loss: o.z_loss as f64,
-        softcap: o.softcap.map(|c| c as f64),
-    }
-}
-
-/// Rows not ignored.
-pub(crate) fn count_rows(targets: &[u32], ignore: Option<u32>) -> usize {
-    match ignore {
-        Some(ix) => targets.iter().filter(|&&t| t != ix).count(),
-        None => targets.len(),
-    }
-}
-
-/// The factor d(loss)/d(row loss) of a reduced loss: 1/denominator for the mean (the
-/// normaliser, else the counted rows, never below 1 so that zero counted rows give
-/// 0 and not 0/0), 1 for the sum and for per-row losses.
-pub(crate) fn row_factor(o: &CrossEntropyOptions, counted: usize) -> f64 {
-    match o.reduction {
-        Reduction::Mean => 1.0 / mean_denominator(o, counted),
-        Reduction::Sum | Reduction::None => 1.0,
-    }
-}
-
-pub(crate) fn mean_denominator(o: &CrossEntropyOptions, counted: usize) -> f64 {
-    (o.normalizer.map(|d| d as f64).unwrap_or(counted as f64)).max(1.0)
-}
-
-/// Reduces the per-row losses in row order (f64), so the result does not depend on how
-/// rows were spread over threads. Returns the loss values: one, or N for `None`.
-pub(crate) fn reduce(o: &CrossEntropyOptions, outs: &[RowOut], counted: usize) -> Vec<f64> {
-    match o.reduction {
-        Reduction::None => outs.iter().map(|r| r.loss).collect(),
-        Reduction::Sum => vec![outs.iter().map(|r| r.loss).sum()],
-        Reduction::Mean => {
-            vec![outs.iter().map(|r| r.loss).sum::<f64>() / mean_denominator(o, counted)]
-        }
-    }
-}
-
-pub(crate) fn stats(outs: &[RowOut]) -> CrossEntropyStats {
-    CrossEntropyStats {
-        lse: outs.iter().map(|r| r.lse as f32).collect(),
-        correct: outs.iter().filter(|r| r.correct).count(),
-        counted: outs.iter().filter(|r| r.counted).count(),
-    }
-}
-
-pub(crate) fn kernel_err(e: kernel::KernelError) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
-
-/// The logits as a contiguous slice of one of the supported dtypes.
-pub(crate) enum Logits<'a> {
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-    BF16(&'a [bf16]),
-    F16(&'a [f16]),
-}
-
-pub(crate) fn logits_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Logits<'a>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        bail!("cross_entropy: logits must be contiguous")
-    };
-    Ok(match s {
-        CpuStorage::F32(x) => Logits::F32(&x[a..b]),
-        CpuStorage::F64(x) => Logits::F64(&x[a..b]),
-        CpuStorage::BF16(x) => Logits::BF16(&x[a..b]),
-        CpuStorage::F16(x) => Logits::F16(&x[a..b]),
-        other => bail!(
-            "cross_entropy: logits of dtype {:?} are not supported",
-            other.dtype()
-        ),
-    })
-}
 
 /// Calls `f` with the CPU slices of contiguous logits and targets (the storage guards
 /// live for the call).
@@ -122,87 +32,6 @@ fn with_cpu_inputs<R>(
         bail!("cross_entropy: the fused kernel runs on the CPU only")
     };
     f(logits_slice(ls, ll)?, targets_slice(ts, tl)?)
-}
-
-fn targets_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        bail!("cross_entropy: targets must be contiguous")
-    };
-    match s {
-        CpuStorage::U32(t) => Ok(&t[a..b]),
-        other => bail!(
-            "cross_entropy: targets must be u32, got {:?}",
-            other.dtype()
-        ),
-    }
-}
-
-/// One kernel run over typed logits: row results and, if asked, the gradient [N, V]
-/// as a tensor of the logits' dtype.
-fn run_typed<T: Elem<F> + candle_core::WithDType, F: Real>(
-    x: &[T],
-    n: usize,
-    v: usize,
-    targets: &[u32],
-    p: &Params,
-    scale: RowScale<'_>,
-    want_grad: bool,
-) -> Result<(Vec<RowOut>, Option<Tensor>)> {
-    if want_grad && T::IS_REAL && p.softcap.is_none() {
-        // Uninitialised: the kernel streams every element of the gradient, so zero-filling
-        // it first (calloc on reused heap memory) would be a whole extra write pass.
-        let mut g = uninit_vec::<T>(n * v);
-        let dst = T::as_real_uninit(&mut g).expect("T is the arithmetic type");
-        let outs = kernel::run_fresh::<T, F>(x, targets, p, scale, dst).map_err(kernel_err)?;
-        // SAFETY: run_fresh returned Ok, so it wrote all n·v elements.
-        let g = Tensor::from_vec(unsafe { assume_init(g) }, (n, v), &Device::Cpu)?;
-        Ok((outs, Some(g)))
-    } else if want_grad {
-        // bf16/f16 or soft-capped rows read their gradient row back while writing it:
-        // zero-filled (fresh pages from the allocator cost nothing to zero).
-        let mut g = vec![T::zero(); n * v];
-        let outs = kernel::run::<T, F>(x, targets, p, scale, Some(&mut g)).map_err(kernel_err)?;
-        let g = Tensor::from_vec(g, (n, v), &Device::Cpu)?;
-        Ok((outs, Some(g)))
-    } else {
-        let outs = kernel::run::<T, F>(x, targets, p, scale, None).map_err(kernel_err)?;
-        Ok((outs, None))
-    }
-}
-
-pub(crate) fn run_logits(
-    x: &Logits<'_>,
-    n: usize,
-    v: usize,
-    targets: &[u32],
-    p: &Params,
-    scale: RowScale<'_>,
-    want_grad: bool,
-) -> Result<(Vec<RowOut>, Option<Tensor>)> {
-    match *x {
-        Logits::F32(x) => run_typed::<f32, f32>(x, n, v, targets, p, scale, want_grad),
-        Logits::F64(x) => run_typed::<f64, f64>(x, n, v, targets, p, scale, want_grad),
-        Logits::BF16(x) => run_typed::<bf16, f32>(x, n, v, targets, p, scale, want_grad),
-        Logits::F16(x) => run_typed::<f16, f32>(x, n, v, targets, p, scale, want_grad),
-    }
-}
-
-/// The loss tensor: f64 for f64 logits, else f32; a scalar, or [N] for `None`.
-pub(crate) fn loss_storage(
-    vals: Vec<f64>,
-    f64_out: bool,
-    o: &CrossEntropyOptions,
-) -> (CpuStorage, Shape) {
-    let shape = match o.reduction {
-        Reduction::None => Shape::from(vals.len()),
-        _ => Shape::from(()),
-    };
-    let st = if f64_out {
-        CpuStorage::F64(vals)
-    } else {
-        CpuStorage::F32(vals.into_iter().map(|x| x as f32).collect())
-    };
-    (st, shape)
 }
 
 /// The fused cross-entropy op. See the module doc.
@@ -370,8 +199,8 @@ pub fn cross_entropy_loss_and_grad(
 
 /// [`cross_entropy_loss_and_grad`] for f32 logits into a gradient buffer the caller
 /// owns and reuses: `grad` [N·V] receives d(loss)/d(logits). Returns the loss values
-/// (one, or N for `None`). A buffer written before costs no page faults, which on this
-/// machine are a large share of writing a fresh [N, V] gradient (see BENCHMARKS.md).
+/// (one, or N for `None`). A buffer written before costs no page faults, a large share
+/// of writing a fresh [N, V] gradient (BENCHMARKS.md).
 pub fn cross_entropy_loss_and_grad_into(
     logits: &Tensor,
     targets: &Tensor,
@@ -393,7 +222,7 @@ pub fn cross_entropy_loss_and_grad_into(
         };
         let counted = count_rows(t, o.ignore_index);
         let scale = RowScale::Uniform(row_factor(o, counted));
-        let outs = kernel::run::<f32, f32>(x, t, &p, scale, Some(grad)).map_err(kernel_err)?;
+        let outs = kernel::run::<f32, f32>(x, t, &p, scale, Some(grad))?;
         Ok(reduce(o, &outs, counted))
     })
 }
