@@ -195,6 +195,10 @@ unsafe fn stream_affine_avx512(
     }
 }
 
+/// dst = src with 64-byte non-temporal stores for the aligned middle part.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn stream_copy_avx512(dst: &mut [MaybeUninit<f32>], src: &[f32]) {

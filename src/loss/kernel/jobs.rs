@@ -41,6 +41,7 @@ impl std::fmt::Display for KernelError {
     }
 }
 
+/// Rows per rayon job: about 64K elements, so that small-V cases amortise the job
 /// overhead, but at least 8 rows while that leaves 4 jobs per thread, so that large-V
 /// rows still pipeline (a job's last row gets no next row to write its gradient
 /// during). Results do not depend on it (rows are independent and reduced in order
@@ -193,7 +194,13 @@ impl<T> Job<'_, T> {
     ) where
         T: Elem<F>,
     {
-        if let Err(data) = self.try_short_rows(i0, outs, data, sc) {
+        // Short f32 rows in registers where the CPU has AVX-512, the rest (and those
+        // elsewhere) through the general row kernel.
+        #[cfg(target_arch = "x86_64")]
+        let data = self.try_short_rows(i0, outs, data, sc).err();
+        #[cfg(not(target_arch = "x86_64"))]
+        let data = Some(data);
+        if let Some(data) = data {
             job_rows(self, i0, outs, data, sc);
         }
         // The streamed gradient stores are visible before the job ends. Always, not only
@@ -252,19 +259,6 @@ impl<T> Job<'_, T> {
         Ok(())
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
-    fn try_short_rows<'d, F: Real>(
-        &self,
-        _: usize,
-        _: &mut [RowOut],
-        data: Dest<'d, T, F>,
-        _: &mut Scratch<F>,
-    ) -> Result<(), Dest<'d, T, F>>
-    where
-        T: Elem<F>,
-    {
-        Err(data)
-    }
 }
 
 dispatch!(fn job_rows<T: Elem<F>, F: Real>(
