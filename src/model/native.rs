@@ -2,9 +2,9 @@
 //! raw f32 buffers, layer by layer, in the manner of llm.c's `train_gpt2.c`.
 //!
 //! Why it exists: with every heavy op already fused, the candle graph around them cost
-//! more than the ops (BENCHMARKS.md, "Training step": ~24% of the step was candle's
-//! element-wise pool waiting between ops, ~20% its single-threaded unary/binary maps
-//! and the zero-fill + add that its autograd spends on every gradient). Here each layer
+//! more than the ops: its element-wise pool waiting between ops, its single-threaded
+//! unary/binary maps, and the zero-fill + add that its autograd spends on every
+//! gradient (BENCHMARKS.md, "Training step", has the breakdown). Here each layer
 //! is a forward/backward pair of the same fused kernels (LayerNorm, GELU, attention,
 //! cross-entropy) and gemm calls that write into their destination: the bias and the
 //! residual are the gemm's initial value, weight gradients accumulate in the gemm
