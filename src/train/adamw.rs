@@ -139,9 +139,7 @@ impl InplaceOp2 for Update<'_> {
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                crate::cpu::simd::dispatch!(update_chunk(p, g, m, v, s))
-            });
+            .for_each(|(((p, g), m), v)| crate::cpu::simd::dispatch!(update_chunk(p, g, m, v, s)));
         Ok(())
     }
 }

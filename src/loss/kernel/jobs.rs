@@ -258,7 +258,6 @@ impl<T> Job<'_, T> {
         unsafe { short_rows::rows(rows, outs, grad, sc) };
         Ok(())
     }
-
 }
 
 dispatch!(fn job_rows<T: Elem<F>, F: Real>(
