@@ -8,31 +8,14 @@
 //! factor per row, so `bwd` runs the kernel again with those factors instead (eval, the
 //! usual user of `None`, needs no gradient at all).
 
-use super::kernel::{self, RowScale};
+use super::kernel::RowScale;
 use super::rows::{
-    count_rows, logits_slice, loss_storage, params, reduce, row_factor, run_logits, stats,
-    targets_slice, CrossEntropyStats, Logits,
+    count_rows, logits_slice, loss_storage, params, prepare, reduce, row_factor, run_logits, stats,
+    targets_slice, with_cpu_inputs, CrossEntropyStats, Logits,
 };
 use super::{CrossEntropyOptions, Reduction};
-use candle_core::{
-    bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
-
-/// Calls `f` with the CPU slices of contiguous logits and targets (the storage guards
-/// live for the call).
-fn with_cpu_inputs<R>(
-    logits: &Tensor,
-    targets: &Tensor,
-    f: impl FnOnce(Logits<'_>, &[u32]) -> Result<R>,
-) -> Result<R> {
-    let (ls, ll) = logits.storage_and_layout();
-    let (ts, tl) = targets.storage_and_layout();
-    let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
-        bail!("cross_entropy: the fused kernel runs on the CPU only")
-    };
-    f(logits_slice(ls, ll)?, targets_slice(ts, tl)?)
-}
 
 /// The fused cross-entropy op. See the module doc.
 pub(crate) struct CeOp {
@@ -137,21 +120,6 @@ impl CustomOp2 for CeOp {
     }
 }
 
-fn prepare(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (n, v) = logits.dims2()?;
-    if v == 0 {
-        bail!("cross_entropy: logits of shape [{n}, 0]: there must be at least one class")
-    }
-    let t = targets.to_dtype(DType::U32)?.contiguous()?;
-    if t.dims() != [n] {
-        bail!(
-            "cross_entropy: targets of shape {:?} for {n} rows",
-            t.dims()
-        )
-    }
-    Ok((logits.contiguous()?, t))
-}
-
 /// Fused [`super::cross_entropy`] (CPU), plus the per-row lse and argmax accuracy of the
 /// same pass.
 pub fn cross_entropy_with_stats(
@@ -170,61 +138,6 @@ pub fn cross_entropy_with_stats(
     };
     let st = op.stats.lock().unwrap().take().expect("forward ran");
     Ok((loss, st))
-}
-
-/// Loss and d(loss)/d(logits) [N, V] from one pass, outside candle's autograd (no
-/// graph, no zero-filled gradient accumulator): what a hand-written backward wants.
-/// For `Reduction::None` the gradient is that of the sum of the row losses.
-pub fn cross_entropy_loss_and_grad(
-    logits: &Tensor,
-    targets: &Tensor,
-    o: &CrossEntropyOptions,
-) -> Result<(Tensor, Tensor)> {
-    let (logits, targets) = prepare(logits, targets)?;
-    let (n, v) = logits.dims2()?;
-    let p = params(o, v);
-    with_cpu_inputs(&logits, &targets, |x, t| {
-        let counted = count_rows(t, o.ignore_index);
-        let scale = RowScale::Uniform(row_factor(o, counted));
-        let (outs, g) = run_logits(&x, n, v, t, &p, scale, true)?;
-        let is_f64 = matches!(x, Logits::F64(_));
-        let loss = match loss_storage(reduce(o, &outs, counted), is_f64, o) {
-            (CpuStorage::F64(v), shape) => Tensor::from_vec(v, shape, &Device::Cpu)?,
-            (CpuStorage::F32(v), shape) => Tensor::from_vec(v, shape, &Device::Cpu)?,
-            _ => unreachable!("loss_storage makes f32 or f64"),
-        };
-        Ok((loss, g.expect("asked for a gradient")))
-    })
-}
-
-/// [`cross_entropy_loss_and_grad`] for f32 logits into a gradient buffer the caller
-/// owns and reuses: `grad` [N·V] receives d(loss)/d(logits). Returns the loss values
-/// (one, or N for `None`). A buffer written before costs no page faults, a large share
-/// of writing a fresh [N, V] gradient (BENCHMARKS.md).
-pub fn cross_entropy_loss_and_grad_into(
-    logits: &Tensor,
-    targets: &Tensor,
-    o: &CrossEntropyOptions,
-    grad: &mut [f32],
-) -> Result<Vec<f64>> {
-    let (logits, targets) = prepare(logits, targets)?;
-    let (n, v) = logits.dims2()?;
-    if grad.len() != n * v {
-        bail!(
-            "cross_entropy: gradient buffer of {} for [{n}, {v}]",
-            grad.len()
-        )
-    }
-    let p = params(o, v);
-    with_cpu_inputs(&logits, &targets, |x, t| {
-        let Logits::F32(x) = x else {
-            bail!("cross_entropy_loss_and_grad_into: f32 logits only")
-        };
-        let counted = count_rows(t, o.ignore_index);
-        let scale = RowScale::Uniform(row_factor(o, counted));
-        let outs = kernel::run::<f32, f32>(x, t, &p, scale, Some(grad))?;
-        Ok(reduce(o, &outs, counted))
-    })
 }
 
 /// Lets the graph hold the op by `Arc` while the caller keeps a handle for the stats.

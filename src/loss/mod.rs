@@ -7,11 +7,13 @@
 //! projection fused with the loss in row chunks) over the slice kernel (`kernel`, one
 //! pass per row that writes the gradient once); `rows` is the bookkeeping between
 //! options, rows and the reduced loss that every caller of the kernel shares, `head`
-//! the output projection and loss on plain slices for the native training step.
+//! the output projection and loss on plain slices for the native training step, and
+//! `direct` the loss with d(logits) outside the graph for a hand-written backward.
 //! `reference` holds the composed candle version of each, kept for tests and
 //! benchmarks, and used on other devices and, for `linear_cross_entropy`, for non-f32
 //! inputs.
 
+mod direct;
 pub mod fused;
 pub(crate) mod head;
 pub mod kernel;
@@ -19,9 +21,8 @@ pub mod linear;
 pub mod reference;
 mod rows;
 
-pub use fused::{
-    cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into, cross_entropy_with_stats,
-};
+pub use direct::{cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into};
+pub use fused::cross_entropy_with_stats;
 pub use kernel::short_row_jobs;
 pub use rows::CrossEntropyStats;
 

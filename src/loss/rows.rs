@@ -1,13 +1,15 @@
 //! The bookkeeping every user of the row kernel shares (the candle ops in `fused` and
-//! `linear`, the slice-level `head`): options to the kernel's per-row parameters,
-//! per-row results to the reduced loss, kernel errors to candle errors, and one kernel
-//! run over logits of any supported dtype.
+//! `linear`, the tensor-level `direct`, the slice-level `head`): options to the kernel's
+//! per-row parameters, per-row results to the reduced loss, kernel errors to candle
+//! errors, tensors to the kernel's slices, and one kernel run over logits of any
+//! supported dtype.
 
 use super::kernel::{self, Elem, KernelError, Params, Real, RowOut, RowScale};
 use super::{CrossEntropyOptions, Reduction};
 use crate::cpu::{assume_init, uninit_vec};
 use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, Device, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage,
+    Tensor,
 };
 use half::{bf16, f16};
 
@@ -186,4 +188,36 @@ pub(crate) fn loss_storage(
         CpuStorage::F32(vals.into_iter().map(|x| x as f32).collect())
     };
     (st, shape)
+}
+
+/// Logits [N, V] (V ≥ 1) and targets [N] as the kernel takes them: both contiguous,
+/// targets as u32.
+pub(crate) fn prepare(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, v) = logits.dims2()?;
+    if v == 0 {
+        bail!("cross_entropy: logits of shape [{n}, 0]: there must be at least one class")
+    }
+    let t = targets.to_dtype(DType::U32)?.contiguous()?;
+    if t.dims() != [n] {
+        bail!(
+            "cross_entropy: targets of shape {:?} for {n} rows",
+            t.dims()
+        )
+    }
+    Ok((logits.contiguous()?, t))
+}
+
+/// Calls `f` with the CPU slices of contiguous logits and targets (the storage guards
+/// live for the call).
+pub(crate) fn with_cpu_inputs<R>(
+    logits: &Tensor,
+    targets: &Tensor,
+    f: impl FnOnce(Logits<'_>, &[u32]) -> Result<R>,
+) -> Result<R> {
+    let (ls, ll) = logits.storage_and_layout();
+    let (ts, tl) = targets.storage_and_layout();
+    let (Storage::Cpu(ls), Storage::Cpu(ts)) = (&*ls, &*ts) else {
+        bail!("cross_entropy: the fused kernel runs on the CPU only")
+    };
+    f(logits_slice(ls, ll)?, targets_slice(ts, tl)?)
 }
