@@ -255,7 +255,7 @@ mod malloc {
                         && mallopt(M_TOP_PAD, 64 << 20) == 1
                 }
                 // The recommendation: never mmap, keep the heap top for reuse.
-                "tuned" => tinylm::kernels::tune_glibc_malloc(),
+                "tuned" => tinylm::cpu::tune_glibc_malloc(),
                 other => panic!("unknown malloc mode {other}"),
             }
         }

@@ -6,7 +6,7 @@ static A: tinylm::bench::alloc::CountingAlloc = tinylm::bench::alloc::CountingAl
 
 fn main() -> anyhow::Result<()> {
     // As `tinylm` does first thing (src/main.rs): freed large buffers stay for reuse.
-    tinylm::kernels::tune_glibc_malloc();
+    tinylm::cpu::tune_glibc_malloc();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| argv.iter().any(|a| a == f);
     let value = |f: &str| {

@@ -66,7 +66,7 @@ fn one_stream(url: &str, prompt: &str, tokens: usize, seed: u64) -> anyhow::Resu
 }
 
 fn main() -> anyhow::Result<()> {
-    tinylm::kernels::tune_glibc_malloc();
+    tinylm::cpu::tune_glibc_malloc();
     let mut checkpoint = None;
     let mut url = "http://127.0.0.1:8080".to_string();
     let mut tokens = 200usize;

@@ -346,7 +346,7 @@ const MAX_PROMPT_BYTES: u64 = 1 << 20;
 fn main() {
     // Keep freed activation buffers in the heap instead of returning them to the OS:
     // otherwise every training step page-faults its temporaries back in (BENCHMARKS.md).
-    tinylm::kernels::tune_glibc_malloc();
+    tinylm::cpu::tune_glibc_malloc();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

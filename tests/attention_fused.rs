@@ -1,5 +1,6 @@
-//! The fused attention kernel (src/attention/fused.rs) against the composed reference
-//! (src/attention/reference.rs) and against finite differences.
+//! The fused attention (the op in src/attention/fused.rs over src/attention/kernel/)
+//! against the composed reference (src/attention/reference.rs) and against finite
+//! differences.
 //!
 //! Small shapes with small tiles (block 8x8 or 4x8) exercise partial tiles, diagonal
 //! tiles and the causal skip in milliseconds; a few cases use the default 64x64 tiles
@@ -307,6 +308,41 @@ fn fused_is_bitwise_deterministic() -> Result<()> {
             assert!(other == first, "{threads} threads differ");
         }
     }
+    Ok(())
+}
+
+/// Every SIMD level's compiled copy of the tile loops (`tinylm::cpu::simd`) gives the
+/// same output and gradients, bit for bit: the fused multiply-adds are exactly rounded
+/// everywhere. Capping the level is process-wide, which can only slow the other tests.
+#[test]
+fn fused_is_bitwise_equal_at_every_simd_level() -> Result<()> {
+    use tinylm::cpu::simd::{self, Level};
+    let x: Vec<Tensor> = (0..4)
+        .map(|r| randn((1, 2, 130, 64), 500 + r, 1.0, DType::F32))
+        .collect::<Result<_>>()?;
+    let run = || -> Result<Vec<Vec<u32>>> {
+        bits(&fwd_bwd(&causal_attention, &x[0], &x[1], &x[2], &x[3])?)
+    };
+    let widest = run()?;
+    let capped: Vec<_> = [Level::Baseline, Level::Avx2]
+        .into_iter()
+        .map(|cap| {
+            simd::set_cap(Some(cap));
+            (cap, run())
+        })
+        .collect();
+    simd::set_cap(None);
+    for (cap, r) in capped {
+        assert!(
+            r? == widest,
+            "capped at {cap:?}: differs from {:?}",
+            simd::detected()
+        );
+    }
+    println!(
+        "1x2x130x64: levels 0, 1 and {:?} bitwise equal",
+        simd::detected()
+    );
     Ok(())
 }
 

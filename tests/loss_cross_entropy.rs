@@ -5,9 +5,10 @@ mod loss_util;
 
 use candle_core::{DType, Device, Tensor, Var};
 use loss_util::*;
+use tinylm::cpu::simd::{self, Level};
 use tinylm::loss::{self, reference, CrossEntropyOptions, Reduction};
 
-/// `loss::set_simd_cap` is process-wide: a test that compares SIMD levels holds this
+/// `simd::set_cap` is process-wide: a test that compares SIMD levels holds this
 /// for its whole run, so that no other test caps the level under its uncapped runs.
 static SIMD_CAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -21,32 +22,24 @@ fn at_capped_simd_levels<R>(
     _turn: &std::sync::MutexGuard<'static, ()>,
     f: impl Fn() -> R,
 ) -> Vec<(u8, R)> {
-    let out = [0u8, 1]
+    let out = [Level::Baseline, Level::Avx2]
         .into_iter()
         .map(|cap| {
-            loss::set_simd_cap(Some(cap));
-            (cap, f())
+            simd::set_cap(Some(cap));
+            (cap as u8, f())
         })
         .collect();
-    loss::set_simd_cap(None);
+    simd::set_cap(None);
     out
 }
 
 /// The widest vector level the kernel uses on this CPU, for the test reports.
 fn detected_simd() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-        {
-            return "2 (AVX-512, this CPU)";
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return "1 (AVX2, this CPU's widest)";
-        }
+    match simd::detected() {
+        Level::Avx512 => "2 (AVX-512, this CPU)",
+        Level::Avx2 => "1 (AVX2, this CPU's widest)",
+        Level::Baseline => "0 (this CPU's widest)",
     }
-    "0 (this CPU's widest)"
 }
 
 /// A rayon pool of `k` threads (the kernel's results must not depend on k).

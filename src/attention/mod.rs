@@ -2,13 +2,14 @@
 //!
 //! Notation: B batch, H heads, T sequence length, D head width.
 //! `causal_attention` and `cached_attention` are what the model calls; they run the
-//! fused kernel ([`fused`], FlashAttention-2 style tiles with an explicit backward) for
-//! f32/f64 tensors on the CPU and fall back to the composed [`reference`] otherwise.
-//! `reference` is kept for tests and benchmarks.
+//! fused candle op ([`fused`]) over the slice kernel ([`kernel`], FlashAttention-2
+//! style tiles with an explicit backward) for f32/f64 tensors on the CPU, and fall back
+//! to the composed [`reference`] otherwise. `reference` is kept for tests and
+//! benchmarks.
 
 pub mod fused;
+pub mod kernel;
 pub mod reference;
-mod simd;
 
 use candle_core::{DType, Result, Tensor};
 

@@ -15,7 +15,11 @@ static INSTALLED: AtomicUsize = AtomicUsize::new(0);
 /// Forwards to the system allocator and keeps `LIVE` and `PEAK` up to date.
 pub struct CountingAlloc;
 
+// Each method's safety contract is `GlobalAlloc`'s, which `System` needs as well: every
+// call is forwarded unchanged.
 unsafe impl GlobalAlloc for CountingAlloc {
+    /// # Safety
+    /// `GlobalAlloc::alloc`'s contract, forwarded to `System`.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
         if !p.is_null() {
@@ -23,6 +27,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
         }
         p
     }
+    /// # Safety
+    /// `GlobalAlloc::alloc_zeroed`'s contract, forwarded to `System`.
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc_zeroed(layout);
         if !p.is_null() {
@@ -30,10 +36,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
         }
         p
     }
+    /// # Safety
+    /// `GlobalAlloc::dealloc`'s contract, forwarded to `System`.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         System.dealloc(ptr, layout);
         LIVE.fetch_sub(layout.size(), Relaxed);
     }
+    /// # Safety
+    /// `GlobalAlloc::realloc`'s contract, forwarded to `System`.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = System.realloc(ptr, layout, new_size);
         if !p.is_null() {

@@ -19,7 +19,7 @@
 //! backward given dO = G, as the training step calls it).
 
 use super::{alloc, time_median_ms, BenchArgs};
-use crate::attention::{fused, reference, FusedOptions};
+use crate::attention::{fused, kernel, reference, FusedOptions};
 use candle_core::{Device, Tensor, Var};
 
 /// One measured row.
@@ -111,10 +111,10 @@ fn make_case(s: Shape, fwdbwd: bool, causal: bool, imp: Imp) -> anyhow::Result<B
         let (qs, ks, vs, gs) = (flat(&qd)?, flat(&kd)?, flat(&vd)?, flat(&g)?);
         let dims = (s.b * s.h, s.t, s.d);
         return Ok(Box::new(move || {
-            let (o, lse) = fused::self_attention_forward_f32(dims, causal, &qs, &ks, &vs);
+            let (o, lse) = kernel::self_attention_forward_f32(dims, causal, &qs, &ks, &vs);
             if fwdbwd {
                 let grads =
-                    fused::self_attention_backward_f32(dims, causal, &qs, &ks, &vs, &o, &gs, &lse);
+                    kernel::self_attention_backward_f32(dims, causal, &qs, &ks, &vs, &o, &gs, &lse);
                 std::hint::black_box(grads);
             }
             std::hint::black_box((o, lse));

@@ -6,7 +6,9 @@
 //! no cancellation for large negative x (where 1 + tanh(u) loses all its digits).
 //! gelu'(x) = s + x·s·(1 - s)·2·du/dx,  s = σ(2u),  du/dx = k·(1 + 3·0.044715·x²).
 
-use super::util::{assume_init, contiguous_slice, dispatch, uninit_vec, with_slice, Real};
+use super::real::Real;
+use crate::cpu::simd::dispatch;
+use crate::cpu::{assume_init, contiguous_slice, uninit_vec, with_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::marker::PhantomData;

@@ -10,7 +10,9 @@
 //! (the standard derivation: xhat is invariant to shifting x and to scaling x - mean,
 //! so dx is g minus its projections on 1 and on xhat, times rstd).
 
-use super::util::{assume_init, contiguous_slice, dispatch, uninit_vec, with_slice, Real};
+use super::real::Real;
+use crate::cpu::simd::dispatch;
+use crate::cpu::{assume_init, contiguous_slice, uninit_vec, with_slice};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

@@ -1,22 +1,17 @@
-//! Layer kernels of the model other than attention and the loss: LayerNorm and GELU.
+//! Layer kernels of the model other than attention and the loss: LayerNorm, GELU and
+//! rotary positions.
 //! Each entry point is differentiable; `reference` holds the composed versions.
 //!
 //! The fused versions (f32 and f64 on the CPU) are candle custom ops with explicit
 //! backward passes, parallel over fixed chunks (results do not depend on the thread
-//! count) and compiled for AVX-512 / AVX2 / baseline, chosen at run time. Other dtypes
-//! and devices fall back to `reference`.
+//! count) and compiled for the SIMD level of `crate::cpu::simd`. Other dtypes and
+//! devices fall back to `reference`.
 
 pub(crate) mod gelu;
 pub(crate) mod layer_norm;
-mod malloc;
+mod real;
 pub mod reference;
 pub mod rope;
-mod util;
-
-pub(crate) use util::dispatch as dispatch_simd;
-pub(crate) use util::{as_uninit, assume_init, storage_slice, uninit_vec, with_slice};
-
-pub use malloc::tune_glibc_malloc;
 
 use candle_core::{DType, Result, Tensor};
 

@@ -14,8 +14,8 @@
 //! With `Reduction::None` the upstream gradient weighs each row, which dW cannot take
 //! after the fact, so `bwd` runs the chunks again with those weights.
 
-use super::fused::{self, count_rows, kernel_err, params, reduce, row_factor};
 use super::kernel::{self, RowOut, RowScale};
+use super::rows::{count_rows, logits_slice, loss_storage, params, reduce, row_factor, Logits};
 use super::{CrossEntropyOptions, Reduction};
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
@@ -97,12 +97,12 @@ fn chunked(
             let Storage::Cpu(st) = &*st else {
                 bail!("linear_cross_entropy: CPU only")
             };
-            let r = match fused::logits_slice(st, l)? {
-                fused::Logits::F32(x) => kernel::run::<f32, f32>(x, tc, &p, sc, None),
-                fused::Logits::F64(x) => kernel::run::<f64, f64>(x, tc, &p, sc, None),
+            let r = match logits_slice(st, l)? {
+                Logits::F32(x) => kernel::run::<f32, f32>(x, tc, &p, sc, None),
+                Logits::F64(x) => kernel::run::<f64, f64>(x, tc, &p, sc, None),
                 _ => bail!("linear_cross_entropy: f32 or f64 only"),
             };
-            outs.extend(r.map_err(kernel_err)?);
+            outs.extend(r?);
         }
         s += rows;
     }
@@ -177,8 +177,7 @@ impl candle_core::InplaceOp1 for InPlaceCe<'_> {
                 kernel::run_in_place::<f64>(&mut x[a..b], self.targets, &self.p, self.scale)
             }
             _ => bail!("in-place CE: f32 or f64 only"),
-        }
-        .map_err(kernel_err)?;
+        }?;
         *self.outs.lock().unwrap() = Some(outs);
         Ok(())
     }
@@ -330,7 +329,7 @@ pub fn linear_cross_entropy_chunked(
         chunk,
     )?;
     let vals = reduce(o, &r.outs, counted);
-    let (loss, shape) = fused::loss_storage(vals, hidden.dtype() == DType::F64, o);
+    let (loss, shape) = loss_storage(vals, hidden.dtype() == DType::F64, o);
     if !(want_dh || want_dw) {
         return match loss {
             CpuStorage::F32(x) => Tensor::from_vec(x, shape, &Device::Cpu),

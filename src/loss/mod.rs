@@ -3,22 +3,28 @@
 //! Notation: N rows (N = B·T), V vocabulary, D hidden width.
 //!
 //! `cross_entropy` and `linear_cross_entropy` are the entry points the model and the
-//! trainer call; on the CPU they run the fused kernels (`kernel`, one pass per row that
-//! writes the gradient once; `linear`, the output projection fused with it in row
-//! chunks). `reference` holds the composed candle version of each, kept for tests and
+//! trainer call. On the CPU they run candle ops (`fused`; `linear`, the output
+//! projection fused with the loss in row chunks) over the slice kernel (`kernel`, one
+//! pass per row that writes the gradient once); `rows` is the bookkeeping between
+//! options, rows and the reduced loss that every caller of the kernel shares, `head`
+//! the output projection and loss on plain slices for the native training step, and
+//! `direct` the loss with d(logits) outside the graph for a hand-written backward.
+//! `reference` holds the composed candle version of each, kept for tests and
 //! benchmarks, and used on other devices and, for `linear_cross_entropy`, for non-f32
 //! inputs.
 
+mod direct;
 pub mod fused;
+pub(crate) mod head;
 pub mod kernel;
 pub mod linear;
 pub mod reference;
+mod rows;
 
-pub use fused::{
-    cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into, cross_entropy_with_stats,
-    CrossEntropyStats,
-};
-pub use kernel::{set_simd_cap, short_row_jobs};
+pub use direct::{cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into};
+pub use fused::cross_entropy_with_stats;
+pub use kernel::short_row_jobs;
+pub use rows::CrossEntropyStats;
 
 use candle_core::{DType, Result, Tensor};
 

@@ -230,8 +230,8 @@ impl Gpt {
     /// for computing without gradients: its forward records no graph, so evaluation
     /// and sampling free each activation when the next layer has used it, and the loss
     /// computes no parameter gradients. Through the trainable model, an evaluation
-    /// batch held every activation of the forward until it ended (measured: 2.2 GB peak
-    /// vs 1.5 GB for a training step at B·T = 16384, C = 256, L = 4).
+    /// batch held every activation of the forward until it ended, above a training
+    /// step's peak (BENCHMARKS.md, "Measurements behind the code").
     pub fn frozen(&self) -> Self {
         Self {
             config: self.config.clone(),

@@ -2,9 +2,9 @@
 //! raw f32 buffers, layer by layer, in the manner of llm.c's `train_gpt2.c`.
 //!
 //! Why it exists: with every heavy op already fused, the candle graph around them cost
-//! more than the ops (BENCHMARKS.md, "Training step": ~24% of the step was candle's
-//! element-wise pool waiting between ops, ~20% its single-threaded unary/binary maps
-//! and the zero-fill + add that its autograd spends on every gradient). Here each layer
+//! more than the ops: its element-wise pool waiting between ops, its single-threaded
+//! unary/binary maps, and the zero-fill + add that its autograd spends on every
+//! gradient (BENCHMARKS.md, "Training step", has the breakdown). Here each layer
 //! is a forward/backward pair of the same fused kernels (LayerNorm, GELU, attention,
 //! cross-entropy) and gemm calls that write into their destination: the bias and the
 //! residual are the gemm's initial value, weight gradients accumulate in the gemm
@@ -30,11 +30,10 @@
 
 use super::params::{Affine, Block, Params};
 use super::Gpt;
-use crate::attention::fused as attn;
-use crate::kernels::{as_uninit, assume_init, gelu, layer_norm, rope, storage_slice, uninit_vec};
-use crate::loss::fused::{count_rows, params as ce_params, reduce, row_factor};
-use crate::loss::kernel::{self, KernelError, RowScale};
-use crate::loss::linear::chunk_rows;
+use crate::attention::kernel as attn;
+use crate::cpu::{as_uninit, assume_init, storage_slice, uninit_vec};
+use crate::kernels::{gelu, layer_norm, rope};
+use crate::loss::head::{tied_head, HeadError};
 use crate::loss::{CrossEntropyOptions, Reduction};
 use candle_core::{bail, Result};
 use rayon::prelude::*;
@@ -599,17 +598,8 @@ fn ln_backward(
     dx.expect("asked for dx")
 }
 
-enum HeadError {
-    NonFinite,
-    Other(candle_core::Error),
-}
-
-/// The tied output head fused with the loss, in row chunks (as `loss::linear`):
-///   logits_c = h_c · wteᵀ          [c, C] x [C, V]
-///   the CE kernel turns logits_c into d(loss)/d(logits_c) in place
-///   dh_c = dlogits_c · wte          [c, V] x [V, C]
-///   dwte += dlogits_cᵀ · h_c        [V, c] x [c, C]
-/// Returns (loss, dh [N, C]).
+/// The tied output head fused with the loss (`loss::head`, in row chunks, with this
+/// step's gemm): returns (loss, dh [N, C]) and adds dwte [V, C] into `dwte`.
 fn head(
     dm: &Dims,
     hs: &[f32],
@@ -618,41 +608,5 @@ fn head(
     opts: &CrossEntropyOptions,
     dwte: &mut [f32],
 ) -> std::result::Result<(f64, Vec<f32>), HeadError> {
-    let (n, c, v) = (dm.n, dm.c, dm.v);
-    let p = ce_params(opts, v);
-    let counted = count_rows(targets, opts.ignore_index);
-    let scale = RowScale::Uniform(row_factor(opts, counted));
-    let rows_per_chunk = chunk_rows(n, v);
-    // Written by the first chunk's gemm (the first chunk is the largest), not
-    // zero-filled first: 64 MiB a step at V = 8192.
-    let mut logits: Vec<f32> = Vec::new();
-    let mut dh = vec![0f32; n * c];
-    let mut outs = Vec::with_capacity(n);
-    let mut s = 0;
-    while s < n {
-        let rows = rows_per_chunk.min(n - s);
-        let hc = &hs[s * c..(s + rows) * c];
-        let logits_of = |d: &mut [MaybeUninit<f32>]| {
-            gemm_into((rows, v, c), d, false, (hc, c, 1), (wte, 1, c)) // [c, C] x [C, V]
-        };
-        if logits.is_empty() {
-            logits = filled(rows * v, logits_of);
-        } else {
-            logits_of(as_uninit(&mut logits[..rows * v]));
-        }
-        let lg = &mut logits[..rows * v];
-        match kernel::run_in_place::<f32>(lg, &targets[s..s + rows], &p, scale) {
-            Ok(o) => outs.extend(o),
-            Err(KernelError::NonFinite { .. }) => return Err(HeadError::NonFinite),
-            Err(e) => {
-                return Err(HeadError::Other(crate::loss::fused::kernel_err(e)));
-            }
-        }
-        let dhc = as_uninit(&mut dh[s * c..(s + rows) * c]);
-        gemm_into((rows, c, v), dhc, false, (lg, v, 1), (wte, c, 1)); // [c, V] x [V, C]
-        mm_tn_acc(dwte, lg, hc, (v, c, rows)); // [V, c] x [c, C]
-        s += rows;
-    }
-    let loss = reduce(opts, &outs, counted)[0];
-    Ok((loss, dh))
+    tied_head((dm.n, dm.c, dm.v), hs, wte, targets, opts, dwte, gemm_into)
 }

@@ -16,22 +16,11 @@
 //! pre-token ends at a line break that is followed by a non-space, which lets long
 //! inputs be encoded in independent chunks (see `encode`).
 //!
-//! Choosing `han_piece` (measured with `examples/bpe_compare.rs`: trained on
-//! `data/zh_corpus.txt`, bytes/token on the same file, peak RSS; 2 busy cores, so
-//! times are rough, often +-2x):
-//!
-//! | han_piece | vocab 1024 | vocab 4096 | vocab 8192 | train s (8192) | peak RSS |
-//! | ---: | ---: | ---: | ---: | ---: | ---: |
-//! | **1 (per character, default)** | 2.339 | 2.987 | 3.023 | 6-11 | 0.10 GB |
-//! | 2 | 2.339 | 3.112 | 3.361 | 18-25 | 0.34 GB |
-//! | 3 | 2.339 | 3.099 | 3.328 | ~100 | 1.09 GB |
-//! | 4 | 2.339 | 3.145 | 3.431 | ~70 | 1.13 GB |
-//! | 64 (whole clause, as GPT-2) | 2.339 | 3.166 | 3.480 | ~175 | 1.32 GB |
-//!
-//! Pairs gain 11% over single characters at vocab 8192 (two-character words such as
-//! 明月, 春风 become one token); longer pieces add at most 3.5% more for 3-4x the
-//! memory and several times the training time, and 3 is worse than 2 because 7- and
-//! 5-character lines scan 2+2+3 / 2+3, which pairs follow and triples cut across.
+//! `han_piece` is 1 by default: a token never holds two characters, so a model can
+//! count the characters of a line. Pairs compress 11% better (two-character words such
+//! as 明月 become one token) but the model then writes fragments; longer pieces cost
+//! memory and training time for little (BENCHMARKS.md, "Verse" and "Measurements
+//! behind the code").
 //!
 //! Encoding arbitrary bytes: `tokenizers` takes `&str`, so the input is split into
 //! maximal valid UTF-8 runs, encoded normally, and invalid bytes, which get their
@@ -435,8 +424,8 @@ impl BpeTokenizer {
     /// The pipeline of `Sequence[Split(regex, Isolated), ByteLevel(no regex)]` + BPE
     /// without its per-byte offset bookkeeping and per-token strings: the same regex
     /// engine cuts the text (matches and the gaps between them are pre-tokens), each
-    /// pre-token is mapped to byte-level characters and given to the BPE model. About
-    /// 5x faster than `encode_reference`; tests check equal ids.
+    /// pre-token is mapped to byte-level characters and given to the BPE model: the
+    /// same ids as `encode_reference` (the tests check), without its bookkeeping.
     fn encode_direct(&self, re: &SysRegex, bpe: &BPE, text: &str) -> anyhow::Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 2 + 1);
         // Pre-tokens repeat a lot (characters, punctuation, line ends); a local cache

@@ -139,9 +139,7 @@ impl InplaceOp2 for Update<'_> {
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                crate::kernels::dispatch_simd!(update_chunk(p, g, m, v, s))
-            });
+            .for_each(|(((p, g), m), v)| crate::cpu::simd::dispatch!(update_chunk(p, g, m, v, s)));
         Ok(())
     }
 }
@@ -256,7 +254,7 @@ impl AdamW {
     /// gradients), so that no checkpoint ever holds NaN or infinity.
     pub fn params_finite(&self) -> Result<bool> {
         for p in &self.params {
-            let finite = crate::kernels::with_slice::<f32, _>(p.var.as_tensor(), |x| {
+            let finite = crate::cpu::with_slice::<f32, _>(p.var.as_tensor(), |x| {
                 Ok(x.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite())))
             })?;
             if !finite {

@@ -24,24 +24,12 @@
 //! merged heads, the residual, the 4·C MLP layer before and after GELU), plus the
 //! backward's transients (the MLP's 8·N·C gradients, the block's d(out)) and the head's
 //! [chunk, V] logits (about 2^24 values, at least 8 rows: `loss::linear::chunk_rows`). Rounded up to
-//! 20·C per layer and 12·C per token, it was checked against the peak RSS of 3-step
-//! runs (2 threads, `--eval-batches 4`, 2026-11-28), estimated total / measured:
-//!
-//! | (L, C, H, T, B), V       | measured MiB | estimated MiB | ratio |
-//! | ------------------------ | -----------: | ------------: | ----: |
-//! | (4, 256, 4, 256, 16), 256  |  464 |  606 | 1.31 |
-//! | (2, 512, 8, 128, 8), 256   |  279 |  422 | 1.51 |
-//! | (2, 128, 8, 256, 8), 256   |  141 |  210 | 1.49 |
-//! | (6, 192, 2, 64, 16), 256   |  220 |  316 | 1.44 |
-//! | (4, 256, 4, 512, 32), 256  | 1443 | 1737 | 1.20 |
-//! | (8, 512, 8, 256, 32), 256  | 2928 | 3593 | 1.23 |
-//! | (4, 256, 4, 256, 16), 8192 |  663 |  726 | 1.09 |
-//!
-//! (the small models' ratios are the fixed part's: 64 MiB and the checkpoint buffers
-//! are not all resident at the peak). Evaluation and sampling run on a `Gpt::frozen`
+//! 20·C per layer and 12·C per token, it covers the peak RSS of real runs (the
+//! test `native_estimate_covers_the_measured_peaks`; BENCHMARKS.md, "Measurements
+//! behind the code"). Evaluation and sampling run on a `Gpt::frozen`
 //! view that records no graph, so they stay below the step. The graph formula is what
 //! autograd keeps with materialised attention (both sides of every op and its
-//! gradient), fitted earlier to the composed reference kernels at 1.07–1.21x. Plus a
+//! gradient), fitted to the composed reference kernels (BENCHMARKS.md). Plus a
 //! fixed 64 MiB for the program, the matmul benchmark and buffers.
 
 use super::config::TrainConfig;
@@ -243,8 +231,8 @@ mod tests {
             .contains("warmup_steps"));
     }
 
-    /// The native estimate against the peak RSS measured for the table in the module
-    /// doc (bytes corpus of 15,905,751 + 412,588 tokens; bpe:8192 corpus of 4,732,843 + 122,885
+    /// The native estimate against the peak RSS of 3-step runs (BENCHMARKS.md,
+    /// "Measurements behind the code"; bytes corpus of 15,905,751 + 412,588 tokens; bpe:8192 corpus of 4,732,843 + 122,885
     /// tokens): never below the measurement, at most 1.6x it.
     #[test]
     fn native_estimate_covers_the_measured_peaks() {

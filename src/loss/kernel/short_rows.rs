@@ -10,24 +10,21 @@
 //! * the row after this one has its max taken (reading it from memory) before this
 //!   row's exponentials, so that its loads and chain of maxima overlap them;
 //! * the exponentials run four chunks at a time, step by step
-//!   ([`exp_nonpos_group`]): one chunk's exp is a ~55-cycle chain, and with sixteen
-//!   of them written one after the other a row took about twice the cycles of its
-//!   FMA work;
+//!   ([`exp_nonpos_group`]): one chunk's exp is a long dependency chain, and sixteen
+//!   of them written one after the other leave the FMA units idle most of the row;
 //! * the gradient g = a·e - b is computed from the registers and streamed past the
 //!   cache when the row's chunks are whole lines (V a multiple of 16, the buffer on a
-//!   64-byte line, as the fresh gradients measured here were); other rows are stored
-//!   plainly (a caller's 16-byte-aligned buffer ran as fast at 16384 x 256).
+//!   64-byte line, as fresh gradients are); other rows are stored plainly (a caller's
+//!   16-byte-aligned buffer runs no slower that way).
 //!
-//! Forward+backward at 16384 x 256 went from 1.38–1.55 ms (sittings 5–6) to 0.96–1.10 ms,
-//! 77–95% of the memory floor (BENCHMARKS.md, "Sitting 8").
-//!
-//! Same bits as the general kernel (`super::row`), which the tests check at every SIMD
-//! level: the lane sums run over the same elements in the same order, the exponential
-//! is `fastmath::exp_f32_nonpos` step for step, the lanes are reduced pairwise as
-//! `reduce_lanes` does, and the scalars come from the same `row_scalars`. Only the max
-//! is taken in another order: max is exact, so that can only change the sign of a zero
-//! max, which no output depends on (x - (±0) and exp agree, lse = ±0 + ln s); NaN rows,
-//! where the order matters, are handed to the general kernel (below).
+//! Same bits as the general kernel (`super::row::row`), which the tests check at every
+//! SIMD level: the lane sums run over the same elements in the same order, the
+//! exponential is `fastmath::exp_f32_nonpos` step for step, the lanes are reduced
+//! pairwise as `reduce_lanes` does, and the scalars come from the same `row_scalars`.
+//! Only the max is taken in another order: max is exact, so that can only change the
+//! sign of a zero max, which no output depends on (x - (±0) and exp agree,
+//! lse = ±0 + ln s); NaN rows, where the order matters, are handed to the general
+//! kernel (below).
 //!
 //! Rows that are not plain (ignored or out-of-range targets, a NaN or infinite max, a
 //! NaN sum) go to the general kernel, which computes and reports them as always.
@@ -35,7 +32,7 @@
 // `seq!` unrolls with literal indices, so chunk 0's arithmetic reads `4 * 0 + 0`.
 #![allow(clippy::identity_op, clippy::erasing_op)]
 
-use super::{
+use super::row::{
     first_max_at, flush, row, row_scalars, Params, RowIo, RowOut, RowScalars, RowScale, Scratch,
 };
 use crate::fastmath::{EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E, EXP_MAGIC, EXP_POLY};
@@ -47,7 +44,7 @@ use std::mem::MaybeUninit;
 /// for the exponential's temporaries.
 pub(super) const MAX_V: usize = 256;
 
-/// Jobs run here (`super::short_row_jobs`).
+/// Jobs run here (`super::jobs::short_row_jobs`).
 pub(super) static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The rows a call works on: `i0 .. i0 + outs.len()` of logits `x` [N, V] (all N
@@ -87,6 +84,10 @@ pub(super) unsafe fn rows(
     })
 }
 
+/// [`rows`] for V in 16·(NC - 1) + 1 ..= 16·NC, with or without label smoothing.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VL (with AVX2 and FMA).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn rows_of<const NC: usize, const SMOOTH: bool>(
     Rows {
@@ -160,6 +161,9 @@ unsafe fn rows_of<const NC: usize, const SMOOTH: bool>(
 /// A row that is not plain (ignored, target out of range, NaN or infinite logits):
 /// the general kernel's `row`, which also reports the errors. Out of line and cold, so
 /// that the general kernel is compiled once, not into each of the 32 `rows_of` copies.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VL (with AVX2 and FMA).
 #[cold]
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
@@ -183,6 +187,10 @@ unsafe fn general_row(
 
 /// The max of a row (NaN entries may or may not be skipped: a NaN row is found by its
 /// sum and handed to the general kernel, which reports it).
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `xr` holds V ≤ 16·NC logits and `tail_mask` has the
+/// lanes of the last chunk that hold them.
 #[inline(always)]
 unsafe fn row_max<const NC: usize>(xr: &[f32], tail_mask: __mmask16) -> f32 {
     let mut mx = [_mm512_setzero_ps(); NC];
@@ -208,6 +216,9 @@ unsafe fn row_max<const NC: usize>(xr: &[f32], tail_mask: __mmask16) -> f32 {
 
 /// Chunk C of a row: logits 16C .. 16C + 16, the last chunk's missing lanes -inf (exp
 /// gives 0 there; they are kept out of the sums by the mask anyway).
+///
+/// # Safety
+/// As [`row_max`], with C < NC.
 #[inline(always)]
 unsafe fn load_chunk<const NC: usize, const C: usize>(xr: &[f32], tail_mask: __mmask16) -> __m512 {
     let p = xr.as_ptr().add(16 * C);
@@ -220,6 +231,9 @@ unsafe fn load_chunk<const NC: usize, const C: usize>(xr: &[f32], tail_mask: __m
 
 /// One plain row (target `t` in range, not ignored) with max `m`, in registers: `None`,
 /// with nothing written, when the max is not finite or the sum is NaN.
+///
+/// # Safety
+/// As [`row_max`]; `t` < V.
 #[inline(always)]
 unsafe fn row_in_registers<const NC: usize, const SMOOTH: bool>(
     xr: &[f32],
@@ -319,11 +333,14 @@ unsafe fn row_in_registers<const NC: usize, const SMOOTH: bool>(
         lse: lse as f64,
         correct,
         counted: true,
-        err: 0,
+        fault: None,
     })
 }
 
 /// One vector through [`exp_nonpos_group`], for `exp_matches_fastmath_bitwise`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
 #[cfg(test)]
 #[inline(always)]
 unsafe fn exp_nonpos(x: __m512) -> __m512 {
@@ -332,10 +349,12 @@ unsafe fn exp_nonpos(x: __m512) -> __m512 {
 
 /// `fastmath::exp_f32_nonpos` on G vectors of 16 lanes, step for step (the same
 /// roundings, so the same bits), each step on all G before the next: a vector's steps
-/// form one long chain (~55 cycles). Written one vector after the other, the row took
-/// about twice the cycles its FMA work needs, which we read as the chains' waiting
-/// operations filling the scheduler; step by step over four vectors the forward got
-/// ~10% faster (two or eight: no better; BENCHMARKS.md, "Sitting 8").
+/// form one long chain. Written one vector after the other, the chains' waiting
+/// operations fill the scheduler and the FMA units idle; four vectors step by step
+/// measured best (BENCHMARKS.md).
+///
+/// # Safety
+/// The CPU must have AVX-512 F and FMA.
 #[inline(always)]
 unsafe fn exp_nonpos_group<const G: usize>(x: [__m512; G]) -> [__m512; G] {
     let magic = _mm512_set1_ps(EXP_MAGIC);
@@ -385,8 +404,11 @@ unsafe fn exp_nonpos_group<const G: usize>(x: [__m512; G]) -> [__m512; G] {
     y
 }
 
-/// Σ of the 16 lanes, pairwise as `super::reduce_lanes` (lane l + lane l + 8, then
+/// Σ of the 16 lanes, pairwise as `super::row::reduce_lanes` (lane l + lane l + 8, then
 /// + 4, + 2, + 1).
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
 #[inline(always)]
 unsafe fn reduce_lanes(v: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(v);

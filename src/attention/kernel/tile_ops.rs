@@ -1,10 +1,11 @@
-//! Scalar-looking building blocks that LLVM vectorises once they are inlined into a
-//! function compiled with AVX-512 / AVX2+FMA (see `fused::Isa`): a register-blocked
-//! matrix-multiply micro-kernel, chunked row reductions and a polynomial `exp`.
+//! The arithmetic inside a tile: scalar-looking building blocks that LLVM vectorises
+//! once they are inlined into a function compiled for AVX-512 / AVX2+FMA: a
+//! register-blocked matrix-multiply micro-kernel, chunked row reductions and a
+//! polynomial `exp`.
 //!
-//! Everything here is `#[inline(always)]` on purpose: a `#[target_feature]` wrapper in
-//! `fused.rs` instantiates the whole tile computation once per instruction set, and
-//! only inlined code inherits those features.
+//! Everything here is `#[inline(always)]` on purpose: `crate::cpu::simd::dispatch!`
+//! instantiates the whole tile computation (`forward`, `backward`) once per SIMD level,
+//! and only inlined code inherits those features.
 
 use std::ops::{Add, Div, Mul, Sub};
 
@@ -266,6 +267,11 @@ pub fn gemm<T: Elem>(
     }
 }
 
+/// Rows i..i+R of C: full 4-chunk and 1-chunk column blocks, then the tail.
+///
+/// # Safety
+/// Rows i..i+R, columns < n and inner indices k0..k1 must lie inside `a`, `b` and `c`
+/// for the given strides (what `gemm` asserts).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn row_block<T: Elem, const R: usize>(
@@ -332,6 +338,10 @@ unsafe fn row_block<T: Elem, const R: usize>(
 }
 
 /// R rows x V·16 columns, accumulated in registers over p in k0..k1.
+///
+/// # Safety
+/// a[r·ars + p·acs], b[p·ldb + j] and c[r·ldc + j] must be valid for r < R,
+/// p in k0..k1, j < V·16.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn micro<T: Elem, const R: usize, const V: usize>(
@@ -377,6 +387,9 @@ unsafe fn micro<T: Elem, const R: usize, const V: usize>(
 }
 
 /// R rows x w < 16 columns: B is copied into a zero-padded chunk.
+///
+/// # Safety
+/// As [`micro`], for columns j < w.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn micro_tail<T: Elem, const R: usize>(

@@ -4,8 +4,7 @@
 //! With glibc's defaults, freeing them at the end of the backward leaves a large free
 //! block at the top of the heap, which glibc trims (returns to the OS), and buffers
 //! above the dynamic mmap threshold are munmap'ed; the next step then page-faults all
-//! of it back in (42.6k minor faults and ~2.5x the time on the step-like pattern of
-//! `examples/bench_kernels.rs alloc`; see BENCHMARKS.md).
+//! of it back in (measured with `examples/bench_kernels.rs alloc`, BENCHMARKS.md).
 
 /// Never serve allocations with mmap, and keep up to 1 GiB of free heap top instead
 /// of trimming it. Call first thing in `main`, before threads start. Returns whether
