@@ -34,7 +34,7 @@ enum Command {
     /// The log's MFU is the step's FLOPs (6 per matmul weight and token, plus 6·L·C·T for
     /// causal attention, counted as executed) a second, over the better of candle's
     /// 1024³ matmul rate and the step's own GEMM on its MLP product, both measured at
-    /// the start of the run with the same threads.
+    /// the start of the run with the same threads, and again whenever a step beats it.
     Train(Box<TrainArgs>),
     /// Generate text from a checkpoint, streamed as it is produced.
     Sample(SampleArgs),
@@ -467,6 +467,11 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         a.sample_tokens as f64,
         &a.sample_tokens.to_string(),
     )?;
+    tinylm::limits::check_range(
+        "form_samples",
+        a.form_samples as f64,
+        &a.form_samples.to_string(),
+    )?;
     let device = setup(&a.common)?;
     let p = train::setup::prepare(&train_request(&a), &device)?;
     let (config, corpus, tokenizer) = (&p.config, &p.corpus, &p.tokenizer);
@@ -544,11 +549,16 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     }
     let m = train::load_model(&p.run_dir, &device)?;
     let o = SamplingOptions::default();
+    // The first validation poem's title and author: the end poem's prompt. None when the
+    // text holds no poem (then there is nothing to prompt the form report with either).
+    let first_poem = tinylm::verse::prompts_and_bodies(&p.split.val, 1)
+        .0
+        .into_iter()
+        .next();
     if a.sample_tokens > 0 {
         // A poem as a reader would ask for one: a title and an author (of a poem the
         // model never saw), continued until the poem ends.
-        let (prompts, _) = tinylm::verse::prompts_and_bodies(&p.split.val, 1);
-        let prompt = prompts.first().cloned().unwrap_or_else(|| b"\n".to_vec());
+        let prompt = first_poem.clone().unwrap_or_else(|| b"\n".to_vec());
         println!(
             "--- a poem from the best checkpoint ({}, step {}; temperature {}, top-p {}, \
              min-p {}, repetition penalty {}; the title and author are a validation \
@@ -573,10 +583,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         )?;
         println!("---");
     }
-    let has_poems = !tinylm::verse::prompts_and_bodies(&p.split.val, 1)
-        .0
-        .is_empty();
-    if a.form_samples > 0 && !has_poems {
+    if a.form_samples > 0 && first_poem.is_none() {
         // Text that is not verse (no title, author and body lines): nothing to prompt with.
         println!("form report skipped: the validation text holds no poem to prompt with");
     } else if a.form_samples > 0 {

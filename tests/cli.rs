@@ -2,21 +2,10 @@
 //! one-line error and a non-zero exit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn tinylm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinylm"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run tinylm")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8(b.to_vec()).expect("output is valid UTF-8")
-}
+mod bin_util;
+use bin_util::{output as tinylm, utf8 as text};
 
 /// A short training run shared by the tests that need a checkpoint.
 fn trained_run() -> &'static Path {

@@ -216,6 +216,7 @@ fn every_option_is_range_checked_before_any_work() {
         (&["--max-steps", "0"], "max_steps (--max-steps)"),
         (&["--time-budget", "nan"], "time_budget_s (--time-budget)"),
         (&["--sample-tokens", "99999999"], "sample_tokens"),
+        (&["--form-samples", "99999999"], "form_samples"),
         (
             &["--batch-size", "65536", "--grad-accum", "65536"],
             "tokens a step",
@@ -259,6 +260,10 @@ fn every_option_is_range_checked_before_any_work() {
         (
             &["sample", "--checkpoint", "x", "--num-samples", "0"],
             "num_samples",
+        ),
+        (
+            &["eval", "--checkpoint", "x", "--samples", "99999999"],
+            "form_samples",
         ),
         (
             &[

@@ -8,18 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn tinylm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinylm"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run tinylm")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8(b.to_vec()).expect("output is valid UTF-8")
-}
+mod bin_util;
+use bin_util::{output as tinylm, utf8 as text};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -31,32 +31,48 @@ pub fn tables(pos0: usize, t: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
     (cos, sin)
 }
 
+/// The angles of positions 0..T for heads of width D, in f32: computed once per step
+/// and shared by every layer's forward and backward rotation.
+pub struct Tables {
+    t: usize,
+    d: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Tables {
+    pub fn new(t: usize, d: usize) -> Self {
+        assert!(d.is_multiple_of(2), "rope: odd head width {d}");
+        let (cos, sin) = tables(0, t, d);
+        Self {
+            t,
+            d,
+            cos: cos.into_iter().map(|v| v as f32).collect(),
+            sin: sin.into_iter().map(|v| v as f32).collect(),
+        }
+    }
+}
+
 /// Rotates every head row of x [R, T, D] (positions 0..T) in place; `inverse` rotates
 /// by the negative angles (the backward: the gradient of a rotation is the inverse
 /// rotation of the output's gradient).
-pub fn rotate_in_place(x: &mut [f32], t: usize, d: usize, inverse: bool) {
-    assert!(
-        d.is_multiple_of(2) && x.len().is_multiple_of(t * d),
-        "rope: x is not [R, T, D]"
-    );
-    let (cos, sin) = tables(0, t, d);
-    let cos: Vec<f32> = cos.into_iter().map(|v| v as f32).collect();
-    let sin: Vec<f32> = sin
-        .into_iter()
-        .map(|v| if inverse { -v as f32 } else { v as f32 })
-        .collect();
+pub fn rotate_in_place(x: &mut [f32], tb: &Tables, inverse: bool) {
+    let (t, d) = (tb.t, tb.d);
+    assert!(x.len().is_multiple_of(t * d), "rope: x is not [R, T, D]");
     let half = d / 2;
+    // The inverse rotation is the same with sin negated (exactly, in f32).
+    let sign = if inverse { -1.0f32 } else { 1.0 };
     x.par_chunks_mut(t * d).for_each(|head| {
         for (p, row) in head.chunks_exact_mut(d).enumerate() {
             let (c, s) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
+                &tb.cos[p * half..(p + 1) * half],
+                &tb.sin[p * half..(p + 1) * half],
             );
             let (a, b) = row.split_at_mut(half);
             for i in 0..half {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * c[i] - x2 * s[i];
-                b[i] = x2 * c[i] + x1 * s[i];
+                let (x1, x2, s) = (a[i], b[i], sign * s[i]);
+                a[i] = x1 * c[i] - x2 * s;
+                b[i] = x2 * c[i] + x1 * s;
             }
         }
     });
@@ -103,7 +119,7 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
             .collect();
         let mut y = x.clone();
-        rotate_in_place(&mut y, t, d, false);
+        rotate_in_place(&mut y, &Tables::new(t, d), false);
         let xt = Tensor::from_vec(x.clone(), (1, r, t, d), &Device::Cpu).unwrap();
         let want: Vec<f32> = rope(&xt, 0)
             .unwrap()
@@ -116,7 +132,7 @@ mod tests {
         }
         // Rotations keep each pair's length, and the inverse undoes the forward.
         let mut back = y.clone();
-        rotate_in_place(&mut back, t, d, true);
+        rotate_in_place(&mut back, &Tables::new(t, d), true);
         for (a, b) in back.iter().zip(&x) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }

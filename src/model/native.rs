@@ -135,8 +135,10 @@ pub fn loss_and_grad_into(
         .collect::<Result<Vec<_>>>()?;
     let w = Params::from_flat(w, cfg).expect("the model's parameters follow its layout");
     let mut g = Params::from_flat(grads.iter_mut(), cfg).expect("checked against the shapes");
+    let rope_tables = (cfg.positions == super::Positions::Rotary)
+        .then(|| rope::Tables::new(t, cfg.n_embd / cfg.n_head));
     let dm = Dims {
-        rotary: cfg.positions == super::Positions::Rotary,
+        rope: rope_tables.as_ref(),
         b,
         t,
         c: cfg.n_embd,
@@ -184,9 +186,9 @@ pub fn loss_and_grad_into(
 }
 
 #[derive(Clone, Copy)]
-struct Dims {
-    /// Rotary positions: q and k rotated after the qkv projection.
-    rotary: bool,
+struct Dims<'a> {
+    /// Rotary positions: q and k rotated after the qkv projection by these angles.
+    rope: Option<&'a rope::Tables>,
     b: usize,
     t: usize,
     c: usize,
@@ -195,7 +197,7 @@ struct Dims {
     n: usize,
 }
 
-impl Dims {
+impl Dims<'_> {
     fn d(&self) -> usize {
         self.c / self.h
     }
@@ -501,8 +503,8 @@ fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f
     let mut qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
     drop(qkv_rows);
     let part = b * h * t * d;
-    if dm.rotary {
-        rope::rotate_in_place(&mut qkv[..2 * part], t, d, false); // q and k, [2·B·H, T, D]
+    if let Some(tb) = dm.rope {
+        rope::rotate_in_place(&mut qkv[..2 * part], tb, false); // q and k, [2·B·H, T, D]
     }
     let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
     let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
@@ -565,10 +567,10 @@ fn block_backward(
     let (q, k, v) = (&a.qkv[..part], &a.qkv[part..2 * part], &a.qkv[2 * part..]);
     let (mut dq, mut dk, dv) =
         attn::self_attention_backward_f32((b * h, t, d), true, q, k, v, &a.att, &datt, &a.lse);
-    if dm.rotary {
+    if let Some(tb) = dm.rope {
         // Back through the rotation of q and k: the inverse rotation of their gradients.
-        rope::rotate_in_place(&mut dq, t, d, true);
-        rope::rotate_in_place(&mut dk, t, d, true);
+        rope::rotate_in_place(&mut dq, tb, true);
+        rope::rotate_in_place(&mut dk, tb, true);
     }
     drop((datt, a.att, a.lse, a.qkv));
     let dqkv = heads_to_rows(dm, &[&dq, &dk, &dv]); // [N, 3C]

@@ -17,7 +17,7 @@
 //! inputs be encoded in independent chunks (see `encode`).
 //!
 //! `han_piece` is 1 by default: a token never holds two characters, so a model can
-//! count the characters of a line. Pairs compress 11% better (two-character words such
+//! count the characters of a line. Pairs compress better (two-character words such
 //! as 明月 become one token) but the model then writes fragments; longer pieces cost
 //! memory and training time for little (BENCHMARKS.md, "Verse" and "Measurements
 //! behind the code").

@@ -45,6 +45,15 @@ pub struct Overrides {
 pub const RESUME_FLAGS: &str = "--max-steps, --time-budget, --max-bad-steps, \
      --eval-interval, --log-interval, --checkpoint-interval";
 
+/// `set!(field => option, ...)`: each field takes its option's value when it was given.
+macro_rules! set {
+    ($($field:expr => $v:expr),* $(,)?) => {$(
+        if let Some(v) = $v {
+            $field = v;
+        }
+    )*};
+}
+
 impl Overrides {
     /// The flags given that a resume does not take, by name.
     fn not_for_resume(&self) -> Vec<&'static str> {
@@ -71,13 +80,6 @@ impl Overrides {
 
     /// Applies every given value to a new run's config.
     pub fn apply_new(&self, c: &mut TrainConfig) {
-        macro_rules! set {
-            ($($field:expr => $v:expr),* $(,)?) => {$(
-                if let Some(v) = $v {
-                    $field = v;
-                }
-            )*};
-        }
         set!(
             c.model.n_layer => self.n_layer,
             c.model.n_head => self.n_head,
@@ -149,13 +151,6 @@ impl Overrides {
         }
         let before = c.clone();
         self.apply_end(c);
-        macro_rules! set {
-            ($($field:expr => $v:expr),* $(,)?) => {$(
-                if let Some(v) = $v {
-                    $field = v;
-                }
-            )*};
-        }
         set!(
             c.max_bad_steps => self.max_bad_steps,
             c.eval_interval => self.eval_interval,

@@ -22,6 +22,16 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The binary's output, run to the end.
+pub fn output(args: &[&str]) -> Output {
+    cmd(args).output().expect("run tinylm")
+}
+
+/// Output that must be valid UTF-8 (the streaming decoder's promise).
+pub fn utf8(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).expect("output is valid UTF-8")
+}
+
 /// A small, fast training command into `run` (~20-50 ms a step on 2 cores); flags in
 /// `extra` replace the defaults of the same name.
 pub fn train_args(run: &Path, extra: &[&str]) -> Vec<String> {
