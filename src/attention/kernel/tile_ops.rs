@@ -3,9 +3,9 @@
 //! register-blocked matrix-multiply micro-kernel, chunked row reductions and a
 //! polynomial `exp`.
 //!
-//! Everything here is `#[inline(always)]` on purpose: `crate::cpu::simd::dispatch!`
-//! instantiates the whole tile computation (`forward`, `backward`) once per SIMD level,
-//! and only inlined code inherits those features.
+//! Everything here but the column tail (`micro_tail`) is `#[inline(always)]` on purpose:
+//! `crate::cpu::simd::dispatch!` instantiates the whole tile computation (`forward`,
+//! `backward`) once per SIMD level, and only inlined code inherits those features.
 
 use std::ops::{Add, Div, Mul, Sub};
 
@@ -388,11 +388,41 @@ unsafe fn micro<T: Elem, const R: usize, const V: usize>(
 
 /// R rows x w < 16 columns: B is copied into a zero-padded chunk.
 ///
+/// Out of line, unlike the rest of this file: the tail runs only where a width is not a
+/// multiple of 16, and inlined into the tile loops its scalar copies cost the hot
+/// full-chunk path registers (BENCHMARKS.md, "Measurements behind the code"). It
+/// dispatches to its own SIMD copy, so it keeps the level the tile runs at.
+///
+/// # Safety
+/// As [`micro`], for columns j < w.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+unsafe fn micro_tail<T: Elem, const R: usize>(
+    k0: usize,
+    k1: usize,
+    a: *const T,
+    ars: usize,
+    acs: usize,
+    b: *const T,
+    ldb: usize,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+    w: usize,
+) {
+    // The caller's contract (see `# Safety`) is passed on unchanged.
+    crate::cpu::simd::dispatch!(micro_tail_body::<T, R>(
+        k0, k1, a, ars, acs, b, ldb, c, ldc, accumulate, w
+    ))
+}
+
+/// The body of [`micro_tail`].
+///
 /// # Safety
 /// As [`micro`], for columns j < w.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn micro_tail<T: Elem, const R: usize>(
+unsafe fn micro_tail_body<T: Elem, const R: usize>(
     k0: usize,
     k1: usize,
     a: *const T,
