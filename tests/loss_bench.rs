@@ -47,3 +47,40 @@ fn quick_bench_records_are_sane() {
     }
     println!("quick bench -> PASS");
 }
+
+/// The 16-bit cases time the kernel on bf16/f16 logits next to the f32 kernel on the
+/// same shape, and give the f32 twin's median over theirs.
+#[test]
+fn quick_half_cases_carry_their_f32_twin_and_ratio() {
+    let args = BenchArgs {
+        json: true,
+        filter: Some("16_64x8192".into()),
+        quick: true,
+    };
+    let recs = loss::collect(&args).unwrap();
+    for dt in ["bf16", "f16"] {
+        let case = format!("ce_fwdbwd_{dt}_64x8192");
+        for imp in ["fused", "fused_reuse", "f32_fused", "f32_fused_reuse"] {
+            let r = recs
+                .iter()
+                .find(|r| r.case == case && r.imp == imp)
+                .unwrap_or_else(|| panic!("missing {case}/{imp}"));
+            let ratio = r.speedup_vs_f32;
+            if imp.starts_with("f32_") {
+                assert!(ratio.is_none(), "{case}/{imp} is the f32 twin");
+            } else {
+                let want = recs
+                    .iter()
+                    .find(|f| f.case == case && f.imp == format!("f32_{imp}"))
+                    .unwrap()
+                    .median_ms
+                    / r.median_ms;
+                assert_eq!(ratio, Some(want), "{case}/{imp}");
+            }
+            // The 16-bit floor: 4 bytes per element.
+            let gb = 4.0 * 64.0 * 8192.0 / (r.median_ms / 1e3) / 1e9;
+            assert!((r.gb_per_s - gb).abs() <= 1e-9 * gb, "{case}/{imp}");
+        }
+    }
+    println!("quick 16-bit bench cases -> PASS");
+}

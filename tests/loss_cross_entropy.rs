@@ -207,6 +207,117 @@ fn half_precision_logits_accumulate_in_f32() {
     println!("half precision -> PASS");
 }
 
+/// bf16 and f16 gradients, streamed like the f32 ones: every element is the f32
+/// kernel's gradient for the same (exactly representable) logits rounded to nearest
+/// even by `half` (the row arithmetic is the same f32 code), bit for bit; ignored rows
+/// (first, last, adjacent) are exactly +0; no NaN. Same bits for a fresh gradient and
+/// a caller's buffer at each of the 32 16-bit offsets within a cache line, at 1/2/3
+/// threads and at every SIMD level up to the CPU's. Odd shapes: V = 1001 (rows start
+/// anywhere within a line) and V = 8200 (8 blocks and a tail).
+#[test]
+fn half_gradients_are_rounded_f32_gradients_whatever_the_buffer_threads_or_simd() {
+    let turn = simd_turn();
+    check_half_gradients::<half::bf16>(&turn, DType::BF16, half::bf16::from_f32, |h| h.to_bits());
+    check_half_gradients::<half::f16>(&turn, DType::F16, half::f16::from_f32, |h| h.to_bits());
+    println!(
+        "bf16/f16 gradients: RNE of the f32 kernel's, 32 offsets, 1/2/3 threads, SIMD levels 0/1 and {} -> PASS",
+        detected_simd()
+    );
+}
+
+fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
+    turn: &std::sync::MutexGuard<'static, ()>,
+    dt: DType,
+    round: fn(f32) -> H,
+    bits: fn(H) -> u16,
+) {
+    for (n, v) in [(13, 1001), (11, 8200)] {
+        let x: Vec<f64> = uniform(31, n * v).iter().map(|u| 9.0 * u).collect();
+        let mut t: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        t[1] = (v - 1) as u32;
+        let ignored = [0, 5, 6, n - 1];
+        for &i in &ignored {
+            t[i] = 3;
+        }
+        let o = CrossEntropyOptions {
+            ignore_index: Some(3),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            ..Default::default()
+        };
+        let xh = tensor_f32(&x, n, v).to_dtype(dt).unwrap();
+        let x32 = xh.to_dtype(DType::F32).unwrap(); // the same values, exactly
+        let tt = tgt(&t);
+        let (l32, g32) = loss::cross_entropy_loss_and_grad(&x32, &tt, &o).unwrap();
+        let want: Vec<u16> = g32
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|g| bits(round(g)))
+            .collect();
+        let fresh = || -> (u32, Vec<u16>) {
+            let (l, g) = loss::cross_entropy_loss_and_grad(&xh, &tt, &o).unwrap();
+            assert_eq!(g.dtype(), dt);
+            let l = l.to_scalar::<f32>().unwrap().to_bits();
+            let g = g.flatten_all().unwrap().to_vec1::<H>().unwrap();
+            (l, g.into_iter().map(bits).collect())
+        };
+        let first = pool(2).install(fresh);
+        assert_eq!(
+            first.0,
+            l32.to_scalar::<f32>().unwrap().to_bits(),
+            "{dt:?} loss"
+        );
+        let bad = (0..n * v).find(|&k| first.1[k] != want[k]);
+        assert!(
+            bad.is_none(),
+            "{dt:?} {n}x{v}: element {bad:?} is not the rounded f32 gradient"
+        );
+        for &i in &ignored {
+            assert!(
+                first.1[i * v..(i + 1) * v].iter().all(|&b| b == 0),
+                "{dt:?} ignored row {i} is not +0"
+            );
+        }
+        let g64: Vec<f64> = to_f64(&loss::cross_entropy_loss_and_grad(&xh, &tt, &o).unwrap().1);
+        assert!(g64.iter().all(|g| g.is_finite()), "{dt:?}: a NaN or inf");
+        // A caller's buffer at every 16-bit offset within a cache line.
+        let mut store = vec![round(f32::NAN); n * v + 32];
+        let base = store.as_ptr().align_offset(64);
+        for off in 0..32 {
+            let at = (base + off) % 32;
+            let buf = &mut store[at..at + n * v];
+            buf.fill(round(f32::NAN));
+            pool(2)
+                .install(|| loss::cross_entropy_loss_and_grad_into(&xh, &tt, &o, buf))
+                .unwrap();
+            let got: Vec<u16> = buf.iter().map(|&h| bits(h)).collect();
+            assert!(
+                got == first.1,
+                "{dt:?} {n}x{v}: buffer at offset {at} differs"
+            );
+        }
+        for k in [1, 3] {
+            assert!(
+                pool(k).install(fresh) == first,
+                "{dt:?} {n}x{v}: {k} threads"
+            );
+        }
+        for (cap, r) in at_capped_simd_levels(turn, || pool(2).install(fresh)) {
+            assert!(r == first, "{dt:?} {n}x{v}: SIMD level {cap} differs");
+        }
+    }
+    // A buffer of another dtype is a clear error, not a reinterpretation.
+    let x = tensor_f32(&[0.5, 1.0], 1, 2).to_dtype(dt).unwrap();
+    let mut wrong = vec![0f32; 2];
+    let e = loss::cross_entropy_loss_and_grad_into(&x, &tgt(&[1]), &Default::default(), &mut wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gradient buffer of their dtype"), "{e}");
+}
+
 /// Inputs of the PyTorch snippet below: x_ij = f32(2.5·sin(1 + 0.37 i + 1.91 j)),
 /// N = 6, V = 11, targets (7i + 3) mod 11 with row 4 set to 3.
 fn torch_inputs() -> (Tensor, Vec<u32>) {

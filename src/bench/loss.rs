@@ -2,7 +2,8 @@
 //! reference, on the case names of `shared/bench/torch_reference.py`.
 //!
 //! Cases: `ce_fwd_NxV`, `ce_fwdbwd_NxV` for N x V in 16384x256, 8192x8192, 4096x32768,
-//! 4096x50304, and `linear_ce_fwdbwd_4096x50304_d512`. Implementations, timed
+//! 4096x50304, `ce_fwdbwd_{bf16,f16}_NxV` for those with V ≥ 8192 (see `half_case`),
+//! and `linear_ce_fwdbwd_4096x50304_d512`. Implementations, timed
 //! interleaved (one call of each in turn, repeated) so that machine noise hits all alike
 //! (for `ce_fwdbwd`, the two kernel variants and the two graph paths as separate groups,
 //! see `ce_cases`):
@@ -23,11 +24,12 @@
 //! Memory: peak live heap bytes during one call minus before it (inputs already built),
 //! from the counting allocator. Bandwidth: a read+write stream (b = 1.0001·a over 2 x 512
 //! MiB) measured in the same run gives the floor 8·N·V bytes / bandwidth for fwd+bwd
-//! (4·N·V for fwd); `pct_of_floor` is floor time / measured time.
+//! (4·N·V for fwd and for the 16-bit fwd+bwd); `pct_of_floor` is floor time / measured
+//! time.
 
 use super::{alloc, median, BenchArgs};
 use crate::loss::{self, reference, CrossEntropyOptions};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
@@ -48,6 +50,9 @@ pub struct Record {
     /// Matmul throughput (linear case), GFLOP/s counting 3 · 2·N·V·D.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gflops: Option<f64>,
+    /// The f32 kernel's median over this one's, timed interleaved (16-bit cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speedup_vs_f32: Option<f64>,
     pub reps: usize,
     pub threads: usize,
 }
@@ -165,6 +170,7 @@ fn ce_record(
         peak_extra_bytes: peak,
         pct_of_floor: Some(100.0 * (bytes / (bw * 1e9)) / (ms / 1e3)),
         gflops: None,
+        speedup_vs_f32: None,
         reps,
         threads,
     }
@@ -288,6 +294,102 @@ fn ce_cases(
                 ));
             }
         }
+        if v >= 8192 {
+            for dt in [DType::BF16, DType::F16] {
+                let case = format!("ce_fwdbwd_{}_{n}x{v}", dtype_name(dt));
+                if wanted(&case) {
+                    let rounds = (warmup, rounds);
+                    half_case(&case, (n, v), dt, (&x, &t), &o, rounds, bw, threads, out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dtype_name(dt: DType) -> &'static str {
+    match dt {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "f32",
+    }
+}
+
+/// `ce_fwdbwd_{bf16,f16}_NxV`: the kernel on 16-bit logits writing a 16-bit gradient
+/// (`fused`: a fresh one, `fused_reuse`: the caller's buffer), interleaved with the f32
+/// kernel on the same logits (`f32_fused`, `f32_fused_reuse`) so that the speed-up
+/// comes from one sitting. Every record's floor is the 16-bit one, 4·N·V bytes (2 read,
+/// 2 written per element); `speedup_vs_f32` is the f32 twin's median over this one's.
+#[allow(clippy::too_many_arguments)]
+fn half_case(
+    case: &str,
+    (n, v): (usize, usize),
+    dt: DType,
+    (x32, t): (&Tensor, &Tensor),
+    o: &CrossEntropyOptions,
+    (warmup, rounds): (usize, usize),
+    bw: f64,
+    threads: usize,
+    out: &mut Vec<Record>,
+) -> anyhow::Result<()> {
+    let x = x32.to_dtype(dt)?;
+    let mut buf32 = vec![0f32; n * v];
+    let mut buf_bf16 = vec![half::bf16::ZERO; if dt == DType::BF16 { n * v } else { 0 }];
+    let mut buf_f16 = vec![half::f16::ZERO; if dt == DType::F16 { n * v } else { 0 }];
+    let mut impls: Vec<(&str, BoxFn)> = vec![
+        (
+            "fused",
+            Box::new(|| {
+                std::hint::black_box(loss::cross_entropy_loss_and_grad(&x, t, o)?);
+                Ok(())
+            }),
+        ),
+        (
+            "f32_fused",
+            Box::new(|| {
+                std::hint::black_box(loss::cross_entropy_loss_and_grad(x32, t, o)?);
+                Ok(())
+            }),
+        ),
+        (
+            "fused_reuse",
+            Box::new(|| {
+                std::hint::black_box(if dt == DType::BF16 {
+                    loss::cross_entropy_loss_and_grad_into(&x, t, o, &mut buf_bf16)?
+                } else {
+                    loss::cross_entropy_loss_and_grad_into(&x, t, o, &mut buf_f16)?
+                });
+                Ok(())
+            }),
+        ),
+        (
+            "f32_fused_reuse",
+            Box::new(|| {
+                std::hint::black_box(loss::cross_entropy_loss_and_grad_into(
+                    x32, t, o, &mut buf32,
+                )?);
+                Ok(())
+            }),
+        ),
+    ];
+    let res = interleaved(&mut impls, warmup, rounds)?;
+    let ms_of = |name: &str| res.iter().find(|r| r.0 == name).map(|r| r.1);
+    for (imp, ms, reps, peak) in res.iter().cloned() {
+        let mut r = ce_record(
+            case,
+            n,
+            imp.clone(),
+            ms,
+            reps,
+            peak,
+            4.0 * (n * v) as f64,
+            bw,
+            threads,
+        );
+        if !imp.starts_with("f32_") {
+            r.speedup_vs_f32 = ms_of(&format!("f32_{imp}")).map(|f| f / ms);
+        }
+        out.push(r);
     }
     Ok(())
 }
@@ -353,6 +455,7 @@ fn linear_case(args: &BenchArgs, threads: usize, out: &mut Vec<Record>) -> anyho
             peak_extra_bytes: peak,
             pct_of_floor: None,
             gflops: Some(flops / (ms / 1e3) / 1e9),
+            speedup_vs_f32: None,
             reps,
             threads,
         });
@@ -386,8 +489,8 @@ pub fn collect(args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
     linear_case(args, threads, &mut out)?;
     if !args.json {
         println!(
-            "{:<36} {:<15} {:>10} {:>12} {:>8} {:>8} {:>12}",
-            "case", "impl", "median_ms", "tokens/s", "GB/s", "%floor", "peak_MB"
+            "{:<36} {:<15} {:>10} {:>12} {:>8} {:>8} {:>12} {:>8}",
+            "case", "impl", "median_ms", "tokens/s", "GB/s", "%floor", "peak_MB", "vs_f32"
         );
         for r in &out {
             let extra = match (r.pct_of_floor, r.gflops) {
@@ -395,15 +498,20 @@ pub fn collect(args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
                 (None, Some(g)) => format!("{g:.0}GF"),
                 _ => String::new(),
             };
+            let vs = r
+                .speedup_vs_f32
+                .map(|s| format!("{s:.2}x"))
+                .unwrap_or_default();
             println!(
-                "{:<36} {:<15} {:>10.2} {:>12.4e} {:>8.2} {:>8} {:>12.1}",
+                "{:<36} {:<15} {:>10.2} {:>12.4e} {:>8.2} {:>8} {:>12.1} {:>8}",
                 r.case,
                 r.imp,
                 r.median_ms,
                 r.tokens_per_s,
                 r.gb_per_s,
                 extra,
-                r.peak_extra_bytes as f64 / (1 << 20) as f64
+                r.peak_extra_bytes as f64 / (1 << 20) as f64,
+                vs
             );
         }
     }

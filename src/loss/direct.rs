@@ -8,6 +8,8 @@ use super::rows::{
 };
 use super::CrossEntropyOptions;
 use candle_core::{bail, CpuStorage, Device, Result, Tensor};
+use half::{bf16, f16};
+use std::any::TypeId;
 
 /// Loss and d(loss)/d(logits) [N, V] from one pass, outside candle's autograd (no
 /// graph, no zero-filled gradient accumulator): what a hand-written backward wants.
@@ -34,15 +36,36 @@ pub fn cross_entropy_loss_and_grad(
     })
 }
 
-/// [`cross_entropy_loss_and_grad`] for f32 logits into a gradient buffer the caller
-/// owns and reuses: `grad` [N·V] receives d(loss)/d(logits). Returns the loss values
-/// (one, or N for `None`). A buffer written before costs no page faults, a large share
-/// of writing a fresh [N, V] gradient (BENCHMARKS.md).
-pub fn cross_entropy_loss_and_grad_into(
+/// A gradient element type [`cross_entropy_loss_and_grad_into`] writes: f32, bf16 or
+/// f16, the logits' dtype.
+pub trait GradElem: Copy + Send + Sync + 'static + sealed::Sealed {}
+impl GradElem for f32 {}
+impl GradElem for bf16 {}
+impl GradElem for f16 {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// `s` as a slice of `U` when `U` is `T`.
+fn same_type<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
+    // SAFETY: T and U are the same type (TypeId), so the view is the slice itself.
+    (TypeId::of::<T>() == TypeId::of::<U>())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) })
+}
+
+/// [`cross_entropy_loss_and_grad`] into a gradient buffer the caller owns and reuses:
+/// `grad` [N·V], of the logits' dtype (f32, bf16 or f16), receives d(loss)/d(logits).
+/// Returns the loss values (one, or N for `None`). A buffer written before costs no
+/// page faults, a large share of writing a fresh [N, V] gradient (BENCHMARKS.md).
+pub fn cross_entropy_loss_and_grad_into<G: GradElem>(
     logits: &Tensor,
     targets: &Tensor,
     o: &CrossEntropyOptions,
-    grad: &mut [f32],
+    grad: &mut [G],
 ) -> Result<Vec<f64>> {
     let (logits, targets) = prepare(logits, targets)?;
     let (n, v) = logits.dims2()?;
@@ -53,13 +76,28 @@ pub fn cross_entropy_loss_and_grad_into(
         )
     }
     let p = params(o, v);
+    let dt = logits.dtype();
     with_cpu_inputs(&logits, &targets, |x, t| {
-        let Logits::F32(x) = x else {
-            bail!("cross_entropy_loss_and_grad_into: f32 logits only")
-        };
         let counted = count_rows(t, o.ignore_index);
         let scale = RowScale::Uniform(row_factor(o, counted));
-        let outs = kernel::run::<f32, f32>(x, t, &p, scale, Some(grad))?;
-        Ok(reduce(o, &outs, counted))
+        let outs = match x {
+            Logits::F32(x) => {
+                same_type(grad).map(|g| kernel::run::<f32, f32>(x, t, &p, scale, Some(g)))
+            }
+            Logits::BF16(x) => {
+                same_type(grad).map(|g| kernel::run::<bf16, f32>(x, t, &p, scale, Some(g)))
+            }
+            Logits::F16(x) => {
+                same_type(grad).map(|g| kernel::run::<f16, f32>(x, t, &p, scale, Some(g)))
+            }
+            Logits::F64(_) => None,
+        };
+        let Some(outs) = outs else {
+            bail!(
+                "cross_entropy_loss_and_grad_into: {dt:?} logits need a gradient buffer of their dtype (f32, bf16 or f16), not {}",
+                std::any::type_name::<G>()
+            )
+        };
+        Ok(reduce(o, &outs?, counted))
     })
 }

@@ -21,7 +21,7 @@ pub mod linear;
 pub mod reference;
 mod rows;
 
-pub use direct::{cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into};
+pub use direct::{cross_entropy_loss_and_grad, cross_entropy_loss_and_grad_into, GradElem};
 pub use fused::cross_entropy_with_stats;
 pub use kernel::short_row_jobs;
 pub use rows::CrossEntropyStats;

@@ -133,18 +133,17 @@ fn run_typed<T: Elem<F> + candle_core::WithDType, F: Real>(
     scale: RowScale<'_>,
     want_grad: bool,
 ) -> Result<(Vec<RowOut>, Option<Tensor>)> {
-    if want_grad && T::IS_REAL && p.softcap.is_none() {
+    if want_grad && p.softcap.is_none() {
         // Uninitialised: the kernel streams every element of the gradient, so zero-filling
         // it first (calloc on reused heap memory) would be a whole extra write pass.
         let mut g = uninit_vec::<T>(n * v);
-        let dst = T::as_real_uninit(&mut g).expect("T is the arithmetic type");
-        let outs = kernel::run_fresh::<T, F>(x, targets, p, scale, dst)?;
+        let outs = kernel::run_fresh::<T, F>(x, targets, p, scale, &mut g)?;
         // SAFETY: run_fresh returned Ok, so it wrote all n·v elements.
         let g = Tensor::from_vec(unsafe { assume_init(g) }, (n, v), &Device::Cpu)?;
         Ok((outs, Some(g)))
     } else if want_grad {
-        // bf16/f16 or soft-capped rows read their gradient row back while writing it:
-        // zero-filled (fresh pages from the allocator cost nothing to zero).
+        // Soft-capped rows read their gradient row back while writing it: zero-filled
+        // (fresh pages from the allocator cost nothing to zero).
         let mut g = vec![T::zero(); n * v];
         let outs = kernel::run::<T, F>(x, targets, p, scale, Some(&mut g))?;
         let g = Tensor::from_vec(g, (n, v), &Device::Cpu)?;

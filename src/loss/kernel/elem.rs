@@ -278,9 +278,17 @@ pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
     /// The slice as the arithmetic type when the two are the same (f32/f32, f64/f64):
     /// then pass B can park e_j in the gradient row itself.
     fn as_real_mut(s: &mut [Self]) -> Option<&mut [F]>;
-    /// Whether `Self` is `F` (then `as_real_mut` and `as_real_uninit` return `Some`).
-    const IS_REAL: bool;
-    fn as_real_uninit(s: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<F>]>;
+    /// dst_j = store(a·e_j - b), minus `hit` (before the rounding) at index `t` when
+    /// given, written with non-temporal stores where the CPU has them for this type
+    /// (see [`Real::stream_copy`]); `buf` (at least `e.len()` long) stages the values.
+    fn stream_grad(
+        dst: &mut [MaybeUninit<Self>],
+        e: &[F],
+        ab: (F, F),
+        t: Option<usize>,
+        hit: F,
+        buf: &mut [F],
+    );
 }
 
 /// `Elem` for a type that is its own arithmetic type (f32, f64): loads and stores are
@@ -299,36 +307,274 @@ macro_rules! elem_real {
             fn as_real_mut(s: &mut [$t]) -> Option<&mut [$t]> {
                 Some(s)
             }
-            const IS_REAL: bool = true;
-            fn as_real_uninit(s: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<$t>]> {
-                Some(s)
+            #[inline(always)]
+            fn stream_grad(
+                dst: &mut [MaybeUninit<$t>],
+                e: &[$t],
+                ab: ($t, $t),
+                t: Option<usize>,
+                hit: $t,
+                buf: &mut [$t],
+            ) {
+                <$t as Real>::stream_affine(dst, e, ab, t, hit, buf)
             }
         }
     )*};
 }
 
-/// `Elem` for a 16-bit float computed in f32: converted on load and store.
+/// `Elem` for a 16-bit float computed in f32: converted on load and store by the
+/// branch-free `$load` / `$store` (bit-exact with `half`'s conversions, rounding to
+/// nearest even), which LLVM vectorises; `half`'s own f16 conversions ask the CPU
+/// for F16C on every element, and its bf16 rounding branches.
 macro_rules! elem_half {
-    ($($t:ty),*) => {$(
+    ($($t:ty: $load:ident, $store:ident);*) => {$(
         impl Elem<f32> for $t {
             #[inline(always)]
             fn load(self) -> f32 {
-                self.to_f32()
+                $load(self.to_bits())
             }
             #[inline(always)]
             fn store(x: f32) -> $t {
-                <$t>::from_f32(x)
+                <$t>::from_bits($store(x))
             }
             fn as_real_mut(_: &mut [$t]) -> Option<&mut [f32]> {
                 None
             }
-            const IS_REAL: bool = false;
-            fn as_real_uninit(_: &mut [MaybeUninit<$t>]) -> Option<&mut [MaybeUninit<f32>]> {
-                None
+            /// Rounded into the staging row (seen as u16, which needs no more
+            /// alignment than f32), then copied out with non-temporal stores.
+            #[inline(always)]
+            fn stream_grad(
+                dst: &mut [MaybeUninit<$t>],
+                e: &[f32],
+                (a, b): (f32, f32),
+                t: Option<usize>,
+                hit: f32,
+                buf: &mut [f32],
+            ) {
+                let n = e.len();
+                assert!(dst.len() == n && buf.len() >= n);
+                // SAFETY: the f32 row holds 2·len u16 (same memory, looser alignment).
+                let bits = unsafe {
+                    std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u16>(), n)
+                };
+                for (o, &ev) in bits.iter_mut().zip(e) {
+                    *o = $store(a * ev - b);
+                }
+                if let Some(t) = t {
+                    bits[t] = $store((a * e[t] - b) - hit);
+                }
+                // SAFETY: $t is a `repr(transparent)` u16.
+                let d = unsafe {
+                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<u16>>(), n)
+                };
+                stream_copy_u16(d, bits);
             }
         }
     )*};
 }
 
 elem_real!(f32, f64);
-elem_half!(bf16, f16);
+elem_half!(bf16: bf16_to_f32, bf16_bits_rne; f16: f16_to_f32, f16_bits_rne);
+
+/// bf16 bits as f32 (exact). A NaN stays a NaN (`half` also sets its quiet bit; the
+/// kernel only asks whether it is one).
+#[inline(always)]
+pub(crate) fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// x rounded to the nearest bf16, ties to even (overflow to ±inf); a NaN is quieted
+/// keeping its top payload bits, as `half::bf16::from_f32` does.
+#[inline(always)]
+pub(crate) fn bf16_bits_rne(x: f32) -> u16 {
+    let w = x.to_bits();
+    // Adding 0x7FFF plus the kept lowest bit carries into bit 16 exactly when the
+    // dropped half is above the halfway point, or at it with an odd kept part.
+    let rounded = w.wrapping_add(0x7FFF + ((w >> 16) & 1)) >> 16;
+    let nan = (w >> 16) | 0x40;
+    (if w & 0x7FFF_FFFF > 0x7F80_0000 {
+        nan
+    } else {
+        rounded
+    }) as u16
+}
+
+/// f16 bits as f32 (exact, subnormals included), branch-free: the exponent is rebased
+/// by a multiply by 2^-112, subnormals come out of a subtraction of 0.5 (M. Dukhan's
+/// FP16 library, `fp16_ieee_to_fp32_value`). A NaN comes out quieted, as in `half`.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let w = (h as u32) << 16;
+    let sign = w & 0x8000_0000;
+    let two_w = w.wrapping_add(w);
+    let exp_scale = f32::from_bits(0x0780_0000); // 2^-112
+    let normalized = f32::from_bits((two_w >> 4) + (0xE0 << 23)) * exp_scale;
+    let denormalized = f32::from_bits((two_w >> 17) | (126 << 23)) - 0.5;
+    let mag = if two_w < (1 << 27) {
+        denormalized
+    } else {
+        normalized
+    };
+    f32::from_bits(sign | mag.to_bits())
+}
+
+/// x rounded to the nearest f16, ties to even (subnormals, overflow to ±inf),
+/// branch-free: the f32 adder does the rounding once x is scaled and biased so that
+/// the f16 mantissa's last bit is its last bit (FP16's `fp16_ieee_from_fp32_value`).
+/// A NaN keeps its sign and top payload bits, quieted, as `half::f16::from_f32` does.
+#[inline(always)]
+pub(crate) fn f16_bits_rne(x: f32) -> u16 {
+    let scale_to_inf = f32::from_bits(0x7780_0000); // 2^112
+    let scale_to_zero = f32::from_bits(0x0880_0000); // 2^-110
+    let base = (x.abs() * scale_to_inf) * scale_to_zero;
+    let w = x.to_bits();
+    let shl1_w = w.wrapping_add(w);
+    let sign = w & 0x8000_0000;
+    let bias = (shl1_w & 0xFF00_0000).max(0x7100_0000);
+    let base = f32::from_bits((bias >> 1) + 0x0780_0000) + base;
+    let bits = base.to_bits();
+    let nonsign = ((bits >> 13) & 0x7C00) + (bits & 0x0FFF);
+    let nan = 0x7E00 | ((w >> 13) & 0x03FF);
+    ((sign >> 16) | if shl1_w > 0xFF00_0000 { nan } else { nonsign }) as u16
+}
+
+/// dst = src (16-bit values), with non-temporal stores for the part of dst on whole
+/// vector-sized lines where the CPU has AVX2 or AVX-512 (the gradient is not read
+/// back, see [`Real::stream_copy`]); callers fence ([`store_fence`]).
+#[inline(always)]
+fn stream_copy_u16(dst: &mut [MaybeUninit<u16>], src: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    match simd::level() {
+        // SAFETY: `simd::level` reports AVX-512 only when the CPU has it.
+        Level::Avx512 => return unsafe { stream_copy_u16_avx512(dst, src) },
+        // SAFETY: as above, for AVX2.
+        Level::Avx2 => return unsafe { stream_copy_u16_avx2(dst, src) },
+        Level::Baseline => {}
+    }
+    dst.write_copy_of_slice(src);
+}
+
+/// [`stream_copy_u16`] with 32-byte non-temporal stores.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_copy_u16_avx2(dst: &mut [MaybeUninit<u16>], src: &[u16]) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+    assert_eq!(dst.len(), src.len());
+    let n = dst.len();
+    // Elements before the first 32-byte boundary of dst.
+    let head = dst.as_ptr().align_offset(32).min(n);
+    dst[..head].write_copy_of_slice(&src[..head]);
+    let body = (n - head) / 16 * 16;
+    let (d, s) = (
+        dst[head..].as_mut_ptr() as *mut __m256i,
+        src[head..].as_ptr(),
+    );
+    let mut i = 0;
+    while i < body {
+        // SAFETY: i + 16 <= body <= n - head keeps both in bounds; d + i/16 is 32-byte
+        // aligned (head brought d there, and each step is 16 u16 = 32 bytes).
+        unsafe { _mm256_stream_si256(d.add(i / 16), _mm256_loadu_si256(s.add(i).cast())) };
+        i += 16;
+    }
+    dst[head + body..].write_copy_of_slice(&src[head + body..]);
+}
+
+/// [`stream_copy_u16`] with 64-byte non-temporal stores.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_copy_u16_avx512(dst: &mut [MaybeUninit<u16>], src: &[u16]) {
+    use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_stream_si512};
+    assert_eq!(dst.len(), src.len());
+    let n = dst.len();
+    // Elements before the first 64-byte boundary of dst.
+    let head = dst.as_ptr().align_offset(64).min(n);
+    dst[..head].write_copy_of_slice(&src[..head]);
+    let body = (n - head) / 32 * 32;
+    let (d, s) = (
+        dst[head..].as_mut_ptr() as *mut __m512i,
+        src[head..].as_ptr(),
+    );
+    let mut i = 0;
+    while i < body {
+        // SAFETY: i + 32 <= body <= n - head keeps both in bounds; d + i/32 is 64-byte
+        // aligned (head brought d there, and each step is 32 u16 = 64 bytes).
+        unsafe { _mm512_stream_si512(d.add(i / 32), _mm512_loadu_si512(s.add(i).cast())) };
+        i += 32;
+    }
+    dst[head + body..].write_copy_of_slice(&src[head + body..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f32 bit patterns: every 997th of all 2^32 (NaNs, infinities, subnormals and
+    /// both signs included), and around every bf16/f16 rounding boundary: each 16-bit
+    /// value's f32, the midpoints to its neighbours (ties) and one f32 ulp either side.
+    fn sweep() -> impl Iterator<Item = f32> {
+        let strided = (0..=u32::MAX).step_by(997);
+        let bf16_edges = (0..=u16::MAX).flat_map(|h| {
+            let w = (h as u32) << 16;
+            [w, w | 0x7FFF, w | 0x8000, w | 0x8001, w | 0xFFFF]
+        });
+        let f16_edges = (0..=u16::MAX).flat_map(|h| {
+            let lo = f16::from_bits(h).to_f32();
+            let hi = f16::from_bits(h.wrapping_add(1)).to_f32();
+            let mid = ((lo as f64 + hi as f64) / 2.0) as f32;
+            [lo, mid].into_iter().flat_map(|x| {
+                let b = x.to_bits();
+                [b.wrapping_sub(1), b, b.wrapping_add(1)]
+            })
+        });
+        strided
+            .chain(bf16_edges)
+            .chain(f16_edges)
+            .map(f32::from_bits)
+    }
+
+    fn same_f32(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn half_loads_are_exact_for_every_value() {
+        for h in 0..=u16::MAX {
+            let (b, f) = (bf16::from_bits(h), f16::from_bits(h));
+            assert!(same_f32(bf16_to_f32(h), b.to_f32()), "bf16 {h:#06x}");
+            assert!(same_f32(f16_to_f32(h), f.to_f32()), "f16 {h:#06x}");
+            assert_eq!(f16_to_f32(h).is_nan(), f.is_nan());
+        }
+    }
+
+    #[test]
+    fn half_stores_round_to_nearest_even_as_half_does() {
+        let mut n = 0usize;
+        for x in sweep() {
+            let (b, f) = (bf16_bits_rne(x), f16_bits_rne(x));
+            assert_eq!(
+                b,
+                bf16::from_f32(x).to_bits(),
+                "bf16 of {:#010x}",
+                x.to_bits()
+            );
+            let want = f16::from_f32(x);
+            if x.is_nan() {
+                assert!(
+                    f16::from_bits(f).is_nan(),
+                    "f16 of NaN {:#010x}",
+                    x.to_bits()
+                );
+            } else {
+                assert_eq!(f, want.to_bits(), "f16 of {:#010x}", x.to_bits());
+            }
+            n += 1;
+        }
+        assert!(n > 4_000_000);
+    }
+}

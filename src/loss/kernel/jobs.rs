@@ -53,14 +53,13 @@ fn rows_per_job(n: usize, v: usize) -> usize {
 }
 
 /// Where the gradient rows of a run go.
-enum Dest<'a, T, F> {
+enum Dest<'a, T> {
     /// No gradient (forward only).
     Nothing,
     /// Initialised rows of T: a separate buffer, or the logits themselves (in place).
     Rows(&'a mut [T]),
-    /// Uninitialised rows of the arithmetic type, every element of which the kernel
-    /// writes when it succeeds.
-    Fresh(&'a mut [MaybeUninit<F>]),
+    /// Uninitialised rows, every element of which the kernel writes when it succeeds.
+    Fresh(&'a mut [MaybeUninit<T>]),
 }
 
 /// Runs the kernel over all rows of `x` [N, V] (row-major, contiguous).
@@ -82,21 +81,17 @@ pub(crate) fn run<T: Elem<F>, F: Real>(
     run_rows(Some(x), targets, p, scale, dest)
 }
 
-/// [`run`] with the gradient written into uninitialised memory `grad` [N, V] of the
-/// arithmetic type (f32 or f64 logits, no soft-cap): on `Ok`, every element of it has
-/// been written, so a caller can allocate it without zero-filling. On `Err` it is
-/// partly written.
+/// [`run`] with the gradient written into uninitialised memory `grad` [N, V] (no
+/// soft-cap): on `Ok`, every element of it has been written, so a caller can allocate
+/// it without zero-filling. On `Err` it is partly written.
 pub(crate) fn run_fresh<T: Elem<F>, F: Real>(
     x: &[T],
     targets: &[u32],
     p: &Params,
     scale: RowScale<'_>,
-    grad: &mut [MaybeUninit<F>],
+    grad: &mut [MaybeUninit<T>],
 ) -> Result<Vec<RowOut>, KernelError> {
-    assert!(
-        T::IS_REAL && p.softcap.is_none(),
-        "run_fresh: f32/f64, no soft-cap"
-    );
+    assert!(p.softcap.is_none(), "run_fresh: no soft-cap");
     assert_eq!(x.len(), targets.len() * p.v, "logits are not [N, V]");
     run_rows(Some(x), targets, p, scale, Dest::Fresh(grad))
 }
@@ -118,7 +113,7 @@ fn run_rows<T: Elem<F>, F: Real>(
     targets: &[u32],
     p: &Params,
     scale: RowScale<'_>,
-    data: Dest<'_, T, F>,
+    data: Dest<'_, T>,
 ) -> Result<Vec<RowOut>, KernelError> {
     let v = p.v;
     let n = targets.len();
@@ -185,13 +180,8 @@ struct Job<'a, T> {
 impl<T> Job<'_, T> {
     /// Rows `i0 .. i0 + outs.len()`; `data` (gradient or in-place rows) holds exactly
     /// those rows.
-    fn run<F: Real>(
-        &self,
-        i0: usize,
-        outs: &mut [RowOut],
-        data: Dest<'_, T, F>,
-        sc: &mut Scratch<F>,
-    ) where
+    fn run<F: Real>(&self, i0: usize, outs: &mut [RowOut], data: Dest<'_, T>, sc: &mut Scratch<F>)
+    where
         T: Elem<F>,
     {
         // Short f32 rows in registers where the CPU has AVX-512, the rest (and those
@@ -217,9 +207,9 @@ impl<T> Job<'_, T> {
         &self,
         i0: usize,
         outs: &mut [RowOut],
-        data: Dest<'d, T, F>,
+        data: Dest<'d, T>,
         sc: &mut Scratch<F>,
-    ) -> Result<(), Dest<'d, T, F>>
+    ) -> Result<(), Dest<'d, T>>
     where
         T: Elem<F>,
     {
@@ -242,7 +232,7 @@ impl<T> Job<'_, T> {
             Dest::Rows(g) => Some(as_uninit(unsafe {
                 std::slice::from_raw_parts_mut(g.as_mut_ptr().cast::<f32>(), g.len())
             })),
-            // SAFETY: F is f32.
+            // SAFETY: T is f32.
             Dest::Fresh(g) => Some(unsafe {
                 std::slice::from_raw_parts_mut(g.as_mut_ptr().cast::<MaybeUninit<f32>>(), g.len())
             }),
@@ -264,7 +254,7 @@ dispatch!(fn job_rows<T: Elem<F>, F: Real>(
     job: &Job<'_, T>,
     i0: usize,
     outs: &mut [RowOut],
-    data: Dest<'_, T, F>,
+    data: Dest<'_, T>,
     sc: &mut Scratch<F>,
 ) = rows);
 
@@ -275,7 +265,7 @@ fn rows<T: Elem<F>, F: Real>(
     job: &Job<'_, T>,
     i0: usize,
     outs: &mut [RowOut],
-    data: Dest<'_, T, F>,
+    data: Dest<'_, T>,
     sc: &mut Scratch<F>,
 ) {
     let v = job.p.v;

@@ -7,12 +7,13 @@
 //!   sum of pass B, which it makes NaN);
 //! * pass B re-reads it from L2: e_j = exp(y_j - m), s = Σ e_j, and Σ (m - y_j) for
 //!   label smoothing; e_j goes to a scratch row (L2) when the gradient is a separate
-//!   row of the arithmetic type without a soft-cap, else into the gradient row itself
-//!   (in place, as the linear CE's chunks use it) or a scratch row (bf16/f16, soft-cap);
+//!   row without a soft-cap, else into the gradient row itself (in place, as the
+//!   linear CE's chunks use it) or a scratch row (soft-cap);
 //! * pass C writes g_j = scale · ((1 + 2z·lse)·e_j/s - ε/V - (1-ε)·[j = t]) (times
 //!   1 - (y_j/c)² under a soft-cap): streamed with non-temporal stores from the scratch
-//!   row (so the gradient's lines are never read: 8 bytes of traffic per element, and
-//!   the destination may be uninitialised, see `run_fresh`), or rewritten in place.
+//!   row (so the gradient's lines are never read: 8 bytes of traffic per element, 4
+//!   for bf16/f16, rounded to nearest even; the destination may be uninitialised, see
+//!   `run_fresh`), or rewritten in place.
 //!
 //! The row (V·4 bytes, 200 KB at V = 50304) stays in the per-core L2 between the
 //! passes, so memory sees one read of the logits and one write of the gradient: the

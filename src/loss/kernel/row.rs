@@ -285,19 +285,19 @@ fn pass_grad_inplace<F: Real>(g: &mut [F], a: F, b: F, capped: Option<(&[F], F)>
     }
 }
 
-/// A streamed row whose pass C is still to do: its gradient row, to be written as
-/// g_j = a·e_j - b (minus `hit` at the target t) from the exponentials that pass B
-/// left in the scratch row `Scratch::e_prev`. Kept so that the next row's pass B can
-/// write it (see `pass_exp_pipelined`).
-pub(super) struct Pending<'g, F> {
-    g: &'g mut [MaybeUninit<F>],
+/// A streamed row whose pass C is still to do: its gradient row (of the logits' type
+/// T), to be written as g_j = a·e_j - b (minus `hit` at the target t) from the
+/// exponentials that pass B left in the scratch row `Scratch::e_prev`. Kept so that
+/// the next row's pass B can write it (see `pass_exp_pipelined`).
+pub(super) struct Pending<'g, T, F> {
+    g: &'g mut [MaybeUninit<T>],
     a: F,
     b: F,
     t: usize,
     hit: F,
 }
 
-impl<F: Real> Pending<'_, F> {
+impl<T: Elem<F>, F: Real> Pending<'_, T, F> {
     /// Pass C for elements `j0 .. j0 + e.len()` of the row: computed into `buf` (L1)
     /// and written to the gradient with non-temporal stores. Pass B writing e_j into
     /// the gradient itself and pass C rescaling it there would pull every gradient line
@@ -307,7 +307,7 @@ impl<F: Real> Pending<'_, F> {
     fn write_block(&mut self, j0: usize, e: &[F], buf: &mut [F]) {
         let t = (j0..j0 + e.len()).contains(&self.t).then(|| self.t - j0);
         let g = &mut self.g[j0..j0 + e.len()];
-        F::stream_affine(g, e, (self.a, self.b), t, self.hit, buf);
+        T::stream_grad(g, e, (self.a, self.b), t, self.hit, buf);
     }
 
     /// The whole pass C, a block at a time.
@@ -333,7 +333,7 @@ fn pass_exp_pipelined<T: Elem<F>, F: Real>(
     e: &mut [F],
     want_dsum: bool,
     next: &[T],
-    mut prev: Option<(Pending<'_, F>, &[F])>,
+    mut prev: Option<(Pending<'_, T, F>, &[F])>,
     buf: &mut [F],
 ) -> (F, F) {
     let mut s = [F::ZERO; LANES];
@@ -406,15 +406,15 @@ fn pass_exp_inplace<F: Real>(xe: &mut [F], m: F, want_dsum: bool) -> (F, F) {
 }
 
 /// Where a row's data comes from and its gradient goes.
-pub(crate) enum RowIo<'a, T, F> {
+pub(crate) enum RowIo<'a, T> {
     /// Read the logits, write the gradient (if any) to a separate row.
     Separate(&'a [T], Option<&'a mut [T]>),
     /// The row holds the logits on entry and the gradient on exit (T must be the
     /// arithmetic type).
     InPlace(&'a mut [T]),
-    /// Read the logits, stream the gradient into uninitialised memory of the
-    /// arithmetic type, writing every element (T = F, no soft-cap).
-    Fresh(&'a [T], &'a mut [MaybeUninit<F>]),
+    /// Read the logits, stream the gradient into uninitialised memory, writing every
+    /// element (no soft-cap).
+    Fresh(&'a [T], &'a mut [MaybeUninit<T>]),
 }
 
 /// One row: loss, lse, argmax-correct and, if a gradient row is given, the gradient
@@ -426,13 +426,13 @@ pub(crate) enum RowIo<'a, T, F> {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn row<'g, T: Elem<F>, F: Real>(
-    io: RowIo<'g, T, F>,
+    io: RowIo<'g, T>,
     next: &[T],
     target: u32,
     p: &Params,
     scale: F,
     scratch: &mut Scratch<F>,
-    pending: &mut Option<Pending<'g, F>>,
+    pending: &mut Option<Pending<'g, T, F>>,
 ) -> RowOut {
     let v = p.v;
     let (x_ro, grad, fresh): (Option<&[T]>, Option<&mut [T]>, _) = match io {
@@ -441,8 +441,7 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
         RowIo::Fresh(x, g) => (Some(x), None, Some(g)),
     };
     let in_place = x_ro.is_none();
-    let streamed =
-        fresh.is_some() || (grad.is_some() && T::IS_REAL && !in_place && p.softcap.is_none());
+    let streamed = fresh.is_some() || (grad.is_some() && !in_place && p.softcap.is_none());
     if !streamed || p.ignore_index == Some(target) || target as usize >= v {
         flush(pending, scratch);
     }
@@ -451,7 +450,7 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
             g.fill(T::store(F::ZERO));
         }
         if let Some(g) = fresh {
-            g.fill(MaybeUninit::new(F::ZERO));
+            g.fill(MaybeUninit::new(T::store(F::ZERO)));
         }
         return RowOut::default();
     }
@@ -510,14 +509,11 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
         };
     }
 
-    // Separate rows of the arithmetic type without a soft-cap: pass B parks e_j in the
-    // scratch row (L2), pass C streams the gradient during the next row's pass B (see `Pending`).
+    // Separate rows without a soft-cap: pass B parks e_j in the scratch row (L2), pass
+    // C streams the gradient during the next row's pass B (see `Pending`).
     let (mut grad, stream_to) = match (fresh, grad) {
         (Some(f), _) => (None, Some(f)),
-        (None, Some(g)) if streamed => {
-            let gr = T::as_real_mut(g).expect("T is the arithmetic type");
-            (None, Some(as_uninit(gr)))
-        }
+        (None, Some(g)) if streamed => (None, Some(as_uninit(g))),
         (None, g) => (g, None),
     };
     let (s, dsum) = if stream_to.is_some() {
@@ -676,7 +672,10 @@ fn line_row<F>(e: &[F], v: usize) -> std::ops::Range<usize> {
 
 /// Writes the pending streamed row (pass C), if any.
 #[inline(always)]
-pub(super) fn flush<F: Real>(pending: &mut Option<Pending<'_, F>>, scratch: &mut Scratch<F>) {
+pub(super) fn flush<T: Elem<F>, F: Real>(
+    pending: &mut Option<Pending<'_, T, F>>,
+    scratch: &mut Scratch<F>,
+) {
     if let Some(pd) = pending.take() {
         let e_prev = &scratch.e_prev[line_row(&scratch.e_prev, pd.g.len())];
         pd.write(e_prev, &mut scratch.blk);
