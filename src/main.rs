@@ -124,7 +124,7 @@ struct TrainArgs {
     /// Run directory for checkpoints, metrics and the config (default: runs/<preset>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Named preset: default (~5 min), poet (~30 min), bench-ref, tiny (default: default).
+    /// Named preset: default (~5 min), poet (~30 min), bench-ref, bench-8l, bench-gpt2s, tiny (default: default).
     #[arg(long)]
     preset: Option<String>,
     /// `bytes`, `bpe:N[,han-piece=K]` (train a BPE of N tokens on the training split

@@ -1,9 +1,9 @@
-//! `tinylm bench train`: whole training steps of the `bench-ref` and `default` presets,
-//! timed by phase, with MFU against the matmul rate measured in the same run and the
-//! growth of peak resident memory (as `../shared/bench/torch_reference.py` measures
-//! PyTorch's `gpt_step_*` cases). With several presets selected, each runs in a child
-//! process of its own, so that one preset's peak memory is not hidden by the heap the
-//! previous one left behind.
+//! `tinylm bench train`: whole training steps of the `bench-ref`, `default`, `bench-8l`
+//! and `bench-gpt2s` presets, timed by phase, with MFU against the matmul rate measured
+//! in the same run and the growth of peak resident memory (as
+//! `benches/torch_train.py` measures PyTorch's steps of the same shapes). With several
+//! presets selected, each runs in a child process of its own, so that one preset's peak
+//! memory is not hidden by the heap the previous one left behind.
 
 use super::{median, BenchArgs};
 use crate::train::config::TrainConfig;
@@ -15,6 +15,14 @@ use serde::{Deserialize, Serialize};
 struct Record {
     case: String,
     preset: String,
+    /// The shape measured (B, T, V as the step ran them) and its parameter count, to
+    /// be checked against PyTorch's model.
+    batch_size: usize,
+    block_size: usize,
+    vocab_size: usize,
+    params: usize,
+    warmup: usize,
+    reps: usize,
     tokens_per_s: f64,
     median_ms: f64,
     forward_ms: f64,
@@ -47,6 +55,15 @@ fn reset_peak_rss() -> u64 {
     rss().0
 }
 
+/// The presets `bench train` measures, with their (warm-up, timed) step counts: the
+/// larger shapes take seconds a step on 2 cores, so fewer of them.
+const PRESETS: &[(&str, usize, usize)] = &[
+    ("bench-ref", 2, 7),
+    ("default", 2, 7),
+    ("bench-8l", 1, 5),
+    ("bench-gpt2s", 1, 3),
+];
+
 /// One preset's steps, measured in this process.
 fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record> {
     let mut config = TrainConfig::preset(preset)?;
@@ -73,7 +90,11 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
         &config.model,
         config.batch_size * config.model.block_size,
     )?;
-    let (warmup, reps) = if quick { (1, 2) } else { (2, 7) };
+    let (warmup, reps) = match PRESETS.iter().find(|p| p.0 == preset) {
+        _ if quick => (1, 2),
+        Some(&(_, w, r)) => (w, r),
+        None => (2, 7),
+    };
     // Baseline after the model and optimizer exist, before any step: the growth
     // then counts activations, gradients and temporaries, as PyTorch's figure does.
     let base = reset_peak_rss();
@@ -96,6 +117,12 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
     Ok(Record {
         case: "gpt_step".to_string(),
         preset: preset.to_string(),
+        batch_size: config.batch_size,
+        block_size: config.model.block_size,
+        vocab_size: v,
+        params: config.model.num_params(),
+        warmup,
+        reps,
         tokens_per_s,
         median_ms: ms,
         forward_ms: median(&mut fwd),
@@ -131,8 +158,9 @@ fn measure_in_child(preset: &str, quick: bool) -> anyhow::Result<Record> {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
-    let presets: Vec<&str> = ["bench-ref", "default"]
-        .into_iter()
+    let presets: Vec<&str> = PRESETS
+        .iter()
+        .map(|p| p.0)
         .filter(|p| match &args.filter {
             Some(f) => p.contains(f.as_str()) || "gpt_step".contains(f.as_str()),
             None => true,
@@ -162,9 +190,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             crate::device::threads()
         );
         println!(
-            "{:<10} {:<10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>10} {:>12}",
+            "{:<10} {:<12} {:>16} {:>11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>10} {:>12}",
             "case",
             "preset",
+            "B x T, V",
+            "params",
             "tok/s",
             "step ms",
             "fwd ms",
@@ -176,9 +206,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         for r in &records {
             println!(
-                "{:<10} {:<10} {:>10.0} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1}% {:>7.0} MB {:>6.0} GFLOP/s",
+                "{:<10} {:<12} {:>16} {:>11} {:>10.0} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1}% {:>7.0} MB {:>6.0} GFLOP/s",
                 r.case,
                 r.preset,
+                format!("{} x {}, {}", r.batch_size, r.block_size, r.vocab_size),
+                r.params,
                 r.tokens_per_s,
                 r.median_ms,
                 r.forward_ms,

@@ -82,6 +82,45 @@ impl TrainConfig {
                 preset,
                 ..base
             },
+            // The benchmarks' larger shapes (issue 19), with learned positions like
+            // bench-ref so that benches/torch_train.py runs the same GPT: how the lead
+            // over PyTorch changes with size. Trainable, but 5 minutes is few steps.
+            "bench-8l" => Self {
+                model: GptConfig {
+                    vocab_size: 256,
+                    block_size: 512,
+                    n_layer: 8,
+                    n_head: 8,
+                    n_embd: 512,
+                    positions: crate::model::Positions::Learned,
+                },
+                batch_size: 8,
+                lr: 1e-3,
+                min_lr: 1e-4,
+                tokenizer: "bytes".to_string(),
+                preset,
+                ..base
+            },
+            // GPT-2 small's body (L 12, C 768, H 12, T 1024) on a BPE of 8192. A step of
+            // batch 8 is ~5 TFLOP, minutes on 2 cores: 2 windows a step keeps it near
+            // 20 s.
+            "bench-gpt2s" => Self {
+                model: GptConfig {
+                    vocab_size: 8192,
+                    block_size: 1024,
+                    n_layer: 12,
+                    n_head: 12,
+                    n_embd: 768,
+                    positions: crate::model::Positions::Learned,
+                },
+                batch_size: 2,
+                // nanoGPT's rate for GPT-2 small.
+                lr: 6e-4,
+                min_lr: 6e-5,
+                tokenizer: "bpe:8192".to_string(),
+                preset,
+                ..base
+            },
             // Seconds on 2 cores: for tests and smoke runs.
             "tiny" => Self {
                 model: GptConfig {
@@ -311,7 +350,14 @@ impl TrainConfig {
 }
 
 /// Names accepted by `--preset`.
-pub const PRESETS: &[&str] = &["default", "poet", "bench-ref", "tiny"];
+pub const PRESETS: &[&str] = &[
+    "default",
+    "poet",
+    "bench-ref",
+    "bench-8l",
+    "bench-gpt2s",
+    "tiny",
+];
 
 #[cfg(test)]
 mod tests {
@@ -394,6 +440,49 @@ mod tests {
         assert_eq!((d.lr, d.min_lr, d.warmup_steps), (3e-3, 3e-4, 100));
         let p = TrainConfig::preset("poet").unwrap();
         assert_eq!((p.lr, p.min_lr, p.warmup_steps), (2e-3, 2e-4, 200));
+    }
+
+    #[test]
+    fn bench_presets_are_the_shapes_pytorch_runs() {
+        use crate::model::Positions;
+        // (V, T, L, H, C, B) as benches/torch_train.py's PRESETS; learned positions so
+        // that PyTorch's GPT is the same model.
+        for (name, shape) in [
+            ("bench-ref", (256, 256, 4, 4, 256, 16)),
+            ("bench-8l", (256, 512, 8, 8, 512, 8)),
+            ("bench-gpt2s", (8192, 1024, 12, 12, 768, 2)),
+        ] {
+            let c = TrainConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            let m = &c.model;
+            assert_eq!(
+                (
+                    m.vocab_size,
+                    m.block_size,
+                    m.n_layer,
+                    m.n_head,
+                    m.n_embd,
+                    c.batch_size
+                ),
+                shape,
+                "{name}"
+            );
+            assert_eq!(m.positions, Positions::Learned, "{name}");
+            // The tokenizer gives the model its vocabulary.
+            let v = match crate::train::setup::parse_bpe_spec(&c.tokenizer).unwrap() {
+                Some(bpe) => bpe.vocab_size,
+                None => 256,
+            };
+            assert_eq!(v, m.vocab_size, "{name}");
+            // GPT-2's count: tied wte V·C, wpe T·C, per block 12·C² + 13·C (qkv, proj,
+            // fc, proj with biases, two LayerNorms), ln_f 2·C.
+            let (v, t, l, c) = (m.vocab_size, m.block_size, m.n_layer, m.n_embd);
+            let formula = v * c + t * c + l * (12 * c * c + 13 * c) + 2 * c;
+            assert_eq!(m.num_params(), formula, "{name}");
+        }
+        let p = |name| TrainConfig::preset(name).unwrap().model.num_params();
+        assert_eq!(p("bench-8l"), 25_613_312);
+        assert_eq!(p("bench-gpt2s"), 92_133_888);
     }
 
     #[test]
