@@ -78,6 +78,9 @@ impl TrainConfig {
                 },
                 batch_size: 16,
                 lr: 1e-3,
+                // Its own floor, not the default's: the shapes PyTorch is measured on
+                // keep their schedule when the default's rate moves.
+                min_lr: 2e-4,
                 tokenizer: "bytes".to_string(),
                 preset,
                 ..base

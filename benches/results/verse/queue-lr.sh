@@ -7,3 +7,6 @@
 tinylm eval --checkpoint lr3 --samples 100 --json > lr3.form100.json
 ./run.sh lr3b --lr 3e-3 --min-lr 3e-4
 tinylm eval --checkpoint lr3b --samples 100 --json > lr3b.form100.json
+# The 20-sample reports (what train prints at its default --form-samples 20):
+tinylm eval --checkpoint lr3 --samples 20 > lr3.form20.txt
+tinylm eval --checkpoint lr3b --samples 20 > lr3b.form20.txt
