@@ -150,16 +150,13 @@ fn inputs(n: usize, v: usize) -> anyhow::Result<(Tensor, Tensor)> {
 /// A cross-entropy record: `bytes` is the bandwidth floor's traffic (4·N·V for the
 /// forward, 8·N·V for forward + backward) at `bw` GB/s.
 #[allow(clippy::too_many_arguments)]
+/// One CE record from an [`interleaved`] timing: `bytes` moved a call (the floor's),
+/// `bw` the measured bandwidth in GB/s.
 fn ce_record(
     case: &str,
     n: usize,
-    imp: String,
-    ms: f64,
-    reps: usize,
-    peak: usize,
-    bytes: f64,
-    bw: f64,
-    threads: usize,
+    (bytes, bw, threads): (f64, f64, usize),
+    (imp, ms, reps, peak): (String, f64, usize, usize),
 ) -> Record {
     Record {
         case: case.to_string(),
@@ -217,18 +214,9 @@ fn ce_cases(
                     }),
                 ),
             ];
-            for (imp, ms, reps, peak) in interleaved(&mut impls, warmup, rounds)? {
-                out.push(ce_record(
-                    &fwd,
-                    n,
-                    imp,
-                    ms,
-                    reps,
-                    peak,
-                    4.0 * (n * v) as f64,
-                    bw,
-                    threads,
-                ));
+            let floor = (4.0 * (n * v) as f64, bw, threads);
+            for r in interleaved(&mut impls, warmup, rounds)? {
+                out.push(ce_record(&fwd, n, floor, r));
             }
         }
         let fb = format!("ce_fwdbwd_{n}x{v}");
@@ -280,18 +268,9 @@ fn ce_cases(
             let mut results = interleaved(&mut kernel_impls, warmup, rounds)?;
             drop(kernel_impls);
             results.extend(interleaved(&mut graph_impls, warmup, rounds)?);
-            for (imp, ms, reps, peak) in results {
-                out.push(ce_record(
-                    &fb,
-                    n,
-                    imp,
-                    ms,
-                    reps,
-                    peak,
-                    8.0 * (n * v) as f64,
-                    bw,
-                    threads,
-                ));
+            let floor = (8.0 * (n * v) as f64, bw, threads);
+            for r in results {
+                out.push(ce_record(&fb, n, floor, r));
             }
         }
         if v >= 8192 {
@@ -374,20 +353,10 @@ fn half_case(
     ];
     let res = interleaved(&mut impls, warmup, rounds)?;
     let ms_of = |name: &str| res.iter().find(|r| r.0 == name).map(|r| r.1);
-    for (imp, ms, reps, peak) in res.iter().cloned() {
-        let mut r = ce_record(
-            case,
-            n,
-            imp.clone(),
-            ms,
-            reps,
-            peak,
-            4.0 * (n * v) as f64,
-            bw,
-            threads,
-        );
-        if !imp.starts_with("f32_") {
-            r.speedup_vs_f32 = ms_of(&format!("f32_{imp}")).map(|f| f / ms);
+    for t in res.iter().cloned() {
+        let mut r = ce_record(case, n, (4.0 * (n * v) as f64, bw, threads), t);
+        if !r.imp.starts_with("f32_") {
+            r.speedup_vs_f32 = ms_of(&format!("f32_{}", r.imp)).map(|f| f / r.median_ms);
         }
         out.push(r);
     }

@@ -9,7 +9,6 @@ use super::rows::{
 use super::CrossEntropyOptions;
 use candle_core::{bail, CpuStorage, Device, Result, Tensor};
 use half::{bf16, f16};
-use std::any::TypeId;
 
 /// Loss and d(loss)/d(logits) [N, V] from one pass, outside candle's autograd (no
 /// graph, no zero-filled gradient accumulator): what a hand-written backward wants.
@@ -38,23 +37,41 @@ pub fn cross_entropy_loss_and_grad(
 
 /// A gradient element type [`cross_entropy_loss_and_grad_into`] writes: f32, bf16 or
 /// f16, the logits' dtype.
-pub trait GradElem: Copy + Send + Sync + 'static + sealed::Sealed {}
-impl GradElem for f32 {}
-impl GradElem for bf16 {}
-impl GradElem for f16 {}
+pub trait GradElem: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// The buffer, tagged with its dtype.
+    #[doc(hidden)]
+    fn grad_buf(g: &mut [Self]) -> GradBuf<'_>;
+}
+
+/// A gradient buffer of one of the [`GradElem`] types.
+#[doc(hidden)]
+pub enum GradBuf<'a> {
+    F32(&'a mut [f32]),
+    BF16(&'a mut [bf16]),
+    F16(&'a mut [f16]),
+}
+
+impl GradElem for f32 {
+    fn grad_buf(g: &mut [Self]) -> GradBuf<'_> {
+        GradBuf::F32(g)
+    }
+}
+impl GradElem for bf16 {
+    fn grad_buf(g: &mut [Self]) -> GradBuf<'_> {
+        GradBuf::BF16(g)
+    }
+}
+impl GradElem for f16 {
+    fn grad_buf(g: &mut [Self]) -> GradBuf<'_> {
+        GradBuf::F16(g)
+    }
+}
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
     impl Sealed for half::bf16 {}
     impl Sealed for half::f16 {}
-}
-
-/// `s` as a slice of `U` when `U` is `T`.
-fn same_type<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
-    // SAFETY: T and U are the same type (TypeId), so the view is the slice itself.
-    (TypeId::of::<T>() == TypeId::of::<U>())
-        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) })
 }
 
 /// [`cross_entropy_loss_and_grad`] into a gradient buffer the caller owns and reuses:
@@ -80,17 +97,17 @@ pub fn cross_entropy_loss_and_grad_into<G: GradElem>(
     with_cpu_inputs(&logits, &targets, |x, t| {
         let counted = count_rows(t, o.ignore_index);
         let scale = RowScale::Uniform(row_factor(o, counted));
-        let outs = match x {
-            Logits::F32(x) => {
-                same_type(grad).map(|g| kernel::run::<f32, f32>(x, t, &p, scale, Some(g)))
+        let outs = match (x, G::grad_buf(&mut *grad)) {
+            (Logits::F32(x), GradBuf::F32(g)) => {
+                Some(kernel::run::<f32, f32>(x, t, &p, scale, Some(g)))
             }
-            Logits::BF16(x) => {
-                same_type(grad).map(|g| kernel::run::<bf16, f32>(x, t, &p, scale, Some(g)))
+            (Logits::BF16(x), GradBuf::BF16(g)) => {
+                Some(kernel::run::<bf16, f32>(x, t, &p, scale, Some(g)))
             }
-            Logits::F16(x) => {
-                same_type(grad).map(|g| kernel::run::<f16, f32>(x, t, &p, scale, Some(g)))
+            (Logits::F16(x), GradBuf::F16(g)) => {
+                Some(kernel::run::<f16, f32>(x, t, &p, scale, Some(g)))
             }
-            Logits::F64(_) => None,
+            _ => None,
         };
         let Some(outs) = outs else {
             bail!(

@@ -85,7 +85,7 @@ impl TrainConfig {
                 preset,
                 ..base
             },
-            // The benchmarks' larger shapes (issue 19), with learned positions like
+            // The benchmarks' larger shapes, with learned positions like
             // bench-ref so that benches/torch_train.py runs the same GPT: how the lead
             // over PyTorch changes with size. Trainable, but 5 minutes is few steps.
             "bench-8l" => Self {
