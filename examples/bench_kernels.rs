@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use std::time::Instant;
 use tinylm::kernels::{self, reference};
-use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
+use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup, Rule};
 
 use tinylm::bench::median;
 
@@ -191,10 +191,12 @@ fn bench_adamw(rounds: usize) {
             ParamGroup {
                 vars: decay.clone(),
                 weight_decay: 0.1,
+                rule: Rule::AdamW,
             },
             ParamGroup {
                 vars: no_decay.clone(),
                 weight_decay: 0.0,
+                rule: Rule::AdamW,
             },
         ],
         cfg,

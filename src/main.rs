@@ -35,6 +35,8 @@ enum Command {
     /// causal attention, counted as executed) a second, over the better of candle's
     /// 1024³ matmul rate and the step's own GEMM on its MLP product, both measured at
     /// the start of the run with the same threads, and again whenever a step beats it.
+    /// Muon's Newton–Schulz products are the optimizer's work, not the model's: not
+    /// counted.
     Train(Box<TrainArgs>),
     /// Generate text from a checkpoint, streamed as it is produced.
     Sample(SampleArgs),
@@ -188,6 +190,10 @@ struct TrainArgs {
     /// Global gradient-norm clip (0 = off).
     #[arg(long)]
     grad_clip: Option<f64>,
+    /// Update rule of the weight matrices: adamw, or muon (orthogonalised momentum, at
+    /// the same learning rate); everything else is always AdamW's (default: the preset's).
+    #[arg(long, value_parser = parse_optimizer)]
+    optimizer: Option<train::config::Optimizer>,
     /// Steps between validation evaluations.
     #[arg(long)]
     eval_interval: Option<usize>,
@@ -402,6 +408,14 @@ fn parse_positions(s: &str) -> Result<tinylm::model::Positions, String> {
     }
 }
 
+fn parse_optimizer(s: &str) -> Result<train::config::Optimizer, String> {
+    match s {
+        "adamw" => Ok(train::config::Optimizer::AdamW),
+        "muon" => Ok(train::config::Optimizer::Muon),
+        _ => Err(format!("expected adamw or muon, got {s:?}")),
+    }
+}
+
 /// "YYYYmmdd-HHMMSS" in UTC, for default run names.
 fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
@@ -451,6 +465,7 @@ fn train_request(a: &TrainArgs) -> train::setup::TrainRequest {
             warmup_steps: a.warmup,
             weight_decay: a.weight_decay,
             grad_clip: a.grad_clip,
+            optimizer: a.optimizer,
             eval_interval: a.eval_interval,
             eval_batches: a.eval_batches,
             log_interval: a.log_interval,

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
+use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup, Rule};
 
 fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
@@ -80,10 +80,12 @@ fn adamw_matches_f64_reference() {
             ParamGroup {
                 vars: vec![w.clone()],
                 weight_decay: 0.1,
+                rule: Rule::AdamW,
             },
             ParamGroup {
                 vars: vec![b.clone()],
                 weight_decay: 0.0,
+                rule: Rule::AdamW,
             },
         ],
         cfg,
@@ -179,6 +181,7 @@ fn adamw_matches_candle_nn() {
         vec![ParamGroup {
             vars: vec![ours.clone()],
             weight_decay: 0.05,
+            rule: Rule::AdamW,
         }],
         cfg,
     )
@@ -202,6 +205,16 @@ fn adamw_matches_candle_nn() {
 /// parameters continues bit-for-bit; a parameter without a gradient is untouched.
 #[test]
 fn adamw_state_round_trip_is_bit_exact() {
+    state_round_trip_is_bit_exact(Rule::AdamW);
+}
+
+/// The same with the matrix under Muon (a momentum buffer and no second moment).
+#[test]
+fn muon_state_round_trip_is_bit_exact() {
+    state_round_trip_is_bit_exact(Rule::Muon);
+}
+
+fn state_round_trip_is_bit_exact(matrix_rule: Rule) {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let a = var(&mut rng, &[20, 30]);
     let b = var(&mut rng, &[7]);
@@ -211,10 +224,12 @@ fn adamw_state_round_trip_is_bit_exact() {
             ParamGroup {
                 vars: vec![a.clone()],
                 weight_decay: 0.1,
+                rule: matrix_rule,
             },
             ParamGroup {
                 vars: vec![b.clone(), f.clone()],
                 weight_decay: 0.0,
+                rule: Rule::AdamW,
             },
         ]
     };
@@ -248,7 +263,7 @@ fn adamw_state_round_trip_is_bit_exact() {
         .zip(resumed.moments().unwrap())
         .all(|((m1, v1), (m2, v2))| {
             let f = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            f(m1) == f(&m2) && f(v1) == f(&v2)
+            f(m1) == f(&m2) && v1.as_ref().map(f) == v2.as_ref().map(f)
         });
     println!(
         "resumed run bit-identical: params {same}, moments {m_same}; frozen untouched: {}",

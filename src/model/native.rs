@@ -231,7 +231,20 @@ pub fn gemm_rate(m: usize, n: usize, k: usize, reps: usize, min_secs: f64) -> f6
 /// (data, row stride, column stride). Parallel over the rayon pool; each entry's k-sum
 /// runs in a fixed order, so results repeat bit for bit at a fixed thread count.
 /// With `acc` false every entry of dst is written and none is read.
-fn gemm_into(
+pub(crate) fn gemm_into(
+    shape: (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+) {
+    gemm_into_threads(rayon::current_num_threads(), shape, dst, acc, a, b)
+}
+
+/// [`gemm_into`] on at most `threads` threads (1: on the calling thread, for callers
+/// that are already parallel over several products).
+pub(crate) fn gemm_into_threads(
+    threads: usize,
     (m, n, k): (usize, usize, usize),
     dst: &mut [MaybeUninit<f32>],
     acc: bool,
@@ -251,7 +264,6 @@ fn gemm_into(
     let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
     assert!(a.len() > last(a_rs, a_cs, m, k), "gemm: lhs too small");
     assert!(b.len() > last(b_rs, b_cs, k, n), "gemm: rhs too small");
-    let threads = rayon::current_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -13,21 +13,38 @@
 //! The scalars are computed in f64 and rounded to f32 once; elements are f32.
 //! A parameter without a gradient in the store is left alone (no decay either), as in
 //! PyTorch.
+//!
+//! A group may instead be stepped by Muon ([`Rule::Muon`], `super::muon`): its matrices
+//! keep one momentum buffer (saved as their first moment) and no second moment, and
+//! share the learning rate and decoupled decay of the AdamW groups.
 
 use candle_core::backprop::GradStore;
-use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, Var};
+use candle_core::{
+    bail, CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var,
+};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// Parameters that share a weight decay (the trainer uses two groups: matrices with
-/// decay; biases, LayerNorm gains and embeddings without).
+/// How a group's parameters are updated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rule {
+    #[default]
+    AdamW,
+    /// Orthogonalised momentum (`super::muon`); 2-D parameters only.
+    Muon,
+}
+
+/// Parameters that share a weight decay and an update rule (the trainer gives the
+/// matrices of linear layers decay, and Muon when asked; biases, LayerNorm gains and
+/// embeddings neither).
 #[derive(Debug, Clone)]
 pub struct ParamGroup {
     pub vars: Vec<Var>,
     pub weight_decay: f64,
+    pub rule: Rule,
 }
 
 /// Hyper-parameters other than the per-group weight decay. `lr` may be changed
@@ -55,7 +72,10 @@ impl Default for AdamWConfig {
 struct Param {
     var: Var,
     weight_decay: f64,
+    rule: Rule,
+    /// AdamW's first moment, or Muon's momentum buffer.
     m: Vec<f32>,
+    /// AdamW's second moment; empty under Muon.
     v: Vec<f32>,
 }
 
@@ -144,9 +164,48 @@ impl InplaceOp2 for Update<'_> {
     }
 }
 
+/// The second half of Muon's step of one (R, K) matrix, in place: the decay and the
+/// orthogonalised direction `o` (`super::muon::direction`, computed beforehand).
+struct MuonApply<'a> {
+    o: &'a [f32],
+    shape: (usize, usize),
+    lr: f32,
+    weight_decay: f32,
+}
+
+impl InplaceOp1 for MuonApply<'_> {
+    fn name(&self) -> &'static str {
+        "tinylm-muon"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let Some((p0, p1)) = l.contiguous_offsets() else {
+            bail!("muon: parameter must be contiguous")
+        };
+        let CpuStorage::F32(p) = s else {
+            bail!("muon: parameters must be f32")
+        };
+        if p1 - p0 != self.o.len() {
+            bail!(
+                "muon: parameter has {} elements, update {}",
+                p1 - p0,
+                self.o.len()
+            )
+        }
+        super::muon::apply(
+            &mut p[p0..p1],
+            self.o,
+            self.shape,
+            self.lr,
+            self.weight_decay,
+        );
+        Ok(())
+    }
+}
+
 impl AdamW {
     /// Moments start at zero, t at 0. Every parameter must be an f32 CPU tensor
-    /// (contiguous, as `Var`s created by candle are).
+    /// (contiguous, as `Var`s created by candle are), and 2-D under [`Rule::Muon`].
     pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
         let mut params = Vec::new();
         for group in groups {
@@ -160,12 +219,22 @@ impl AdamW {
                 if !var.is_contiguous() {
                     bail!("adamw: parameters must be contiguous")
                 }
+                if group.rule == Rule::Muon && var.rank() != 2 {
+                    bail!(
+                        "muon: parameters must be matrices, got shape {:?}",
+                        var.shape()
+                    )
+                }
                 let n = var.elem_count();
                 params.push(Param {
                     var,
                     weight_decay: group.weight_decay,
+                    rule: group.rule,
                     m: vec![0.0; n],
-                    v: vec![0.0; n],
+                    v: match group.rule {
+                        Rule::AdamW => vec![0.0; n],
+                        Rule::Muon => Vec::new(),
+                    },
                 });
             }
         }
@@ -223,11 +292,42 @@ impl AdamW {
         self.t += 1;
         let c = self.config;
         let t = self.t as i32;
-        for (p, g) in self.params.iter_mut().zip(grads) {
+        // Muon's directions first, one matrix per thread (they read gradients and their
+        // own momentum only); each matrix's products run in a fixed order on one thread,
+        // so the bits do not depend on which thread takes it.
+        let directions: Vec<Option<Vec<f32>>> = self
+            .params
+            .par_iter_mut()
+            .zip(grads.par_iter())
+            .map(|(p, g)| match (p.rule, g) {
+                (Rule::Muon, Some(g)) => {
+                    let shape = p.var.dims2()?;
+                    let m = &mut p.m;
+                    crate::cpu::with_slice::<f32, _>(g, |g| {
+                        Ok(Some(super::muon::direction(g, m, shape, grad_scale as f32)))
+                    })
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        for (i, (p, g)) in self.params.iter_mut().zip(grads).enumerate() {
             let Some(g) = g else {
                 continue;
             };
             let g = g.contiguous()?;
+            if p.rule == Rule::Muon {
+                let o = directions[i]
+                    .as_deref()
+                    .expect("computed above for every Muon matrix");
+                let op = MuonApply {
+                    o,
+                    shape: p.var.dims2()?,
+                    lr: c.lr as f32,
+                    weight_decay: p.weight_decay as f32,
+                };
+                p.var.as_tensor().inplace_op1(&op)?;
+                continue;
+            }
             let s = Scalars {
                 decay: (1.0 - c.lr * p.weight_decay) as f32,
                 beta1: c.beta1 as f32,
@@ -265,24 +365,30 @@ impl AdamW {
     }
 
     /// Copies of the first and second moments, one (m, v) pair per parameter in the
-    /// order of [`AdamW::vars`], each shaped like its parameter: what a checkpoint
-    /// saves, with [`AdamW::step_count`].
-    pub fn moments(&self) -> Result<Vec<(Tensor, Tensor)>> {
+    /// order of [`AdamW::vars`], each shaped like its parameter (no v under Muon): what
+    /// a checkpoint saves, with [`AdamW::step_count`].
+    pub fn moments(&self) -> Result<Vec<(Tensor, Option<Tensor>)>> {
         self.params
             .iter()
             .map(|p| {
                 let shape = p.var.shape();
-                Ok((
-                    Tensor::from_slice(&p.m, shape, &Device::Cpu)?,
-                    Tensor::from_slice(&p.v, shape, &Device::Cpu)?,
-                ))
+                let v = match p.rule {
+                    Rule::AdamW => Some(Tensor::from_slice(&p.v, shape, &Device::Cpu)?),
+                    Rule::Muon => None,
+                };
+                Ok((Tensor::from_slice(&p.m, shape, &Device::Cpu)?, v))
             })
             .collect()
     }
 
+    /// The update rule of each parameter, in the order of [`AdamW::vars`].
+    pub fn rules(&self) -> impl Iterator<Item = Rule> + '_ {
+        self.params.iter().map(|p| p.rule)
+    }
+
     /// Restores the state saved by [`AdamW::moments`] and [`AdamW::step_count`]; the
     /// next step then does exactly what it would have done without the round trip.
-    pub fn set_state(&mut self, t: u64, moments: &[(Tensor, Tensor)]) -> Result<()> {
+    pub fn set_state(&mut self, t: u64, moments: &[(Tensor, Option<Tensor>)]) -> Result<()> {
         if moments.len() != self.params.len() {
             bail!(
                 "adamw: {} moment pairs for {} parameters",
@@ -291,7 +397,15 @@ impl AdamW {
             )
         }
         for (p, (m, v)) in self.params.iter_mut().zip(moments) {
-            for (dst, src) in [(&mut p.m, m), (&mut p.v, v)] {
+            if v.is_some() != (p.rule == Rule::AdamW) {
+                bail!(
+                    "adamw: a second moment is {} for parameter {:?}",
+                    if v.is_some() { "given" } else { "missing" },
+                    p.var.shape()
+                )
+            }
+            let pairs = [(&mut p.m, Some(m)), (&mut p.v, v.as_ref())];
+            for (dst, src) in pairs.into_iter().filter_map(|(d, s)| Some((d, s?))) {
                 if src.shape() != p.var.shape() || src.dtype() != DType::F32 {
                     bail!(
                         "adamw: moment {:?} {:?} does not match parameter {:?}",

@@ -1,5 +1,5 @@
 //! Checkpoints: a directory `step-NNNNNNNN/` in the run directory holding
-//! `model.safetensors` (weights), `optim.safetensors` (AdamW moments) and `state.json`
+//! `model.safetensors` (weights), `optim.safetensors` (AdamW moments; Muon's momentum) and `state.json`
 //! (config, step, sampler state, tokenizer, best validation loss, and the size and
 //! xxHash64 of both tensor files).
 //!

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! P           = V·C + T·C + L·(12·C² + 13·C) + 2·C
-//! weights     = P,  gradients = P,  AdamW moments = 2·P
+//! weights     = P,  gradients = P,  AdamW moments = 2·P   (Muon: one buffer per matrix
+//!                                    and two matrix-sized temporaries, less than that)
 //! checkpoint  = 3·P          (serialised model + moments, while a save runs)
 //! corpus      = 5 bytes per token (the text and its u32 ids)
 //! activations, native CPU step (`model::native`, what `tinylm train` runs on a CPU):

@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_file;
 pub mod faults;
 pub mod memory;
+pub mod muon;
 pub mod setup;
 
 use crate::data::{eval_windows, Corpus, WindowSampler};
@@ -16,7 +17,7 @@ use crate::eval::{evaluate_windows, EvalReport};
 use crate::loss::CrossEntropyOptions;
 use crate::model::{native, Gpt};
 use crate::tokenizer::Tokenizer;
-use adamw::{AdamW, AdamWConfig, ParamGroup};
+use adamw::{AdamW, AdamWConfig, ParamGroup, Rule};
 use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
 use config::TrainConfig;
@@ -106,19 +107,23 @@ pub struct Trainer {
 
 /// AdamW over the model's parameters in the model's order (so the i-th gradient, the
 /// i-th moment pair and the i-th parameter line up), each with its weight decay: the
-/// matrices of linear layers only (`params::Role::decays`).
+/// matrices of linear layers only (`params::Role::decays`), which `--optimizer muon`
+/// also hands to Muon.
 pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW> {
     let groups = model
         .params()
         .iter()
         .zip(model.config.layout().into_flat())
-        .map(|((_, var), spec)| ParamGroup {
-            vars: vec![var.clone()],
-            weight_decay: if spec.role.decays() {
-                config.weight_decay
-            } else {
-                0.0
-            },
+        .map(|((_, var), spec)| {
+            let matrix = spec.role.decays();
+            ParamGroup {
+                vars: vec![var.clone()],
+                weight_decay: if matrix { config.weight_decay } else { 0.0 },
+                rule: match config.optimizer {
+                    config::Optimizer::Muon if matrix => Rule::Muon,
+                    _ => Rule::AdamW,
+                },
+            }
         })
         .collect();
     let adam = AdamWConfig {
@@ -130,12 +135,15 @@ pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW>
     Ok(AdamW::new(groups, adam)?)
 }
 
-/// The optimizer's moments as named tensors "m.<param>" and "v.<param>" (checkpoints).
+/// The optimizer's moments as named tensors "m.<param>" and "v.<param>" (checkpoints;
+/// Muon's matrices have no v).
 pub fn optimizer_tensors(model: &Gpt, opt: &AdamW) -> anyhow::Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for ((name, _), (m, v)) in model.params().iter().zip(opt.moments()?) {
         out.insert(format!("m.{name}"), m);
-        out.insert(format!("v.{name}"), v);
+        if let Some(v) = v {
+            out.insert(format!("v.{name}"), v);
+        }
     }
     Ok(out)
 }
@@ -167,7 +175,8 @@ impl Trainer {
         let moments = model
             .params()
             .iter()
-            .map(|(name, _)| {
+            .zip(optimizer.rules())
+            .map(|((name, _), rule)| {
                 let get = |k: String| {
                     loaded.optim.get(&k).cloned().ok_or_else(|| {
                         anyhow::anyhow!(
@@ -176,7 +185,11 @@ impl Trainer {
                         )
                     })
                 };
-                Ok((get(format!("m.{name}"))?, get(format!("v.{name}"))?))
+                let v = match rule {
+                    Rule::AdamW => Some(get(format!("v.{name}"))?),
+                    Rule::Muon => None,
+                };
+                Ok((get(format!("m.{name}"))?, v))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         optimizer

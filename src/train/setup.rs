@@ -33,6 +33,7 @@ pub struct Overrides {
     pub warmup_steps: Option<usize>,
     pub weight_decay: Option<f64>,
     pub grad_clip: Option<f64>,
+    pub optimizer: Option<super::config::Optimizer>,
     pub eval_interval: Option<usize>,
     pub eval_batches: Option<usize>,
     pub log_interval: Option<usize>,
@@ -71,6 +72,7 @@ impl Overrides {
             ("--warmup", self.warmup_steps.is_some()),
             ("--weight-decay", self.weight_decay.is_some()),
             ("--grad-clip", self.grad_clip.is_some()),
+            ("--optimizer", self.optimizer.is_some()),
             ("--eval-batches", self.eval_batches.is_some()),
         ]
         .into_iter()
@@ -93,6 +95,7 @@ impl Overrides {
             c.warmup_steps => self.warmup_steps,
             c.weight_decay => self.weight_decay,
             c.grad_clip => self.grad_clip,
+            c.optimizer => self.optimizer,
             c.eval_interval => self.eval_interval,
             c.eval_batches => self.eval_batches,
             c.log_interval => self.log_interval,

@@ -1,0 +1,382 @@
+//! Muon's update of one weight matrix (Jordan et al. 2024, the modded-nanogpt
+//! speedrun): Nesterov momentum, orthogonalised by a Newton–Schulz iteration, so that
+//! every direction of the matrix moves by about the same amount however unevenly the
+//! gradient spreads over them.
+//!
+//! For a parameter W (R, K) with gradient G, momentum buffer M and learning rate lr:
+//!   M ← μ·M + G
+//!   U ← G + μ·M                         (Nesterov)
+//!   O ← NewtonSchulz(U)                 ≈ U·(UᵀU)^(-1/2): U's singular values → ~1
+//!   W ← W·(1 - lr·wd) - lr·0.2·sqrt(max(R, K))·O
+//! The factor 0.2·sqrt(max(R, K)) gives the update the RMS of a typical AdamW update
+//! (Moonshot's "Muon is scalable", 2025), so one learning rate and schedule serve the
+//! matrices (Muon) and everything else (AdamW) alike.
+
+use crate::cpu::as_uninit;
+use crate::model::native::gemm_into_threads;
+
+/// μ, the momentum of the speedrun and of Moonshot's runs.
+pub const MOMENTUM: f32 = 0.95;
+
+/// Newton–Schulz steps: five of the quintic below bring singular values from
+/// (0, 1] into roughly [0.7, 1.2], which is all Muon needs (exact orthogonality is
+/// not better, measured by Jordan et al.).
+const NS_STEPS: usize = 5;
+/// X ← (a·I + b·A + c·A²)·X with A = X·Xᵀ: the coefficients maximise the slope at 0
+/// so that small singular values grow fast (modded-nanogpt).
+const NS_COEFFS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+
+/// One product on the calling thread: the trainer runs the matrices' iterations in
+/// parallel, one per thread, since the S x S products are too small to split well.
+fn gemm_1(
+    shape: (usize, usize, usize),
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+) {
+    gemm_into_threads(1, shape, dst, acc, a, b)
+}
+
+/// RMS-matching factor of the update: 0.2·sqrt(max(R, K)).
+pub fn update_scale(rows: usize, cols: usize) -> f32 {
+    0.2 * (rows.max(cols) as f32).sqrt()
+}
+
+/// x (R, K), row-major, replaced by its Newton–Schulz orthogonalisation: the same
+/// singular vectors, singular values near 1. A zero matrix stays zero. Works on the
+/// small side's Gram matrix (S = min(R, K), L = max(R, K)), by whichever of the two
+/// equal iterations below costs fewer FLOPs.
+pub fn orthogonalize(x: &mut [f32], rows: usize, cols: usize) {
+    assert_eq!(
+        x.len(),
+        rows * cols,
+        "orthogonalize: x is not {rows} x {cols}"
+    );
+    // Frobenius norm ≥ spectral norm: after this every singular value is ≤ 1.
+    let norm = x
+        .iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum::<f64>()
+        .sqrt();
+    let inv = (1.0 / (norm + 1e-7)) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+    if gram_is_cheaper(rows, cols) {
+        iterate_on_gram(x, rows, cols)
+    } else {
+        iterate_on_x(x, rows, cols)
+    }
+}
+
+/// FLOPs: on X, 5·(4·L·S² + 2·S³); on the Gram matrix, 4·L·S² + 34·S³ (X is read
+/// at the start and written at the end only). The Gram way wins once L ≥ 1.25·S
+/// (the MLP's (4C, C) matrices: 50·S³ against 90·S³); square matrices stay on X.
+fn gram_is_cheaper(rows: usize, cols: usize) -> bool {
+    let (l, s) = (rows.max(cols) as f64, rows.min(cols) as f64);
+    let steps = NS_STEPS as f64;
+    let on_x = steps * (4.0 * l * s * s + 2.0 * s.powi(3));
+    let on_gram = 4.0 * l * s * s + (6.0 * steps + 4.0) * s.powi(3);
+    on_gram < on_x
+}
+
+/// A (S, S) = X·Xᵀ when R ≤ K (wide), Xᵀ·X otherwise (tall).
+fn gram(x: &[f32], (r, k): (usize, usize), a: &mut [f32]) {
+    if r <= k {
+        gemm_1((r, r, k), as_uninit(a), false, (x, k, 1), (x, 1, k));
+    } else {
+        gemm_1((k, k, r), as_uninit(a), false, (x, 1, k), (x, k, 1));
+    }
+}
+
+/// P = a·I + b·A + c·A², given A and A² (S, S).
+fn poly(a: &[f32], a2: &[f32], s: usize, p: &mut [f32]) {
+    let (ca, cb, cc) = NS_COEFFS;
+    for (e, ((pv, &av), &a2v)) in p.iter_mut().zip(a).zip(a2).enumerate() {
+        let diag = if e % (s + 1) == 0 { ca } else { 0.0 };
+        *pv = diag + cb * av + cc * a2v;
+    }
+}
+
+/// The textbook iteration: X ← P(A)·X (wide) or X·P(A) (tall), A recomputed from X.
+fn iterate_on_x(x: &mut [f32], r: usize, k: usize) {
+    let s = r.min(k);
+    let (mut y, mut a, mut a2, mut p) = (
+        vec![0f32; r * k],
+        vec![0f32; s * s],
+        vec![0f32; s * s],
+        vec![0f32; s * s],
+    );
+    let (mut cur, mut next): (&mut [f32], &mut [f32]) = (x, &mut y);
+    for _ in 0..NS_STEPS {
+        gram(cur, (r, k), &mut a);
+        gemm_1((s, s, s), as_uninit(&mut a2), false, (&a, s, 1), (&a, s, 1));
+        poly(&a, &a2, s, &mut p);
+        if r <= k {
+            gemm_1((r, k, r), as_uninit(next), false, (&p, r, 1), (cur, k, 1));
+        } else {
+            gemm_1((r, k, k), as_uninit(next), false, (cur, k, 1), (&p, k, 1));
+        }
+        std::mem::swap(&mut cur, &mut next);
+    }
+    // After an odd number of steps the result sits in the other copy.
+    if NS_STEPS % 2 == 1 {
+        next.copy_from_slice(cur);
+    }
+}
+
+/// The same iteration carried by the Gram matrix alone: with P_t = P(A_t), the next
+/// X is P_t·X, so the next A is P_t·A_t·P_t, and the last X is P_4···P_0·X_0. Every
+/// P_t is a polynomial in A_0, so they commute and the product is taken in any order
+/// (and applies on the right of a tall X the same way).
+fn iterate_on_gram(x: &mut [f32], r: usize, k: usize) {
+    let s = r.min(k);
+    let (mut a, mut a2, mut p, mut q, mut t) = (
+        vec![0f32; s * s],
+        vec![0f32; s * s],
+        vec![0f32; s * s],
+        vec![0f32; s * s],
+        vec![0f32; s * s],
+    );
+    gram(x, (r, k), &mut a);
+    for step in 0..NS_STEPS {
+        gemm_1((s, s, s), as_uninit(&mut a2), false, (&a, s, 1), (&a, s, 1));
+        poly(&a, &a2, s, &mut p);
+        if step + 1 < NS_STEPS {
+            // A ← P·A·P (t = P·A, then t·P)
+            gemm_1((s, s, s), as_uninit(&mut t), false, (&p, s, 1), (&a, s, 1));
+            gemm_1((s, s, s), as_uninit(&mut a), false, (&t, s, 1), (&p, s, 1));
+        }
+        if step == 0 {
+            q.copy_from_slice(&p);
+        } else {
+            gemm_1((s, s, s), as_uninit(&mut t), false, (&p, s, 1), (&q, s, 1));
+            std::mem::swap(&mut q, &mut t);
+        }
+    }
+    let mut y = vec![0f32; r * k];
+    if r <= k {
+        gemm_1((r, k, r), as_uninit(&mut y), false, (&q, r, 1), (x, k, 1)); // Q·X
+    } else {
+        gemm_1((r, k, k), as_uninit(&mut y), false, (x, k, 1), (&q, k, 1)); // X·Q
+    }
+    x.copy_from_slice(&y);
+}
+
+/// The first half of a Muon step of a (R, K) parameter with gradient `g` (times
+/// `grad_scale`, the clipping factor) and momentum buffer `m`: updates `m` and returns
+/// the orthogonalised Nesterov momentum O. Reads no parameter, so the trainer runs it
+/// for every matrix in parallel.
+pub fn direction(
+    g: &[f32],
+    m: &mut [f32],
+    (rows, cols): (usize, usize),
+    grad_scale: f32,
+) -> Vec<f32> {
+    let n = rows * cols;
+    assert!(
+        g.len() == n && m.len() == n,
+        "muon: gradient or momentum is not {rows} x {cols}"
+    );
+    let mut u = vec![0f32; n];
+    for ((u, m), &g) in u.iter_mut().zip(m.iter_mut()).zip(g) {
+        let g = g * grad_scale;
+        *m = MOMENTUM * *m + g;
+        *u = g + MOMENTUM * *m;
+    }
+    orthogonalize(&mut u, rows, cols);
+    u
+}
+
+/// The second half: p ← p·(1 - lr·wd) - lr·0.2·sqrt(max(R, K))·O.
+pub fn apply(p: &mut [f32], o: &[f32], (rows, cols): (usize, usize), lr: f32, wd: f32) {
+    assert!(
+        p.len() == rows * cols && o.len() == p.len(),
+        "muon: parameter is not {rows} x {cols}"
+    );
+    let step = lr * update_scale(rows, cols);
+    let decay = 1.0 - lr * wd;
+    for (p, &o) in p.iter_mut().zip(o) {
+        *p = *p * decay - step * o;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// The same iteration in f64 with naive loops, always on X·Xᵀ (wide form of the
+    /// transpose for tall matrices): an independent statement of the algorithm.
+    fn reference(x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+        let tall = rows > cols;
+        let (r, k) = if tall { (cols, rows) } else { (rows, cols) };
+        let at = |i: usize, j: usize| {
+            if tall {
+                x[j * cols + i]
+            } else {
+                x[i * cols + j]
+            }
+        };
+        let mut m: Vec<f64> = (0..r * k).map(|e| at(e / k, e % k) as f64).collect();
+        let norm = m.iter().map(|v| v * v).sum::<f64>().sqrt() + 1e-7;
+        m.iter_mut().for_each(|v| *v /= norm);
+        let (a, b, c) = (3.4445, -4.7750, 2.0315);
+        for _ in 0..5 {
+            let mut g = vec![0f64; r * r];
+            for i in 0..r {
+                for j in 0..r {
+                    g[i * r + j] = (0..k).map(|t| m[i * k + t] * m[j * k + t]).sum();
+                }
+            }
+            let mut poly = vec![0f64; r * r];
+            for i in 0..r {
+                for j in 0..r {
+                    let gg: f64 = (0..r).map(|t| g[i * r + t] * g[t * r + j]).sum();
+                    poly[i * r + j] = b * g[i * r + j] + c * gg;
+                }
+            }
+            let mut next = vec![0f64; r * k];
+            for i in 0..r {
+                for j in 0..k {
+                    let px: f64 = (0..r).map(|t| poly[i * r + t] * m[t * k + j]).sum();
+                    next[i * k + j] = a * m[i * k + j] + px;
+                }
+            }
+            m = next;
+        }
+        // Back to (rows, cols).
+        (0..rows * cols)
+            .map(|e| {
+                let (i, j) = (e / cols, e % cols);
+                if tall {
+                    m[j * k + i]
+                } else {
+                    m[i * k + j]
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn orthogonalize_matches_an_f64_reference_on_odd_shapes() {
+        for (rows, cols) in [(7, 13), (13, 7), (9, 9), (1, 5), (33, 17)] {
+            let x0 = random(rows, cols, (rows * 100 + cols) as u64);
+            let mut x = x0.clone();
+            orthogonalize(&mut x, rows, cols);
+            let want = reference(&x0, rows, cols);
+            let err = x
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (g as f64 - w).abs())
+                .fold(0f64, f64::max);
+            assert!(err < 1e-4, "{rows}x{cols}: max error {err:.2e}");
+        }
+    }
+
+    /// The two iterations are the same map: equal up to rounding on every shape.
+    #[test]
+    fn gram_iteration_equals_the_textbook_one() {
+        for (rows, cols) in [(7, 13), (13, 7), (9, 9), (1, 5), (40, 12)] {
+            let mut x = random(rows, cols, 7 + rows as u64);
+            let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+            x.iter_mut().for_each(|v| *v /= norm);
+            let (mut on_x, mut on_gram) = (x.clone(), x);
+            iterate_on_x(&mut on_x, rows, cols);
+            iterate_on_gram(&mut on_gram, rows, cols);
+            let err = on_x
+                .iter()
+                .zip(&on_gram)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-4, "{rows}x{cols}: {err:.2e}");
+        }
+        assert!(gram_is_cheaper(1024, 256) && gram_is_cheaper(256, 768));
+        assert!(!gram_is_cheaper(256, 256));
+    }
+
+    /// Singular values spread over a decade come out near 1: X·Xᵀ is close to I.
+    #[test]
+    fn orthogonalize_evens_out_singular_values() {
+        // (3, 5) with orthogonal rows of norms 1, 0.3, 0.1 (singular values).
+        let (rows, cols) = (3, 5);
+        let mut x = vec![0f32; rows * cols];
+        for (i, s) in [1.0f32, 0.3, 0.1].into_iter().enumerate() {
+            x[i * cols + 2 * i] = s;
+        }
+        orthogonalize(&mut x, rows, cols);
+        for i in 0..rows {
+            for j in 0..rows {
+                let dot: f32 = (0..cols).map(|t| x[i * cols + t] * x[j * cols + t]).sum();
+                if i == j {
+                    assert!((0.45..1.5).contains(&dot), "σ² {dot} of row {i}");
+                } else {
+                    assert!(dot.abs() < 1e-6, "rows {i}, {j}: {dot}");
+                }
+            }
+        }
+        // On a random matrix every singular value ends near 1 too: ‖X·Xᵀ - I‖ is small
+        // entry by entry (a random matrix scaled to unit norm is far from it).
+        let (rows, cols) = (16, 40);
+        let mut x = random(rows, cols, 3);
+        orthogonalize(&mut x, rows, cols);
+        for i in 0..rows {
+            for j in 0..rows {
+                let dot: f32 = (0..cols).map(|t| x[i * cols + t] * x[j * cols + t]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 0.6, "({i}, {j}): {dot}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_gradient_only_decays_and_stays_finite() {
+        let (rows, cols) = (4, 6);
+        let mut p = random(rows, cols, 5);
+        let before = p.clone();
+        let (g, mut m) = (vec![0f32; 24], vec![0f32; 24]);
+        let o = direction(&g, &mut m, (rows, cols), 1.0);
+        apply(&mut p, &o, (rows, cols), 0.01, 0.1);
+        for (a, b) in p.iter().zip(&before) {
+            assert_eq!(*a, b * (1.0 - 0.01 * 0.1));
+        }
+        assert!(m.iter().all(|&v| v == 0.0));
+    }
+
+    /// The step is the decay plus lr·0.2·sqrt(max(R, K)) times the orthogonalised
+    /// Nesterov momentum, at any clipping factor.
+    #[test]
+    fn update_follows_the_definition() {
+        let (rows, cols) = (5, 8);
+        let g = random(rows, cols, 11);
+        let m0 = random(rows, cols, 12);
+        let p0 = random(rows, cols, 13);
+        for scale in [1.0f32, 1e-3] {
+            let (mut p, mut m) = (p0.clone(), m0.clone());
+            let o = direction(&g, &mut m, (rows, cols), scale);
+            apply(&mut p, &o, (rows, cols), 0.02, 0.1);
+            let mut u: Vec<f32> = m0
+                .iter()
+                .zip(&g)
+                .map(|(&m, &g)| g * scale + MOMENTUM * (MOMENTUM * m + g * scale))
+                .collect();
+            let m_want: Vec<f32> = m0
+                .iter()
+                .zip(&g)
+                .map(|(&m, &g)| MOMENTUM * m + g * scale)
+                .collect();
+            assert_eq!(m, m_want);
+            orthogonalize(&mut u, rows, cols);
+            let step = 0.02 * update_scale(rows, cols);
+            for ((&p, &p0), &o) in p.iter().zip(&p0).zip(&u) {
+                assert!((p - (p0 * (1.0 - 0.002) - step * o)).abs() < 1e-6);
+            }
+        }
+        assert_eq!(update_scale(768, 256), 0.2 * 768f32.sqrt());
+    }
+}
