@@ -8,7 +8,10 @@ PRESET is one of `tinylm bench train`'s presets (bench-ref, default, bench-8l,
 bench-gpt2s); the shapes below are theirs. The model is torch_reference.py's
 `build_gpt` (pre-LN, GELU 4x MLP, tied head, biases, SDPA causal attention), with
 rotary positions (GPT-NeoX half-split layout, base 10000, as tinylm's kernels/rope.rs)
-instead of learned ones for `default`. AdamW(lr, (0.9, 0.95), wd 0.1), 2 threads.
+instead of learned ones for `default`. AdamW(lr, (0.9, 0.95), wd 0.1), 2 threads; for
+`default`, as tinylm's default, the blocks' matrices take torch.optim.Muon instead
+(momentum 0.95, Nesterov, 5 Newton-Schulz steps, adjust_lr_fn="match_rms_adamw": the
+same update as src/train/muon.rs) and everything else AdamW.
 Token ids are random: a step's time does not depend on them.
 
 Prints one JSON object in the style of torch_reference.py's `gpt_step_*` records:
@@ -30,18 +33,31 @@ THREADS = 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
 
-# name: (V, T, L, H, C, B, positions, lr, warm-up steps, timed steps), as
+# name: (V, T, L, H, C, B, positions, lr, warm-up steps, timed steps, optimizer), as
 # src/train/config.rs's presets and src/bench/train.rs's step counts. The same shapes and
 # step, not the same initialisation (PyTorch's module defaults): a speed comparison only.
 PRESETS = {
-    "bench-ref": (256, 256, 4, 4, 256, 16, "learned", 1e-3, 2, 7),
-    "default": (8192, 256, 4, 4, 256, 8, "rotary", 3e-3, 2, 7),
-    "bench-8l": (256, 512, 8, 8, 512, 8, "learned", 1e-3, 1, 5),
-    "bench-gpt2s": (8192, 1024, 12, 12, 768, 2, "learned", 6e-4, 1, 3),
+    "bench-ref": (256, 256, 4, 4, 256, 16, "learned", 1e-3, 2, 7, "adamw"),
+    "default": (8192, 256, 4, 4, 256, 4, "rotary", 5e-3, 2, 7, "muon"),
+    "bench-8l": (256, 512, 8, 8, 512, 8, "learned", 1e-3, 1, 5, "adamw"),
+    "bench-gpt2s": (8192, 1024, 12, 12, 768, 2, "learned", 6e-4, 1, 3, "adamw"),
 }
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                          "..", "..", "shared", "bench", "torch_reference.py")
+
+
+def make_optimizers(torch, model, lr, optimizer):
+    """AdamW on everything, or Muon on the blocks' matrices and AdamW on the rest."""
+    if optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)]
+    matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
+    ids = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [
+        torch.optim.Muon(matrices, lr=lr, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
+        torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.95), weight_decay=0.1),
+    ]
 
 
 def proc_status():
@@ -160,7 +176,8 @@ def main():
     ap.add_argument("--warmup", type=int, help="untimed steps first")
     ap.add_argument("--steps", type=int, help="timed steps")
     a = ap.parse_args()
-    vocab, block, n_layer, n_head, n_embd, batch, positions, lr, warmup, steps = PRESETS[a.preset]
+    vocab, block, n_layer, n_head, n_embd, batch, positions, lr, warmup, steps, optimizer = (
+        PRESETS[a.preset])
     batch = a.batch or batch
     warmup = a.warmup if a.warmup is not None else warmup
     steps = a.steps or steps
@@ -178,7 +195,7 @@ def main():
             sys.exit("error: the model differs from torch_reference.py's build_gpt")
     else:
         ref = None
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opts = make_optimizers(torch, model, lr, optimizer)
     data = torch.randint(0, vocab, (batch, block + 1))
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
     base = reset_peak()
@@ -187,12 +204,14 @@ def main():
 
     def step():
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss = model(x, y)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
-        opt.step()
+        for opt in opts:
+            opt.step()
         t3 = time.perf_counter()
         for k, s, e in (("fwd", t0, t1), ("bwd", t1, t2), ("opt", t2, t3)):
             phases[k].append(e - s)
@@ -216,7 +235,7 @@ def main():
         "case": "gpt_step_sdpa_eager", "preset": a.preset,
         "batch_size": batch, "block_size": block, "vocab_size": vocab,
         "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "positions": positions,
-        "params": nparams, "reference_checked": ref is not None,
+        "optimizer": optimizer, "params": nparams, "reference_checked": ref is not None,
         "median_ms": med * 1e3, "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3,
         "reps": steps, "warmup": warmup,
         "phase_median_ms": {k: statistics.median(v) * 1e3 for k, v in phases.items()},
