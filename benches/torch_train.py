@@ -2,7 +2,7 @@
 """PyTorch's side of `tinylm bench train`: eager fp32 AdamW steps of the same GPT.
 
 Usage:
-  python3 benches/torch_train.py PRESET [--batch B] [--warmup W] [--steps S]
+  python3 benches/torch_train.py PRESET [--batch B] [--warmup W] [--steps S] [--optimizer O]
 
 PRESET is one of `tinylm bench train`'s presets (bench-ref, default, bench-8l,
 bench-gpt2s); the shapes below are theirs. The model is torch_reference.py's
@@ -175,10 +175,14 @@ def main():
     ap.add_argument("--batch", type=int, help="sequences a step (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first")
     ap.add_argument("--steps", type=int, help="timed steps")
+    ap.add_argument("--optimizer", choices=["adamw", "muon"],
+                    help="the matrices' update rule (default: the preset's; `default --batch 8"
+                         " --optimizer adamw` is the default as it was before Muon)")
     a = ap.parse_args()
     vocab, block, n_layer, n_head, n_embd, batch, positions, lr, warmup, steps, optimizer = (
         PRESETS[a.preset])
     batch = a.batch or batch
+    optimizer = a.optimizer or optimizer
     warmup = a.warmup if a.warmup is not None else warmup
     steps = a.steps or steps
     if batch < 1 or warmup < 0 or steps < 1:

@@ -18,7 +18,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use std::time::Instant;
 use tinylm::kernels::{self, reference};
-use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup, Rule};
+use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
+use tinylm::train::config::Optimizer as Rule;
 
 use tinylm::bench::median;
 

@@ -184,14 +184,16 @@ struct TrainArgs {
     /// Linear warmup steps.
     #[arg(long)]
     warmup: Option<usize>,
-    /// AdamW decoupled weight decay of the weight matrices (not biases, gains, embeddings).
+    /// Decoupled weight decay of the weight matrices, under AdamW or Muon (not biases,
+    /// gains, embeddings).
     #[arg(long)]
     weight_decay: Option<f64>,
     /// Global gradient-norm clip (0 = off).
     #[arg(long)]
     grad_clip: Option<f64>,
     /// Update rule of the weight matrices: adamw, or muon (orthogonalised momentum, at
-    /// the same learning rate); everything else is always AdamW's (default: the preset's).
+    /// the same learning rate); everything else is always AdamW's (default: the preset's;
+    /// muon for default, adamw for the others).
     #[arg(long, value_parser = parse_optimizer)]
     optimizer: Option<train::config::Optimizer>,
     /// Steps between validation evaluations.

@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup, Rule};
+use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
+use tinylm::train::config::Optimizer as Rule;
 
 fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
@@ -272,4 +273,102 @@ fn state_round_trip_is_bit_exact(matrix_rule: Rule) {
     assert!(same && m_same);
     assert_eq!(values(&frozen), frozen_before);
     assert_eq!(resumed.step_count(), 5);
+}
+
+/// One step over a Muon matrix, a Muon matrix without a gradient and an AdamW vector,
+/// at clipping factor 0.5: the matrix moves exactly as `muon::direction` and
+/// `muon::apply` say (its own decay, the clipped gradient, the scaled rate), the
+/// matrix without a gradient and its momentum stay as they were.
+#[test]
+fn muon_step_is_direction_then_apply() {
+    use tinylm::train::muon;
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (a, idle, b) = (
+        var(&mut rng, &[6, 10]),
+        var(&mut rng, &[4, 4]),
+        var(&mut rng, &[9]),
+    );
+    let (a0, idle0) = (values(&a), values(&idle));
+    let cfg = AdamWConfig {
+        lr: 2e-2,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(
+        vec![
+            ParamGroup {
+                vars: vec![a.clone(), idle.clone()],
+                weight_decay: 0.1,
+                rule: Rule::Muon,
+            },
+            ParamGroup {
+                vars: vec![b.clone()],
+                weight_decay: 0.0,
+                rule: Rule::AdamW,
+            },
+        ],
+        cfg,
+    )
+    .unwrap();
+    let ga = uniform(&mut rng, 60);
+    let gb = uniform(&mut rng, 9);
+    let grads = vec![
+        Some(Tensor::from_slice(&ga, (6, 10), &Device::Cpu).unwrap()),
+        None,
+        Some(Tensor::from_slice(&gb, 9, &Device::Cpu).unwrap()),
+    ];
+    opt.step_scaled(&grads, 0.5).unwrap();
+
+    let mut m = vec![0f32; 60];
+    let o = muon::direction(&ga, &mut m, (6, 10), 0.5);
+    let mut want = a0.clone();
+    let step = (2e-2 * muon::update_scale(6, 10)) as f32;
+    muon::apply(&mut want, &o, (1.0 - 2e-2 * 0.1) as f32, step);
+    assert_eq!(values(&a), want, "the Muon matrix");
+    assert_ne!(values(&a), a0);
+    assert_eq!(
+        values(&idle),
+        idle0,
+        "a matrix without gradient is untouched"
+    );
+    let moments = opt.moments().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(flat(&moments[0].0), m, "the momentum buffer");
+    assert!(moments[0].1.is_none() && moments[1].1.is_none() && moments[2].1.is_some());
+    assert!(flat(&moments[1].0).iter().all(|&x| x == 0.0));
+}
+
+/// Muon takes matrices only; a state whose second moments do not match the rules is
+/// refused, in both directions.
+#[test]
+fn muon_refuses_vectors_and_mismatched_state() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let v = var(&mut rng, &[7]);
+    let group = |rule| ParamGroup {
+        vars: vec![v.clone()],
+        weight_decay: 0.0,
+        rule,
+    };
+    let e = AdamW::new(vec![group(Rule::Muon)], AdamWConfig::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("matrices"), "{e}");
+
+    let w = var(&mut rng, &[3, 5]);
+    let make = |rule| {
+        AdamW::new(
+            vec![ParamGroup {
+                vars: vec![w.clone()],
+                weight_decay: 0.0,
+                rule,
+            }],
+            AdamWConfig::default(),
+        )
+        .unwrap()
+    };
+    let (adam, mut muon) = (make(Rule::AdamW), make(Rule::Muon));
+    let e = muon.set_state(1, &adam.moments().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("given"), "{e}");
+    let mut adam = adam;
+    let e = adam.set_state(1, &muon.moments().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
 }

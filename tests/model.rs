@@ -86,6 +86,16 @@ fn initial_loss_is_ln_256() {
 
 #[test]
 fn small_model_overfits_one_batch() {
+    overfits_one_batch(tinylm::train::config::Optimizer::AdamW);
+}
+
+/// The same under Muon: its step descends (a step that did not would never memorise).
+#[test]
+fn small_model_overfits_one_batch_under_muon() {
+    overfits_one_batch(tinylm::train::config::Optimizer::Muon);
+}
+
+fn overfits_one_batch(optimizer: tinylm::train::config::Optimizer) {
     let cfg = GptConfig {
         vocab_size: 256,
         block_size: 32,
@@ -98,6 +108,7 @@ fn small_model_overfits_one_batch() {
     let (x, y) = corpus_windows(4, 32, 3000);
     let mut tc = TrainConfig::preset("tiny").unwrap();
     tc.weight_decay = 0.0;
+    tc.optimizer = optimizer;
     let mut opt = tinylm::train::optimizer_for(&model, &tc).unwrap();
     opt.set_lr(3e-3);
     let params: Vec<Tensor> = model
@@ -110,14 +121,17 @@ fn small_model_overfits_one_batch() {
         let l = model.loss(&x, &y, &CrossEntropyOptions::default()).unwrap();
         loss = l.to_scalar().unwrap();
         if loss < 0.1 {
-            println!("loss {loss:.4} < 0.1 after {step} steps");
+            println!("{optimizer:?}: loss {loss:.4} < 0.1 after {step} steps");
             break;
         }
         let mut store = l.backward().unwrap();
         let grads: Vec<Option<Tensor>> = params.iter().map(|p| store.remove(p)).collect();
         opt.step_scaled(&grads, 1.0).unwrap();
     }
-    assert!(loss < 0.1, "one batch not memorised: loss {loss}");
+    assert!(
+        loss < 0.1,
+        "{optimizer:?}: one batch not memorised: loss {loss}"
+    );
 }
 
 /// Central differences in f64 against autograd for a few entries of every parameter.

@@ -109,6 +109,16 @@ fn resume_matches(cfg: TrainConfig) -> Vec<String> {
         let same = va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "parameter {name} differs after resume");
     }
+    let keys = |m: &std::collections::HashMap<String, candle_core::Tensor>| {
+        let mut k: Vec<String> = m.keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&wa.optim),
+        keys(&wb.optim),
+        "optimizer tensors differ in name"
+    );
     for (name, ta) in &wa.optim {
         let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
         let vb: Vec<f32> = wb.optim[name].flatten_all().unwrap().to_vec1().unwrap();

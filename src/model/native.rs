@@ -231,7 +231,7 @@ pub fn gemm_rate(m: usize, n: usize, k: usize, reps: usize, min_secs: f64) -> f6
 /// (data, row stride, column stride). Parallel over the rayon pool; each entry's k-sum
 /// runs in a fixed order, so results repeat bit for bit at a fixed thread count.
 /// With `acc` false every entry of dst is written and none is read.
-pub(crate) fn gemm_into(
+fn gemm_into(
     shape: (usize, usize, usize),
     dst: &mut [MaybeUninit<f32>],
     acc: bool,

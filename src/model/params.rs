@@ -50,6 +50,12 @@ impl Role {
     /// AdamW decays the matrices of linear layers only: not biases, gains or
     /// embeddings (nanoGPT/minGPT).
     pub fn decays(self) -> bool {
+        self.is_matrix()
+    }
+
+    /// The matrix of a linear layer (what `--optimizer muon` updates; the tied
+    /// embedding is not one).
+    pub fn is_matrix(self) -> bool {
         matches!(self, Role::Matrix | Role::ResidualMatrix)
     }
 }

@@ -14,10 +14,11 @@
 //! A parameter without a gradient in the store is left alone (no decay either), as in
 //! PyTorch.
 //!
-//! A group may instead be stepped by Muon ([`Rule::Muon`], `super::muon`): its matrices
+//! A group may instead be stepped by Muon ([`Optimizer::Muon`], `super::muon`): its matrices
 //! keep one momentum buffer (saved as their first moment) and no second moment, and
 //! share the learning rate and decoupled decay of the AdamW groups.
 
+use super::config::Optimizer;
 use candle_core::backprop::GradStore;
 use candle_core::{
     bail, CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var,
@@ -28,15 +29,6 @@ use std::sync::Mutex;
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// How a group's parameters are updated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Rule {
-    #[default]
-    AdamW,
-    /// Orthogonalised momentum (`super::muon`); 2-D parameters only.
-    Muon,
-}
-
 /// Parameters that share a weight decay and an update rule (the trainer gives the
 /// matrices of linear layers decay, and Muon when asked; biases, LayerNorm gains and
 /// embeddings neither).
@@ -44,7 +36,8 @@ pub enum Rule {
 pub struct ParamGroup {
     pub vars: Vec<Var>,
     pub weight_decay: f64,
-    pub rule: Rule,
+    /// AdamW, or Muon (2-D parameters only).
+    pub rule: Optimizer,
 }
 
 /// Hyper-parameters other than the per-group weight decay. `lr` may be changed
@@ -72,7 +65,7 @@ impl Default for AdamWConfig {
 struct Param {
     var: Var,
     weight_decay: f64,
-    rule: Rule,
+    rule: Optimizer,
     /// AdamW's first moment, or Muon's momentum buffer.
     m: Vec<f32>,
     /// AdamW's second moment; empty under Muon.
@@ -164,13 +157,12 @@ impl InplaceOp2 for Update<'_> {
     }
 }
 
-/// The second half of Muon's step of one (R, K) matrix, in place: the decay and the
-/// orthogonalised direction `o` (`super::muon::direction`, computed beforehand).
+/// The second half of Muon's step of one matrix, in place: p ← p·decay - step·o, with
+/// `o` from `super::muon::direction`.
 struct MuonApply<'a> {
     o: &'a [f32],
-    shape: (usize, usize),
-    lr: f32,
-    weight_decay: f32,
+    decay: f32,
+    step: f32,
 }
 
 impl InplaceOp1 for MuonApply<'_> {
@@ -192,20 +184,14 @@ impl InplaceOp1 for MuonApply<'_> {
                 self.o.len()
             )
         }
-        super::muon::apply(
-            &mut p[p0..p1],
-            self.o,
-            self.shape,
-            self.lr,
-            self.weight_decay,
-        );
+        super::muon::apply(&mut p[p0..p1], self.o, self.decay, self.step);
         Ok(())
     }
 }
 
 impl AdamW {
     /// Moments start at zero, t at 0. Every parameter must be an f32 CPU tensor
-    /// (contiguous, as `Var`s created by candle are), and 2-D under [`Rule::Muon`].
+    /// (contiguous, as `Var`s created by candle are), and 2-D under [`Optimizer::Muon`].
     pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
         let mut params = Vec::new();
         for group in groups {
@@ -219,7 +205,7 @@ impl AdamW {
                 if !var.is_contiguous() {
                     bail!("adamw: parameters must be contiguous")
                 }
-                if group.rule == Rule::Muon && var.rank() != 2 {
+                if group.rule == Optimizer::Muon && var.rank() != 2 {
                     bail!(
                         "muon: parameters must be matrices, got shape {:?}",
                         var.shape()
@@ -232,8 +218,8 @@ impl AdamW {
                     rule: group.rule,
                     m: vec![0.0; n],
                     v: match group.rule {
-                        Rule::AdamW => vec![0.0; n],
-                        Rule::Muon => Vec::new(),
+                        Optimizer::AdamW => vec![0.0; n],
+                        Optimizer::Muon => Vec::new(),
                     },
                 });
             }
@@ -292,42 +278,39 @@ impl AdamW {
         self.t += 1;
         let c = self.config;
         let t = self.t as i32;
-        // Muon's directions first, one matrix per thread (they read gradients and their
-        // own momentum only); each matrix's products run in a fixed order on one thread,
-        // so the bits do not depend on which thread takes it.
-        let directions: Vec<Option<Vec<f32>>> = self
-            .params
+        // Muon's matrices first, one per thread (each reads its gradient and momentum
+        // and writes its own parameter); each matrix's products run in a fixed order on
+        // one thread, so the bits do not depend on which thread takes it.
+        self.params
             .par_iter_mut()
             .zip(grads.par_iter())
-            .map(|(p, g)| match (p.rule, g) {
-                (Rule::Muon, Some(g)) => {
-                    let shape = p.var.dims2()?;
-                    let m = &mut p.m;
-                    crate::cpu::with_slice::<f32, _>(g, |g| {
-                        Ok(Some(super::muon::direction(g, m, shape, grad_scale as f32)))
-                    })
-                }
-                _ => Ok(None),
-            })
-            .collect::<Result<_>>()?;
-        for (i, (p, g)) in self.params.iter_mut().zip(grads).enumerate() {
-            let Some(g) = g else {
+            .filter(|(p, _)| p.rule == Optimizer::Muon)
+            .try_for_each(|(p, g)| -> Result<()> {
+                let Some(g) = g else {
+                    return Ok(());
+                };
+                let (rows, cols) = p.var.dims2()?;
+                let m = &mut p.m;
+                let o = crate::cpu::with_slice::<f32, _>(g, |g| {
+                    Ok(super::muon::direction(
+                        g,
+                        m,
+                        (rows, cols),
+                        grad_scale as f32,
+                    ))
+                })?;
+                let op = MuonApply {
+                    o: &o,
+                    decay: (1.0 - c.lr * p.weight_decay) as f32,
+                    step: (c.lr * super::muon::update_scale(rows, cols)) as f32,
+                };
+                p.var.as_tensor().inplace_op1(&op)
+            })?;
+        for (p, g) in self.params.iter_mut().zip(grads) {
+            let (Optimizer::AdamW, Some(g)) = (p.rule, g) else {
                 continue;
             };
             let g = g.contiguous()?;
-            if p.rule == Rule::Muon {
-                let o = directions[i]
-                    .as_deref()
-                    .expect("computed above for every Muon matrix");
-                let op = MuonApply {
-                    o,
-                    shape: p.var.dims2()?,
-                    lr: c.lr as f32,
-                    weight_decay: p.weight_decay as f32,
-                };
-                p.var.as_tensor().inplace_op1(&op)?;
-                continue;
-            }
             let s = Scalars {
                 decay: (1.0 - c.lr * p.weight_decay) as f32,
                 beta1: c.beta1 as f32,
@@ -373,8 +356,8 @@ impl AdamW {
             .map(|p| {
                 let shape = p.var.shape();
                 let v = match p.rule {
-                    Rule::AdamW => Some(Tensor::from_slice(&p.v, shape, &Device::Cpu)?),
-                    Rule::Muon => None,
+                    Optimizer::AdamW => Some(Tensor::from_slice(&p.v, shape, &Device::Cpu)?),
+                    Optimizer::Muon => None,
                 };
                 Ok((Tensor::from_slice(&p.m, shape, &Device::Cpu)?, v))
             })
@@ -382,7 +365,7 @@ impl AdamW {
     }
 
     /// The update rule of each parameter, in the order of [`AdamW::vars`].
-    pub fn rules(&self) -> impl Iterator<Item = Rule> + '_ {
+    pub fn rules(&self) -> impl Iterator<Item = Optimizer> + '_ {
         self.params.iter().map(|p| p.rule)
     }
 
@@ -397,7 +380,7 @@ impl AdamW {
             )
         }
         for (p, (m, v)) in self.params.iter_mut().zip(moments) {
-            if v.is_some() != (p.rule == Rule::AdamW) {
+            if v.is_some() != (p.rule == Optimizer::AdamW) {
                 bail!(
                     "adamw: a second moment is {} for parameter {:?}",
                     if v.is_some() { "given" } else { "missing" },

@@ -1,7 +1,7 @@
 //! Checkpoints: a directory `step-NNNNNNNN/` in the run directory holding
-//! `model.safetensors` (weights), `optim.safetensors` (AdamW moments; Muon's momentum) and `state.json`
-//! (config, step, sampler state, tokenizer, best validation loss, and the size and
-//! xxHash64 of both tensor files).
+//! `model.safetensors` (weights), `optim.safetensors` (AdamW moments; Muon's momentum)
+//! and `state.json` (config, step, sampler state, tokenizer, best validation loss, and
+//! the size and xxHash64 of both tensor files).
 //!
 //! Written atomically: everything goes into a temporary directory, each file is fsynced,
 //! then the directory is renamed into place and the run directory fsynced. A crash at

@@ -99,6 +99,7 @@ impl TrainConfig {
                 min_lr: 2e-4,
                 // PyTorch's side runs AdamW on every parameter.
                 optimizer: Optimizer::AdamW,
+                eval_batches: 16,
                 tokenizer: "bytes".to_string(),
                 preset,
                 ..base
@@ -119,6 +120,7 @@ impl TrainConfig {
                 lr: 1e-3,
                 min_lr: 1e-4,
                 optimizer: Optimizer::AdamW,
+                eval_batches: 16,
                 tokenizer: "bytes".to_string(),
                 preset,
                 ..base
@@ -140,6 +142,7 @@ impl TrainConfig {
                 lr: 6e-4,
                 min_lr: 6e-5,
                 optimizer: Optimizer::AdamW,
+                eval_batches: 16,
                 tokenizer: "bpe:8192".to_string(),
                 preset,
                 ..base
@@ -164,7 +167,7 @@ impl TrainConfig {
                 eval_batches: 4,
                 log_interval: 20,
                 checkpoint_interval: 100,
-                // The tests' behaviour was pinned on AdamW; Muon has its own tests.
+                // The tests that train `tiny` assume AdamW; Muon has its own tests.
                 optimizer: Optimizer::AdamW,
                 tokenizer: "bytes".to_string(),
                 preset,
@@ -177,13 +180,6 @@ impl TrainConfig {
                     n_layer: 6,
                     ..base.model
                 },
-                // The optimizer, rate and batch its figures were measured at (a deeper
-                // model, a longer run); Muon is untried at 30 minutes.
-                optimizer: Optimizer::AdamW,
-                batch_size: 8,
-                eval_batches: 16,
-                lr: 2e-3,
-                min_lr: 2e-4,
                 time_budget_s: Some(1800.0),
                 warmup_steps: 200,
                 eval_interval: 500,
@@ -217,15 +213,15 @@ impl TrainConfig {
             // it; pieces of several characters packed more text into a step but left
             // the line's length unknowable.
             tokenizer: "bpe:8192,han-piece=1".to_string(),
-            // 4 windows a step: in 5 minutes, more smaller steps learned to count a line
-            // (regular verse) where 8 or 16 windows a step did not.
+            // 4 windows a step: in 5 minutes, more and smaller steps are what taught the
+            // model to count a line (BENCHMARKS.md, "Muon on the matrices").
             batch_size: 4,
             grad_accum: 1,
             max_steps: None,
             // The README's promise: `tinylm train` finishes in about 5 minutes.
             time_budget_s: Some(300.0),
-            // Muon's updates are scaled to AdamW's size, so one rate serves both; 5e-3
-            // wrote better verse at lower bits per byte than 2e-3, 3e-3 or 8e-3.
+            // Muon's updates are scaled to AdamW's size, so one rate serves both; the
+            // rate measured best on verse and bits per byte (BENCHMARKS.md, "Muon").
             lr: 5e-3,
             // A tenth of the peak, as in nanoGPT/Chinchilla practice.
             min_lr: 5e-4,
@@ -237,11 +233,12 @@ impl TrainConfig {
             beta2: 0.95,
             grad_clip: 1.0,
             // Muon on the matrices: each step costs more (Newton–Schulz), but it learns
-            // far more per step; lower bits per byte in the same 300 s.
+            // more per step than AdamW (BENCHMARKS.md, "Muon").
             optimizer: Optimizer::Muon,
             // Three evaluations in a 5-minute run (each costs ~2 s), plus the final one.
             eval_interval: 200,
-            // 32 x 4 = 128 windows of 256 tokens (~32k of the ~123k validation tokens).
+            // 32 x 4 = 128 windows of 256 tokens (~32k of the ~123k validation tokens);
+            // presets with other batches set their own.
             eval_batches: 32,
             log_interval: 10,
             checkpoint_interval: 500,
@@ -472,8 +469,8 @@ mod tests {
         assert_eq!((d.lr, d.min_lr, d.warmup_steps), (5e-3, 5e-4, 100));
         assert_eq!((d.optimizer, d.batch_size), (Optimizer::Muon, 4));
         let p = TrainConfig::preset("poet").unwrap();
-        assert_eq!((p.lr, p.min_lr, p.warmup_steps), (2e-3, 2e-4, 200));
-        assert_eq!((p.optimizer, p.batch_size), (Optimizer::AdamW, 8));
+        assert_eq!((p.lr, p.min_lr, p.warmup_steps), (5e-3, 5e-4, 200));
+        assert_eq!((p.optimizer, p.batch_size), (Optimizer::Muon, 4));
     }
 
     #[test]

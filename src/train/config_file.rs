@@ -73,7 +73,25 @@ pub fn config_from_toml(base: &TrainConfig, text: &str) -> anyhow::Result<TrainC
                 .all(|k| m.contains_key(*k))
                 && !m.contains_key("positions")
         });
+    // Likewise a whole run config (every training field) without `optimizer` was
+    // written before Muon was a choice: it trained with AdamW.
+    let written_before_optimizer = over.as_table().is_some_and(|t| {
+        [
+            "lr",
+            "min_lr",
+            "batch_size",
+            "weight_decay",
+            "grad_clip",
+            "model",
+        ]
+        .iter()
+        .all(|k| t.contains_key(*k))
+            && !t.contains_key("optimizer")
+    });
     merge_toml(&mut merged, over);
+    if written_before_optimizer {
+        merged["optimizer"] = toml::Value::String("adamw".into());
+    }
     if written_before_positions {
         // A whole [model] table without `positions` was written by a tinylm that had
         // only learned positions (a run's config.toml): it means learned, not the
@@ -103,6 +121,26 @@ mod tests {
         assert_eq!((c.model.n_layer, c.model.positions), (3, Positions::Rotary));
         let c = config_from_toml(&base, &format!("{old}positions = \"rotary\"\n")).unwrap();
         assert_eq!(c.model.positions, Positions::Rotary);
+    }
+
+    /// A run's config.toml from before Muon reproduces its AdamW run on today's
+    /// default (Muon) base; a partial file keeps the base's optimizer.
+    #[test]
+    fn a_run_config_from_before_muon_means_adamw() {
+        use crate::train::config::Optimizer;
+        let base = TrainConfig::preset("default").unwrap();
+        assert_eq!(base.optimizer, Optimizer::Muon);
+        let old = include_str!("../../benches/results/verse/lr3b.config.toml");
+        assert!(!old.contains("optimizer"));
+        let c = config_from_toml(&base, old).unwrap();
+        assert_eq!(
+            (c.optimizer, c.lr, c.batch_size),
+            (Optimizer::AdamW, 3e-3, 8)
+        );
+        let c = config_from_toml(&base, "lr = 0.004\n").unwrap();
+        assert_eq!(c.optimizer, Optimizer::Muon);
+        let c = config_from_toml(&base, &format!("optimizer = \"muon\"\n{old}")).unwrap();
+        assert_eq!(c.optimizer, Optimizer::Muon);
     }
 
     #[test]

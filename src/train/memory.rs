@@ -10,8 +10,9 @@
 //!
 //! ```text
 //! P           = V·C + T·C + L·(12·C² + 13·C) + 2·C
-//! weights     = P,  gradients = P,  AdamW moments = 2·P   (Muon: one buffer per matrix
-//!                                    and two matrix-sized temporaries, less than that)
+//! weights     = P,  gradients = P,  AdamW moments = 2·P
+//!             (Muon: 2·P - 12·L·C² (one buffer per matrix value) + threads·13·C², the
+//!             Newton–Schulz buffers of the (4C, C) matrix each thread works on)
 //! checkpoint  = 3·P          (serialised model + moments, while a save runs)
 //! corpus      = 5 bytes per token (the text and its u32 ids)
 //! activations, native CPU step (`model::native`, what `tinylm train` runs on a CPU):
@@ -39,7 +40,7 @@ use super::config::TrainConfig;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryEstimate {
     pub params: f64,
-    /// Weights + gradients + AdamW moments + checkpoint buffers.
+    /// Weights + gradients + optimizer state + checkpoint buffers.
     pub state_bytes: f64,
     pub activation_bytes: f64,
     pub corpus_bytes: f64,
@@ -56,7 +57,7 @@ impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({:.3e} parameters: {} for weights, gradients, AdamW moments and checkpoint \
+            "{} ({:.3e} parameters: {} for weights, gradients, optimizer state and checkpoint \
              buffers; {} activations; {} corpus; {} fixed)",
             human(self.total()),
             self.params,
@@ -109,9 +110,16 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
     };
     let p = v * c + wpe + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
     let f = 4.0;
+    let optimizer = match config.optimizer {
+        super::config::Optimizer::AdamW => 2.0 * p,
+        super::config::Optimizer::Muon => {
+            let threads = rayon::current_num_threads() as f64;
+            2.0 * p - l * 12.0 * c * c + threads * 13.0 * c * c
+        }
+    };
     MemoryEstimate {
         params: p,
-        state_bytes: f * (p + p + 2.0 * p + 3.0 * p),
+        state_bytes: f * (p + p + optimizer + 3.0 * p),
         activation_bytes: match step {
             StepKind::Native => {
                 let n = b * t;

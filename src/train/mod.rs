@@ -17,10 +17,10 @@ use crate::eval::{evaluate_windows, EvalReport};
 use crate::loss::CrossEntropyOptions;
 use crate::model::{native, Gpt};
 use crate::tokenizer::Tokenizer;
-use adamw::{AdamW, AdamWConfig, ParamGroup, Rule};
+use adamw::{AdamW, AdamWConfig, ParamGroup};
 use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
-use config::TrainConfig;
+use config::{Optimizer, TrainConfig};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
@@ -115,13 +115,18 @@ pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW>
         .iter()
         .zip(model.config.layout().into_flat())
         .map(|((_, var), spec)| {
-            let matrix = spec.role.decays();
+            let matrix = spec.role.is_matrix();
             ParamGroup {
                 vars: vec![var.clone()],
-                weight_decay: if matrix { config.weight_decay } else { 0.0 },
-                rule: match config.optimizer {
-                    config::Optimizer::Muon if matrix => Rule::Muon,
-                    _ => Rule::AdamW,
+                weight_decay: if spec.role.decays() {
+                    config.weight_decay
+                } else {
+                    0.0
+                },
+                rule: if matrix {
+                    config.optimizer
+                } else {
+                    Optimizer::AdamW
                 },
             }
         })
@@ -186,8 +191,8 @@ impl Trainer {
                     })
                 };
                 let v = match rule {
-                    Rule::AdamW => Some(get(format!("v.{name}"))?),
-                    Rule::Muon => None,
+                    Optimizer::AdamW => Some(get(format!("v.{name}"))?),
+                    Optimizer::Muon => None,
                 };
                 Ok((get(format!("m.{name}"))?, v))
             })
