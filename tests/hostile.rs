@@ -227,6 +227,24 @@ fn every_option_is_range_checked_before_any_work() {
         assert!(e.contains(want), "{flags:?}: {e}");
         assert!(!out.exists(), "{flags:?} created the run directory");
     }
+    // Values outside a flag's choices are clap's one line, exit 2.
+    for (flags, want) in [
+        (["--optimizer", "sgd"], "expected adamw or muon"),
+        (["--positions", "sideways"], "expected learned or rotary"),
+    ] {
+        let args = train_args(&out, &flags);
+        let o = cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{flags:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{flags:?}: {err}"
+        );
+        assert!(!out.exists(), "{flags:?} created the run directory");
+    }
     let other: &[(&[&str], &str)] = &[
         (
             &[

@@ -177,12 +177,15 @@ pub fn direction(
         g.len() == n && m.len() == n,
         "muon: gradient or momentum is not {rows} x {cols}"
     );
-    let mut u = vec![0f32; n];
-    for ((u, m), &g) in u.iter_mut().zip(m.iter_mut()).zip(g) {
-        let g = g * grad_scale;
-        *m = MOMENTUM * *m + g;
-        *u = g + MOMENTUM * *m;
-    }
+    let mut u: Vec<f32> = m
+        .iter_mut()
+        .zip(g)
+        .map(|(m, &g)| {
+            let g = g * grad_scale;
+            *m = MOMENTUM * *m + g;
+            g + MOMENTUM * *m
+        })
+        .collect();
     orthogonalize(&mut u, rows, cols);
     u
 }

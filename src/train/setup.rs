@@ -613,7 +613,23 @@ fn write_config(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bpe_spec;
+    use super::{parse_bpe_spec, Overrides};
+
+    /// The optimizer is the checkpoint's: --optimizer on a resume is refused by name.
+    #[test]
+    fn a_resume_refuses_another_optimizer() {
+        let mut c = crate::train::config::TrainConfig::preset("default").unwrap();
+        let o = Overrides {
+            optimizer: Some(crate::train::config::Optimizer::AdamW),
+            ..Default::default()
+        };
+        let e = o.apply_resume(&mut c, 10, 1.0).unwrap_err().to_string();
+        assert!(e.contains("--optimizer cannot change on --resume"), "{e}");
+        assert_eq!(
+            c,
+            crate::train::config::TrainConfig::preset("default").unwrap()
+        );
+    }
 
     #[test]
     fn bpe_specs_parse_or_fail_with_the_field() {
