@@ -52,8 +52,7 @@ pub fn measure_matmul_flops(device: &candle_core::Device) -> anyhow::Result<f64>
 /// The matmul ceiling MFU is measured against, in FLOP/s: the better of candle's rate
 /// on a 1024³ product and, on the CPU, the native step's own GEMM on its largest
 /// product (the MLP's [B·T, C]·[C, 4C]). The better of the two, so that MFU is taken
-/// against the faster path. A measurement on a busy machine can still come out low;
-/// `train` measures again whenever a step beats it.
+/// against the faster path.
 pub fn matmul_ceiling(
     device: &candle_core::Device,
     model: &crate::model::GptConfig,
@@ -66,6 +65,51 @@ pub fn matmul_ceiling(
     let c = model.n_embd;
     let native = crate::model::native::gemm_rate(rows.max(1), 4 * c, c, 5, 0.5);
     Ok(candle.max(native))
+}
+
+/// MFU's denominator for one model shape: [`matmul_ceiling`], kept as the best
+/// measured so far. A measurement on a busy machine can come out low, and a step that
+/// then seems to beat it would print an MFU over 100%: [`Ceiling::mfu`] measures again
+/// whenever a step beats the ceiling and keeps the better figure.
+pub struct Ceiling {
+    device: candle_core::Device,
+    model: crate::model::GptConfig,
+    rows: usize,
+    flops: f64,
+}
+
+impl Ceiling {
+    /// Measures the ceiling for `model`'s products over `rows` = B·T rows.
+    pub fn measure(
+        device: &candle_core::Device,
+        model: &crate::model::GptConfig,
+        rows: usize,
+    ) -> anyhow::Result<Self> {
+        let flops = matmul_ceiling(device, model, rows)?;
+        Ok(Self {
+            device: device.clone(),
+            model: model.clone(),
+            rows,
+            flops,
+        })
+    }
+
+    /// The ceiling in FLOP/s.
+    pub fn flops(&self) -> f64 {
+        self.flops
+    }
+
+    /// Model FLOP utilisation of a step that ran `tokens_per_s` tokens a second:
+    /// `tokens_per_s` x the model's [`flops_per_token`](crate::model::GptConfig::flops_per_token)
+    /// over the ceiling, measured again first if the step beat it.
+    pub fn mfu(&mut self, tokens_per_s: f64) -> anyhow::Result<f64> {
+        let achieved = tokens_per_s * self.model.flops_per_token();
+        if achieved > self.flops {
+            let again = matmul_ceiling(&self.device, &self.model, self.rows)?;
+            self.flops = self.flops.max(again);
+        }
+        Ok(achieved / self.flops)
+    }
 }
 
 /// Threads candle and tinylm's kernels use (as `set_threads` left it).

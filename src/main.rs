@@ -31,12 +31,13 @@ struct Cli {
 enum Command {
     /// Train a model (default: the `default` preset on data/zh_corpus.txt, ~5 minutes).
     ///
-    /// The log's MFU is the step's FLOPs (6 per matmul weight and token, plus 6·L·C·T for
-    /// causal attention, counted as executed) a second, over the better of candle's
-    /// 1024³ matmul rate and the step's own GEMM on its MLP product, both measured at
-    /// the start of the run with the same threads, and again whenever a step beats it.
-    /// Muon's Newton–Schulz products are the optimizer's work, not the model's: not
-    /// counted.
+    /// The log's MFU is the step's model FLOPs (6 per matmul weight and token: the
+    /// blocks' matrices and the tied head, not biases, gains or position embeddings;
+    /// plus 6·L·C·T for causal attention, counted as executed) a second, over the better
+    /// of candle's 1024³ matmul rate and the step's own GEMM on its MLP product, both
+    /// measured at the start of the run with the same threads, and again whenever a step
+    /// beats it. Muon's Newton–Schulz products are the optimizer's work, not the
+    /// model's: not counted.
     Train(Box<TrainArgs>),
     /// Generate text from a checkpoint, streamed as it is produced.
     Sample(SampleArgs),

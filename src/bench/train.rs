@@ -85,7 +85,7 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
         .map(|w| ((w[0] as usize * 256 + w[1] as usize) % v) as u32)
         .collect();
     let mut trainer = Trainer::new(&config, device)?;
-    let matmul = crate::device::matmul_ceiling(
+    let mut ceiling = crate::device::Ceiling::measure(
         device,
         &config.model,
         config.batch_size * config.model.block_size,
@@ -114,6 +114,7 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
     let peak = rss().1.saturating_sub(base);
     let ms = median(&mut totals);
     let tokens_per_s = config.tokens_per_step() as f64 / (ms / 1e3);
+    let mfu = ceiling.mfu(tokens_per_s)?;
     Ok(Record {
         case: "gpt_step".to_string(),
         preset: preset.to_string(),
@@ -128,10 +129,10 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
         forward_ms: median(&mut fwd),
         backward_ms: median(&mut bwd),
         optimizer_ms: median(&mut opt),
-        mfu: tokens_per_s * config.model.flops_per_token() / matmul,
+        mfu,
         peak_rss_bytes: peak,
         threads: crate::device::threads(),
-        matmul_gflops: matmul / 1e9,
+        matmul_gflops: ceiling.flops() / 1e9,
     })
 }
 

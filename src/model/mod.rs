@@ -110,18 +110,27 @@ impl GptConfig {
     }
 
     /// Training FLOPs per token (forward + backward), PaLM's convention with causal
-    /// attention counted as executed: 6 per weight of the matmuls (position embeddings
-    /// excluded, the tied head included), plus 6·L·C·T for the attention scores and
-    /// weighted sum (a query at position t meets t + 1 keys, T/2 on average: 2·C·T
-    /// forward per layer, twice that backward). nanoGPT's 12·L·C·T counts the masked
-    /// half too, which the fused kernel skips.
+    /// attention counted as executed: [`Self::matmul_flops_per_token`] plus 6·L·C·T for
+    /// the attention scores and weighted sum (a query at position t meets t + 1 keys,
+    /// T/2 on average: 2·C·T forward per layer, twice that backward). nanoGPT's
+    /// 12·L·C·T counts the masked half too, which the fused kernel skips.
     pub fn flops_per_token(&self) -> f64 {
-        let wpe = match self.positions {
-            Positions::Learned => self.block_size * self.n_embd,
-            Positions::Rotary => 0,
-        };
-        let n = (self.num_params() - wpe) as f64;
-        6.0 * n + 6.0 * (self.n_layer * self.n_embd * self.block_size) as f64
+        self.matmul_flops_per_token() + 6.0 * (self.n_layer * self.n_embd * self.block_size) as f64
+    }
+
+    /// The matrix products' FLOPs per token: 6 per weight that multiplies (2 forward,
+    /// 2 for the input's gradient, 2 for the weight's): the blocks' matrices and the
+    /// tied head. Not biases, gains or position embeddings, which only add, and not
+    /// the embedding lookup, a gather.
+    pub fn matmul_flops_per_token(&self) -> f64 {
+        let weights: usize = self
+            .layout()
+            .into_flat()
+            .iter()
+            .filter(|s| s.role.is_matrix() || s.role == params::Role::TokenEmbedding)
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum();
+        6.0 * weights as f64
     }
 }
 

@@ -241,6 +241,16 @@ fn gemm_into(
     gemm_into_threads(rayon::current_num_threads(), shape, dst, acc, a, b)
 }
 
+/// FLOPs (2·m·n·k a product) done by every [`gemm_into_threads`] call of this process.
+static GEMM_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// FLOPs the step's matrix products have executed in this process so far (the forward,
+/// backward and head products, and Muon's Newton–Schulz products): the count behind the
+/// check that MFU's numerator claims no more than the products run (tests/mfu.rs).
+pub fn gemm_flops_done() -> u64 {
+    GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// [`gemm_into`] on at most `threads` threads (1: on the calling thread, for callers
 /// that are already parallel over several products).
 pub(crate) fn gemm_into_threads(
@@ -262,6 +272,7 @@ pub(crate) fn gemm_into_threads(
         return;
     }
     let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
     assert!(a.len() > last(a_rs, a_cs, m, k), "gemm: lhs too small");
     assert!(b.len() > last(b_rs, b_cs, k, n), "gemm: rhs too small");
     let par = if threads > 1 {

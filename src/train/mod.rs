@@ -533,14 +533,12 @@ pub fn run(
         cfg.eval_batches * cfg.batch_size,
         mc.block_size,
     );
-    let ceiling =
-        || crate::device::matmul_ceiling(&opts.device, mc, cfg.batch_size * mc.block_size);
-    let mut peak_flops = ceiling()?;
-    let flops_per_token = mc.flops_per_token();
+    let mut ceiling =
+        crate::device::Ceiling::measure(&opts.device, mc, cfg.batch_size * mc.block_size)?;
     println!(
         "MFU: {:.1} MFLOP a token over a measured ceiling of {:.0} GFLOP/s (tinylm train --help)",
-        flops_per_token / 1e6,
-        peak_flops / 1e9
+        mc.flops_per_token() / 1e6,
+        ceiling.flops() / 1e9
     );
 
     let evaluate = |trainer: &Trainer| {
@@ -695,12 +693,7 @@ pub fn run(
 
         // Phase: log.
         let tok_s = cfg.tokens_per_step() as f64 / dt;
-        if tok_s * flops_per_token > peak_flops {
-            // A step beat the ceiling: it was measured low (a clock ramping up, a busy
-            // moment). Measure again and keep the better figure.
-            peak_flops = peak_flops.max(ceiling()?);
-        }
-        let mfu = tok_s * flops_per_token / peak_flops;
+        let mfu = ceiling.mfu(tok_s)?;
         if state.step % cfg.log_interval == 0 || state.step == 1 {
             say(
                 &pb,

@@ -1,0 +1,89 @@
+//! The MFU `tinylm train` prints, on every preset: its numerator claims no more matrix
+//! FLOPs than the step's products execute (counted at the gemm), and a real step's MFU,
+//! measured as the training loop measures it, is at most 100%.
+//!
+//! One test function on purpose: the gemm FLOP counter is process-wide, and tests of one
+//! binary run in parallel threads.
+
+use candle_core::Device;
+use tinylm::device::Ceiling;
+use tinylm::loss::CrossEntropyOptions;
+use tinylm::model::native::{gemm_flops_done, loss_and_grad_into, zero_grads};
+use tinylm::train::config::{Optimizer, TrainConfig, PRESETS};
+use tinylm::train::setup::parse_bpe_spec;
+use tinylm::train::Trainer;
+
+/// `n` ids: corpus bytes folded into the vocabulary (a step's time and FLOPs do not
+/// depend on which ids they are).
+fn tokens(n: usize, v: usize) -> Vec<u32> {
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt")).unwrap();
+    text.windows(2)
+        .cycle()
+        .take(n)
+        .map(|w| ((w[0] as usize * 256 + w[1] as usize) % v) as u32)
+        .collect()
+}
+
+#[test]
+fn mfu_counts_what_the_products_execute_and_stays_at_most_one_on_every_preset() {
+    tinylm::device::set_threads(2).unwrap();
+    let dev = Device::Cpu;
+    for &preset in PRESETS {
+        let mut config = TrainConfig::preset(preset).unwrap();
+        if let Some(bpe) = parse_bpe_spec(&config.tokenizer).unwrap() {
+            config.model.vocab_size = bpe.vocab_size; // the model the preset trains
+        }
+        // One window a step: the preset's model and context (so its FLOPs a token),
+        // at a cost the suite can pay for the 92M-parameter bench-gpt2s.
+        config.batch_size = 1;
+        config.grad_accum = 1;
+        let (b, t) = (1, config.model.block_size);
+        let ids = tokens(b * t + 64, config.model.vocab_size);
+        let mut trainer = Trainer::new(&config, &dev).unwrap();
+
+        // The numerator: a forward + backward runs exactly 6 FLOPs per matmul weight
+        // and token in its gemm calls (attention runs in its own kernel). Under AdamW
+        // that is all of a step's products, checked on the step itself below; Muon's
+        // Newton–Schulz adds its own, so there the forward + backward is counted alone.
+        let claimed = config.model.matmul_flops_per_token() * (b * t) as f64;
+        assert!(config.model.flops_per_token() > claimed / (b * t) as f64);
+        if config.optimizer == Optimizer::Muon {
+            let mut grads = zero_grads(&trainer.model);
+            let before = gemm_flops_done();
+            let opts = CrossEntropyOptions::default();
+            let (x, y) = (&ids[..t], &ids[1..=t]);
+            loss_and_grad_into(&trainer.model, x, y, (b, t), &opts, &mut grads).unwrap();
+            let counted = (gemm_flops_done() - before) as f64;
+            assert_eq!(counted, claimed, "{preset}: forward + backward products");
+        }
+
+        // A whole step (the optimizer included), timed and turned into MFU as `train`
+        // does (its first step, as the log's first line).
+        let mut ceiling = Ceiling::measure(&dev, &config.model, b * t).unwrap();
+        let before = gemm_flops_done();
+        let start = std::time::Instant::now();
+        trainer.step(&ids, config.lr).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let step_flops = (gemm_flops_done() - before) as f64;
+        println!(
+            "{preset}: {:.3} GFLOP in the step's gemm calls, {:.3} GFLOP claimed for the \
+             products, {:.1} MFLOP a token with attention",
+            step_flops / 1e9,
+            claimed / 1e9,
+            config.model.flops_per_token() / 1e6
+        );
+        match config.optimizer {
+            Optimizer::AdamW => assert_eq!(step_flops, claimed, "{preset}: a step's products"),
+            Optimizer::Muon => assert!(step_flops > claimed, "{preset}: Muon's products run"),
+        }
+        let tokens_per_s = (b * t) as f64 / secs;
+        let mfu = ceiling.mfu(tokens_per_s).unwrap();
+        println!(
+            "{preset}: step {:.0} ms, {tokens_per_s:.0} tokens/s, ceiling {:.0} GFLOP/s, MFU {:.1}%",
+            secs * 1e3,
+            ceiling.flops() / 1e9,
+            100.0 * mfu
+        );
+        assert!(mfu > 0.0 && mfu <= 1.0, "{preset}: MFU {mfu}");
+    }
+}
