@@ -6,9 +6,12 @@
 //! above the dynamic mmap threshold are munmap'ed; the next step then page-faults all
 //! of it back in (measured with `examples/bench_kernels.rs alloc`, BENCHMARKS.md).
 
-/// Never serve allocations with mmap, and keep up to 1 GiB of free heap top instead
-/// of trimming it. Call first thing in `main`, before threads start. Returns whether
-/// glibc accepted every setting; a no-op returning false on non-glibc targets.
+/// Never serve allocations with mmap, and never trim the heap: a training process
+/// reaches its peak footprint every step, so memory returned to the OS at the end of a
+/// step is faulted back in by the next (with a 1 GiB threshold, bench-8l's steps, whose
+/// free top passes it, re-faulted ~900 MB each). Call first thing in `main`, before
+/// threads start. Returns whether glibc accepted every setting; a no-op returning false
+/// on non-glibc targets.
 pub fn tune_glibc_malloc() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -24,7 +27,7 @@ pub fn tune_glibc_malloc() -> bool {
         // cannot make a large allocation fail.)
         unsafe {
             mallopt(M_MMAP_MAX, 0) == 1
-                && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+                && mallopt(M_TRIM_THRESHOLD, -1) == 1 // -1: no trimming at all
                 && mallopt(M_TOP_PAD, 64 << 20) == 1
         }
     }
