@@ -305,3 +305,128 @@ fn reduction_none_weights_rows_and_accumulation_matches() {
     assert!(e < 1e-6);
     println!("linear CE none/accumulation -> PASS");
 }
+
+/// bf16 and f16 hidden states and weight: the loss and both gradients against the f64
+/// truth on the same (16-bit) inputs, no worse than 2x the error of the naive 16-bit op
+/// (what PyTorch runs in bf16: logits, loss and every gradient rounded to the inputs'
+/// type, products accumulated in f32), plus the rounding of our own 16-bit gradients;
+/// every option; through the public entry point (one chunk here) and in chunks of 8
+/// rows; the gradients come back in the inputs' type.
+#[test]
+fn bf16_and_f16_inputs_within_twice_the_naive_16_bit_error() {
+    use candle_core::DType;
+    let (n, d, v) = (37, 19, 211);
+    let dev = Device::Cpu;
+    for (dt, label, round, half_ulp) in [
+        (
+            DType::BF16,
+            "bf16",
+            (|x: f64| half::bf16::from_f64(x).to_f64()) as fn(f64) -> f64,
+            2f64.powi(-9),
+        ),
+        (
+            DType::F16,
+            "f16",
+            (|x: f64| half::f16::from_f64(x).to_f64()) as fn(f64) -> f64,
+            2f64.powi(-12),
+        ),
+    ] {
+        // Inputs exactly representable in the 16-bit type, so both sides see the same.
+        let h: Vec<f64> = uniform(90, n * d).iter().map(|u| round(2.0 * u)).collect();
+        let w: Vec<f64> = uniform(91, v * d).iter().map(|u| round(0.5 * u)).collect();
+        let mut t = targets(92, n, v);
+        t[3] = 2;
+        let ht = Tensor::from_vec(h.clone(), (n, d), &dev)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let wt = Tensor::from_vec(w.clone(), (v, d), &dev)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        for (name, o) in option_sweep() {
+            let (lt, dht, dwt) = truth(&h, &w, &t, n, d, v, &o);
+            // The naive 16-bit op: f32 products rounded to 16 bits at every output.
+            let mut z = vec![0.0; n * v];
+            for i in 0..n {
+                for j in 0..v {
+                    let s: f32 = (0..d).map(|k| (h[i * d + k] * w[j * d + k]) as f32).sum();
+                    z[i * v + j] = round(s as f64);
+                }
+            }
+            let (rows, red, g) = ce_f64(&z, &t, v, &o);
+            let ln: Vec<f64> = match o.reduction {
+                Reduction::None => rows.iter().map(|&a| round(a)).collect(),
+                _ => vec![round(red)],
+            };
+            let g: Vec<f64> = g.iter().map(|&a| round(a)).collect();
+            let (mut dhn, mut dwn) = (vec![0.0; n * d], vec![0.0; v * d]);
+            for i in 0..n {
+                for j in 0..v {
+                    for k in 0..d {
+                        dhn[i * d + k] += g[i * v + j] * w[j * d + k];
+                        dwn[j * d + k] += g[i * v + j] * h[i * d + k];
+                    }
+                }
+            }
+            let dhn: Vec<f64> = dhn.iter().map(|&a| round(a)).collect();
+            let dwn: Vec<f64> = dwn.iter().map(|&a| round(a)).collect();
+            let en = (
+                max_abs_diff(&ln, &lt),
+                max_abs_diff(&dhn, &dht).max(max_abs_diff(&dwn, &dwt)),
+            );
+            let gmax = dht.iter().chain(&dwt).fold(0.0f64, |a, b| a.max(b.abs()));
+            let lmax = lt.iter().fold(1.0f64, |a, b| a.max(b.abs()));
+            let entry: Box<Lce> = Box::new(loss::linear_cross_entropy);
+            let chunks_of_8: Box<Lce> =
+                Box::new(|h, w, t, o| linear_cross_entropy_chunked(h, w, t, o, 8));
+            for (chunk, f) in [("entry point", entry), ("8-row chunks", chunks_of_8)] {
+                let hv = Var::from_tensor(&ht).unwrap();
+                let wv = Var::from_tensor(&wt).unwrap();
+                let l = f(hv.as_tensor(), wv.as_tensor(), &tgt(&t), &o).unwrap();
+                assert_eq!(l.dtype(), DType::F32, "{label}: the loss is f32");
+                let s = if o.reduction == Reduction::None {
+                    l.sum_all().unwrap()
+                } else {
+                    l.clone()
+                };
+                let grads = s.backward().unwrap();
+                let (gh, gw) = (
+                    grads.get(hv.as_tensor()).unwrap(),
+                    grads.get(wv.as_tensor()).unwrap(),
+                );
+                assert_eq!(
+                    (gh.dtype(), gw.dtype()),
+                    (dt, dt),
+                    "{label}: gradient types"
+                );
+                let ef = (
+                    max_abs_diff(&to_f64(&l), &lt),
+                    max_abs_diff(&to_f64(gh), &dht).max(max_abs_diff(&to_f64(gw), &dwt)),
+                );
+                let ok = ef.0 <= 2.0 * en.0 + 4.0 * f32::EPSILON as f64 * lmax
+                    && ef.1 <= 2.0 * en.1 + half_ulp * gmax;
+                println!(
+                    "{label} {name:>14} {chunk:>12}: loss err {:.2e} (naive {:.2e}), grad err \
+                     {:.2e} (naive {:.2e}) -> {}",
+                    ef.0,
+                    en.0,
+                    ef.1,
+                    en.1,
+                    if ok { "PASS" } else { "FAIL" }
+                );
+                assert!(
+                    ok,
+                    "{label} {name} {chunk}: error above 2x the naive 16-bit op's"
+                );
+            }
+        }
+    }
+    // Mixed types are refused with the types named.
+    let h = Tensor::zeros((2, 3), DType::BF16, &dev).unwrap();
+    let w = Tensor::zeros((5, 3), DType::F32, &dev).unwrap();
+    let e = linear_cross_entropy_chunked(&h, &w, &tgt(&[0, 1]), &Default::default(), 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("BF16") && e.contains("F32"), "{e}");
+}

@@ -13,6 +13,11 @@
 //!
 //! With `Reduction::None` the upstream gradient weighs each row, which dW cannot take
 //! after the fact, so `bwd` runs the chunks again with those weights.
+//!
+//! bf16 / f16 hidden states and weight: the arithmetic is f32 (the weight widened once,
+//! each chunk of hidden rows as it is used), the logits never leave f32, and the
+//! gradients are rounded to the inputs' type once, at the end (dH chunk by chunk, dW
+//! after its f32 accumulation). The loss is f32, as the fused CE's for 16-bit logits.
 
 use super::kernel::{self, RowOut, RowScale};
 use super::rows::{count_rows, logits_slice, loss_storage, params, reduce, row_factor, Logits};
@@ -39,7 +44,8 @@ struct Chunked {
     dw: Option<Tensor>,
 }
 
-/// The chunk loop. `h` [N, D] and `w` [V, D] are detached, contiguous f32 (or f64).
+/// The chunk loop. `h` [N, D] and `w` [V, D] are detached, contiguous, of one type:
+/// f32, f64, or bf16/f16 (computed in f32, see the module docs).
 #[allow(clippy::too_many_arguments)]
 fn chunked(
     h: &Tensor,
@@ -54,10 +60,18 @@ fn chunked(
     let (n, d) = h.dims2()?;
     let (v, _) = w.dims2()?;
     let p = params(o, v);
+    let half = is_half(h.dtype());
+    let w = &if half {
+        w.to_dtype(DType::F32)?
+    } else {
+        w.clone()
+    }; // [V, D] in the math type
     let wt = w.t()?; // [D, V], a strided view
     let mut outs = Vec::with_capacity(n);
     let mut dh_parts = Vec::new();
     let f64_math = h.dtype() == DType::F64;
+    // 16-bit results go back to the inputs' type.
+    let out_type = |t: Tensor| if half { t.to_dtype(h.dtype()) } else { Ok(t) };
     // dW accumulates in f32 (f64 for f64 inputs).
     let mut dw: Option<Acc> = match (want_dw, f64_math) {
         (false, _) => None,
@@ -69,6 +83,7 @@ fn chunked(
     while s < n {
         let rows = c.min(n - s);
         let hc = h.narrow(0, s, rows)?; // [c, D], contiguous
+        let hc = if half { hc.to_dtype(DType::F32)? } else { hc };
         let logits = hc.matmul(&wt)?; // [c, V]
         let tc = &targets[s..s + rows];
         let sc = match scale {
@@ -86,7 +101,7 @@ fn chunked(
             outs.extend(op.outs.into_inner().unwrap().expect("kernel ran"));
             let g = logits; // now d(loss)/d(logits_c)
             if want_dh {
-                dh_parts.push(g.matmul(w)?); // [c, V] x [V, D]
+                dh_parts.push(out_type(g.matmul(w)?)?); // [c, V] x [V, D]
             }
             if let Some(acc) = dw.as_mut() {
                 let part = g.t()?.matmul(&hc)?; // [V, c] x [c, D]
@@ -116,11 +131,16 @@ fn chunked(
         None
     };
     let dw = match dw {
-        Some(Acc::F32(acc)) => Some(Tensor::from_vec(acc, (v, d), &Device::Cpu)?),
+        Some(Acc::F32(acc)) => Some(out_type(Tensor::from_vec(acc, (v, d), &Device::Cpu)?)?),
         Some(Acc::F64(acc)) => Some(Tensor::from_vec(acc, (v, d), &Device::Cpu)?),
         None => None,
     };
     Ok(Chunked { outs, dh, dw })
+}
+
+/// bf16 or f16: inputs the chunk loop computes in f32.
+fn is_half(t: DType) -> bool {
+    matches!(t, DType::BF16 | DType::F16)
 }
 
 /// The dW accumulator [V, D].
@@ -274,9 +294,10 @@ impl CustomOp3 for LinearCeOp {
     }
 }
 
-/// Fused [`super::linear_cross_entropy`] for f32 (or f64) on the CPU: hidden [N, D],
-/// weight [V, D], targets [N] → loss (scalar, or [N] for `None`; the inputs' float
-/// type), differentiable in hidden and weight. Rows go in chunks of [`chunk_rows`].
+/// Fused [`super::linear_cross_entropy`] on the CPU: hidden [N, D], weight [V, D] (both
+/// f32, both f64, or both bf16 / f16), targets [N] → loss (scalar, or [N] for `None`;
+/// f64 for f64 inputs, else f32), differentiable in hidden and weight (gradients in the
+/// inputs' type). Rows go in chunks of [`chunk_rows`].
 pub fn linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
@@ -304,8 +325,14 @@ pub fn linear_cross_entropy_chunked(
     if v == 0 {
         bail!("linear_cross_entropy: weight of shape [0, {d}]: there must be at least one class")
     }
-    if hidden.dtype() != weight.dtype() || !matches!(hidden.dtype(), DType::F32 | DType::F64) {
-        bail!("linear_cross_entropy: hidden and weight must both be f32 or both f64")
+    let float = matches!(hidden.dtype(), DType::F32 | DType::F64) || is_half(hidden.dtype());
+    if hidden.dtype() != weight.dtype() || !float {
+        bail!(
+            "linear_cross_entropy: hidden ({:?}) and weight ({:?}) must be of one type: \
+             f32, f64, bf16 or f16",
+            hidden.dtype(),
+            weight.dtype()
+        )
     }
     let tg: Vec<u32> = targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
     if tg.len() != n {
