@@ -16,8 +16,8 @@
 //!
 //! bf16 / f16 hidden states and weight: the arithmetic is f32 (the weight widened once,
 //! each chunk of hidden rows as it is used), the logits never leave f32, and the
-//! gradients are rounded to the inputs' type once, at the end (dH chunk by chunk, dW
-//! after its f32 accumulation). The loss is f32, as the fused CE's for 16-bit logits.
+//! gradients stay f32 until `bwd` has applied the upstream factor, then are rounded to
+//! the inputs' type once. The loss is f32, as the fused CE's for 16-bit logits.
 
 use super::kernel::{self, RowOut, RowScale};
 use super::rows::{count_rows, logits_slice, loss_storage, params, reduce, row_factor, Logits};
@@ -45,7 +45,8 @@ struct Chunked {
 }
 
 /// The chunk loop. `h` [N, D] and `w` [V, D] are detached, contiguous, of one type:
-/// f32, f64, or bf16/f16 (computed in f32, see the module docs).
+/// f32, f64, or bf16/f16 (computed in f32, see the module docs). The gradients are f64
+/// for f64 inputs, else f32.
 #[allow(clippy::too_many_arguments)]
 fn chunked(
     h: &Tensor,
@@ -70,8 +71,6 @@ fn chunked(
     let mut outs = Vec::with_capacity(n);
     let mut dh_parts = Vec::new();
     let f64_math = h.dtype() == DType::F64;
-    // 16-bit results go back to the inputs' type.
-    let out_type = |t: Tensor| if half { t.to_dtype(h.dtype()) } else { Ok(t) };
     // dW accumulates in f32 (f64 for f64 inputs).
     let mut dw: Option<Acc> = match (want_dw, f64_math) {
         (false, _) => None,
@@ -101,7 +100,7 @@ fn chunked(
             outs.extend(op.outs.into_inner().unwrap().expect("kernel ran"));
             let g = logits; // now d(loss)/d(logits_c)
             if want_dh {
-                dh_parts.push(out_type(g.matmul(w)?)?); // [c, V] x [V, D]
+                dh_parts.push(g.matmul(w)?); // [c, V] x [V, D]
             }
             if let Some(acc) = dw.as_mut() {
                 let part = g.t()?.matmul(&hc)?; // [V, c] x [c, D]
@@ -123,7 +122,8 @@ fn chunked(
     }
     let dh = if want_dh {
         Some(if dh_parts.is_empty() {
-            Tensor::zeros((0, d), h.dtype(), &Device::Cpu)? // no rows (N = 0)
+            let math = if f64_math { DType::F64 } else { DType::F32 };
+            Tensor::zeros((0, d), math, &Device::Cpu)? // no rows (N = 0)
         } else {
             Tensor::cat(&dh_parts, 0)?
         })
@@ -131,7 +131,7 @@ fn chunked(
         None
     };
     let dw = match dw {
-        Some(Acc::F32(acc)) => Some(out_type(Tensor::from_vec(acc, (v, d), &Device::Cpu)?)?),
+        Some(Acc::F32(acc)) => Some(Tensor::from_vec(acc, (v, d), &Device::Cpu)?),
         Some(Acc::F64(acc)) => Some(Tensor::from_vec(acc, (v, d), &Device::Cpu)?),
         None => None,
     };
@@ -141,6 +141,11 @@ fn chunked(
 /// bf16 or f16: inputs the chunk loop computes in f32.
 fn is_half(t: DType) -> bool {
     matches!(t, DType::BF16 | DType::F16)
+}
+
+/// A gradient from the chunk loop in its input's type (one rounding for 16-bit inputs).
+fn as_input(g: Option<Tensor>, input: &Tensor) -> Result<Option<Tensor>> {
+    g.map(|g| g.to_dtype(input.dtype())).transpose()
 }
 
 /// The dW accumulator [V, D].
@@ -257,7 +262,7 @@ impl CustomOp3 for LinearCeOp {
                 want_dw,
                 self.chunk,
             )?;
-            return Ok((r.dh, r.dw, None));
+            return Ok((as_input(r.dh, hidden)?, as_input(r.dw, weight)?, None));
         }
         let up = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let (dh, dw) = (
@@ -282,7 +287,7 @@ impl CustomOp3 for LinearCeOp {
                 want_dw,
                 self.chunk,
             )?;
-            return Ok((r.dh, r.dw, None));
+            return Ok((as_input(r.dh, hidden)?, as_input(r.dw, weight)?, None));
         }
         let scale = |g: Option<Tensor>| -> Result<Option<Tensor>> {
             match g {
@@ -290,7 +295,11 @@ impl CustomOp3 for LinearCeOp {
                 g => Ok(g),
             }
         };
-        Ok((scale(dh)?, scale(dw)?, None))
+        Ok((
+            as_input(scale(dh)?, hidden)?,
+            as_input(scale(dw)?, weight)?,
+            None,
+        ))
     }
 }
 

@@ -10,7 +10,7 @@
 //! the output projection and loss on plain slices for the native training step, and
 //! `direct` the loss with d(logits) outside the graph for a hand-written backward.
 //! `reference` holds the composed candle version of each, kept for tests and
-//! benchmarks, and used on other devices and for inputs of two different types.
+//! benchmarks, and used on other devices.
 
 mod direct;
 pub mod fused;
@@ -84,21 +84,21 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, o: &CrossEntropyOptions)
 /// Cross-entropy of `hidden` [N, D] · `weight`ᵀ [D, V] against `targets` [N].
 ///
 /// Differentiable in `hidden` and `weight`. The N x V logits are never held whole
-/// (on the CPU, with both inputs f32, f64, bf16 or f16; 16-bit inputs are computed in
-/// f32 with their gradients rounded once; otherwise the composed reference).
+/// (on the CPU, with both inputs f32, both f64, both bf16 or both f16, a mix refused;
+/// 16-bit inputs are computed in f32 with their gradients rounded once; on other
+/// devices the composed reference).
 pub fn linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
     o: &CrossEntropyOptions,
 ) -> Result<Tensor> {
+    let float = |t: DType| matches!(t, DType::F32 | DType::F64 | DType::BF16 | DType::F16);
+    // Two float types go to the fused function too, which refuses the mix by name.
     let fusable = hidden.device().is_cpu()
         && weight.device().is_cpu()
-        && hidden.dtype() == weight.dtype()
-        && matches!(
-            hidden.dtype(),
-            DType::F32 | DType::F64 | DType::BF16 | DType::F16
-        );
+        && float(hidden.dtype())
+        && float(weight.dtype());
     if !fusable {
         return reference::linear_cross_entropy(hidden, weight, targets, o);
     }
