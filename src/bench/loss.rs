@@ -226,9 +226,9 @@ fn ce_cases(
             // Two groups, each interleaved within itself: the kernel with a fresh and
             // with a reused gradient buffer, then the graph paths. Interleaving all four
             // made every fresh-buffer call page-fault: the reference frees ~3x N·V·4
-            // bytes between the fused calls, over glibc's trim threshold, so the heap
-            // went back to the OS each round (PyTorch's script runs each case in its own
-            // process; in training nothing frees gigabytes between steps).
+            // bytes between the fused calls, and with the heap trimmed above 1 GiB (as
+            // `tune_glibc_malloc` alone leaves it) that went back to the OS each round.
+            // (PyTorch's script runs each case in its own process.)
             let mut kernel_impls: Vec<(&str, BoxFn)> = vec![
                 (
                     "fused",

@@ -9,5 +9,5 @@ pub mod simd;
 mod storage;
 
 pub(crate) use buf::{as_uninit, assume_init, uninit_vec};
-pub use malloc::tune_glibc_malloc;
+pub use malloc::{keep_heap_between_steps, tune_glibc_malloc};
 pub(crate) use storage::{contiguous_slice, storage_slice, with_slice};

@@ -109,11 +109,13 @@ impl GptConfig {
             .sum()
     }
 
-    /// Training FLOPs per token (forward + backward), PaLM's convention with causal
-    /// attention counted as executed: [`Self::matmul_flops_per_token`] plus 6·L·C·T for
-    /// the attention scores and weighted sum (a query at position t meets t + 1 keys,
-    /// T/2 on average: 2·C·T forward per layer, twice that backward). nanoGPT's
-    /// 12·L·C·T counts the masked half too, which the fused kernel skips.
+    /// Training FLOPs per token (forward + backward), PaLM's convention: the model's
+    /// FLOPs, not the kernels' (no recomputation). [`Self::matmul_flops_per_token`] plus
+    /// 6·L·C·T for the attention scores and weighted sum over the causal half only (a
+    /// query at position t meets t + 1 keys, T/2 on average: 2·C·T forward per layer,
+    /// twice that backward). nanoGPT's 12·L·C·T counts the masked half too, which the
+    /// fused kernel skips; the kernel's backward also recomputes the scores, which is
+    /// not counted.
     pub fn flops_per_token(&self) -> f64 {
         self.matmul_flops_per_token() + 6.0 * (self.n_layer * self.n_embd * self.block_size) as f64
     }

@@ -244,9 +244,11 @@ fn gemm_into(
 /// FLOPs (2·m·n·k a product) done by every [`gemm_into_threads`] call of this process.
 static GEMM_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// FLOPs the step's matrix products have executed in this process so far (the forward,
-/// backward and head products, and Muon's Newton–Schulz products): the count behind the
-/// check that MFU's numerator claims no more than the products run (tests/mfu.rs).
+/// FLOPs every [`gemm_into_threads`] call of this process has executed so far: the
+/// step's forward, backward and head products, Muon's Newton–Schulz products, and any
+/// other caller (the MFU ceiling's measurement, evaluation). A difference across a
+/// call counts that call's products only when nothing else runs meanwhile; it backs
+/// the check that MFU's numerator claims what the products run (tests/mfu.rs).
 pub fn gemm_flops_done() -> u64 {
     GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
 }
