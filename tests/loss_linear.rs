@@ -323,9 +323,10 @@ fn worst_vs_rounding(ours: &[f64], truth: &[f64], u: f64, floor: f64) -> f64 {
 /// either), in the inputs' type; and within 2x the error of a naive 16-bit op modelled
 /// on PyTorch's bf16 path (logits, loss, dlogits and both gradients rounded to the
 /// inputs' type; log-probabilities not rounded, products accumulated in f64, so it is a
-/// stricter baseline than PyTorch itself). Then: an upstream factor (1/3, 1024) is
-/// applied before the one rounding; the no-grad forward gives the same loss; no rows;
-/// mixed types refused naming both.
+/// stricter baseline than PyTorch itself). Then: an upstream factor (1/3, 1000) is
+/// applied before the one rounding; so are per-row weights under `None`; a second
+/// backward over the same graph (which recomputes) is within one rounding too; the
+/// no-grad forward gives the same loss; no rows; mixed types refused naming both.
 #[test]
 fn bf16_and_f16_inputs_rounded_once_and_within_twice_the_naive_16_bit_error() {
     use candle_core::DType;
@@ -345,7 +346,7 @@ fn bf16_and_f16_inputs_rounded_once_and_within_twice_the_naive_16_bit_error() {
             "f16",
             |x| half::f16::from_f64(x).to_f64(),
             2f64.powi(-11),
-            1024.0,
+            1000.0,
         ),
     ];
     for (dt, label, round, u, up) in cases {
@@ -459,6 +460,74 @@ fn bf16_and_f16_inputs_rounded_once_and_within_twice_the_naive_16_bit_error() {
                 }
             }
         }
+        // Per-row weights under `None`, and a second backward over the same graph.
+        let none = CrossEntropyOptions {
+            reduction: Reduction::None,
+            ..Default::default()
+        };
+        let rw: Vec<f64> = (0..n).map(|i| 0.25 + 0.37 * i as f64).collect();
+        let mut z = vec![0.0; n * v];
+        for i in 0..n {
+            for j in 0..v {
+                z[i * v + j] = (0..d).map(|k| h[i * d + k] * w[j * d + k]).sum();
+            }
+        }
+        let (_, _, g) = ce_f64(&z, &t, v, &none);
+        let (mut dht, mut dwt) = (vec![0.0; n * d], vec![0.0; v * d]);
+        for i in 0..n {
+            for j in 0..v {
+                let gij = rw[i] * g[i * v + j];
+                for k in 0..d {
+                    dht[i * d + k] += gij * w[j * d + k];
+                    dwt[j * d + k] += gij * h[i * d + k];
+                }
+            }
+        }
+        let gmax = dht.iter().chain(&dwt).fold(0.0f64, |a, b| a.max(b.abs()));
+        let (hv, wv) = (
+            Var::from_tensor(&ht).unwrap(),
+            Var::from_tensor(&wt).unwrap(),
+        );
+        let l =
+            loss::linear_cross_entropy(hv.as_tensor(), wv.as_tensor(), &tgt(&t), &none).unwrap();
+        let weights = Tensor::from_vec(rw.iter().map(|&a| a as f32).collect(), n, &dev).unwrap();
+        let total = (l * weights).unwrap().sum_all().unwrap();
+        for pass in ["first", "second"] {
+            let g = total.backward().unwrap();
+            let gh = to_f64(g.get(hv.as_tensor()).unwrap());
+            let gw = to_f64(g.get(wv.as_tensor()).unwrap());
+            let r = worst_vs_rounding(&gh, &dht, u, 1e-5 * gmax).max(worst_vs_rounding(
+                &gw,
+                &dwt,
+                u,
+                1e-5 * gmax,
+            ));
+            println!("{label} none, row weights, {pass} backward: worst / one rounding {r:.2}");
+            assert!(r <= 1.0, "{label} none with row weights, {pass} backward");
+        }
+        let mean = CrossEntropyOptions::default();
+        let (lt, dht, dwt) = truth(&h, &w, &t, n, d, v, &mean);
+        let gmax = dht.iter().chain(&dwt).fold(0.0f64, |a, b| a.max(b.abs()));
+        let (hv, wv) = (
+            Var::from_tensor(&ht).unwrap(),
+            Var::from_tensor(&wt).unwrap(),
+        );
+        let l =
+            loss::linear_cross_entropy(hv.as_tensor(), wv.as_tensor(), &tgt(&t), &mean).unwrap();
+        assert!(max_abs_diff(&to_f64(&l), &lt) <= 1e-5 * lt[0].abs().max(1.0));
+        let scaled = l.affine(up, 0.0).unwrap();
+        let scaled_truth = |g: &[f64]| g.iter().map(|a| a * up).collect::<Vec<_>>();
+        for pass in ["first (stashed)", "second (recomputed)"] {
+            let g = scaled.backward().unwrap();
+            let gh = to_f64(g.get(hv.as_tensor()).unwrap());
+            let gw = to_f64(g.get(wv.as_tensor()).unwrap());
+            let r = worst_vs_rounding(&gh, &scaled_truth(&dht), u, 1e-5 * gmax * up).max(
+                worst_vs_rounding(&gw, &scaled_truth(&dwt), u, 1e-5 * gmax * up),
+            );
+            println!("{label} mean x{up}, {pass} backward: worst / one rounding {r:.2}");
+            assert!(r <= 1.0, "{label} mean x{up}, {pass} backward");
+        }
+
         // No rows: a zero loss and empty / zero gradients, in the inputs' type.
         let h0 = Var::from_tensor(&Tensor::zeros((0, d), dt, &dev).unwrap()).unwrap();
         let wv = Var::from_tensor(&wt).unwrap();
@@ -485,4 +554,50 @@ fn bf16_and_f16_inputs_rounded_once_and_within_twice_the_naive_16_bit_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("BF16") && e.contains("F32"), "{e}");
+}
+
+/// A second backward over the same graph recomputes the gradients (the first took the
+/// stashed ones): the same bits in f32 without an upstream factor; with one, the same
+/// to f32 rounding (the stash is scaled after its products, the recomputation before).
+#[test]
+fn second_backward_recomputes_the_same_gradients() {
+    let (n, d, v) = (9, 7, 41);
+    let dev = Device::Cpu;
+    let h: Vec<f32> = uniform(100, n * d).iter().map(|&a| a as f32).collect();
+    let w: Vec<f32> = uniform(101, v * d).iter().map(|&a| a as f32).collect();
+    let t = targets(102, n, v);
+    for factor in [1.0, 0.3] {
+        let hv = Var::from_vec(h.clone(), (n, d), &dev).unwrap();
+        let wv = Var::from_vec(w.clone(), (v, d), &dev).unwrap();
+        let o = CrossEntropyOptions::default();
+        let l = loss::linear_cross_entropy(hv.as_tensor(), wv.as_tensor(), &tgt(&t), &o)
+            .unwrap()
+            .affine(factor, 0.0)
+            .unwrap();
+        let grads = || {
+            let g = l.backward().unwrap();
+            (
+                to_f64(g.get(hv.as_tensor()).unwrap()),
+                to_f64(g.get(wv.as_tensor()).unwrap()),
+            )
+        };
+        let first = grads();
+        let second = grads();
+        let scale = first
+            .0
+            .iter()
+            .chain(&first.1)
+            .fold(0.0f64, |m, a| m.max(a.abs()));
+        assert!(scale > 0.0);
+        let diff = max_abs_diff(&first.0, &second.0).max(max_abs_diff(&first.1, &second.1));
+        println!("x{factor}: first vs second backward, max diff {diff:.1e} (scale {scale:.1e})");
+        if factor == 1.0 {
+            assert_eq!(diff, 0.0, "the recomputed gradients differ");
+        } else {
+            assert!(
+                diff <= 4.0 * f32::EPSILON as f64 * scale,
+                "x{factor}: {diff:e}"
+            );
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! The MFU `tinylm train` prints, on every preset: its numerator claims exactly the
 //! matrix FLOPs the step's products execute (counted at the gemm), and a real step's
-//! MFU, computed by the training loop's own `Ceiling`, is at most 100% (its policy is
-//! unit-tested in `device`).
+//! model FLOP rate, attention term included, stays under the measured ceiling (with a
+//! margin for timing noise: a step cannot outrun its own products by half). The
+//! `Ceiling`'s policy, which keeps the printed MFU at most 100%, is unit-tested in
+//! `device`.
 //!
 //! One test function on purpose: the gemm FLOP counter is process-wide, and tests of one
 //! binary run in parallel threads.
@@ -26,7 +28,7 @@ fn tokens(n: usize, v: usize) -> Vec<u32> {
 }
 
 #[test]
-fn mfu_counts_what_the_products_execute_and_stays_at_most_one_on_every_preset() {
+fn mfu_counts_what_the_products_execute_and_stays_under_the_ceiling_on_every_preset() {
     tinylm::device::set_threads(2).unwrap();
     let dev = Device::Cpu;
     for &preset in PRESETS {
@@ -79,12 +81,20 @@ fn mfu_counts_what_the_products_execute_and_stays_at_most_one_on_every_preset() 
             Optimizer::Muon => assert!(step_flops > claimed, "{preset}: Muon's products run"),
         }
         let tokens_per_s = (b * t) as f64 / secs;
-        let mfu = ceiling.mfu(tokens_per_s).unwrap();
+        let measured = ceiling.measured();
+        let achieved = tokens_per_s * config.model.flops_per_token();
+        let mfu = ceiling.mfu(tokens_per_s);
         println!(
-            "{preset}: step {:.0} ms, {tokens_per_s:.0} tokens/s, ceiling {:.0} GFLOP/s, MFU {:.1}%",
+            "{preset}: step {:.0} ms, {tokens_per_s:.0} tokens/s, {:.1} GFLOP/s of model \
+             FLOPs against a measured {:.0}, MFU {:.1}%",
             secs * 1e3,
-            ceiling.flops() / 1e9,
+            achieved / 1e9,
+            measured / 1e9,
             100.0 * mfu
+        );
+        assert!(
+            achieved <= 1.5 * measured,
+            "{preset}: the step beat its products"
         );
         assert!(mfu > 0.0 && mfu <= 1.0, "{preset}: MFU {mfu}");
     }

@@ -226,9 +226,10 @@ fn ce_cases(
             // Two groups, each interleaved within itself: the kernel with a fresh and
             // with a reused gradient buffer, then the graph paths. Interleaving all four
             // made every fresh-buffer call page-fault: the reference frees ~3x N·V·4
-            // bytes between the fused calls, and with the heap trimmed above 1 GiB (as
-            // `tune_glibc_malloc` alone leaves it) that went back to the OS each round.
-            // (PyTorch's script runs each case in its own process.)
+            // bytes between the fused calls, and with the heap trimmed above 1 GiB that
+            // went back to the OS each round. `tinylm bench` no longer trims at all, but
+            // `examples/bench_loss.rs` (`tune_glibc_malloc` alone) still does. (PyTorch's
+            // script runs each case in its own process.)
             let mut kernel_impls: Vec<(&str, BoxFn)> = vec![
                 (
                     "fused",

@@ -693,7 +693,20 @@ pub fn run(
 
         // Phase: log.
         let tok_s = cfg.tokens_per_step() as f64 / dt;
-        let mfu = ceiling.mfu(tok_s)?;
+        let was_raised = ceiling.raised();
+        let mfu = ceiling.mfu(tok_s);
+        if ceiling.raised() && !was_raised {
+            say(
+                &pb,
+                &format!(
+                    "MFU: step {} ran the model at {:.0} GFLOP/s, above every measurement of \
+                     the ceiling (best {:.0}): MFU is taken against the fastest step from here",
+                    state.step,
+                    ceiling.flops() / 1e9,
+                    ceiling.measured() / 1e9
+                ),
+            );
+        }
         if state.step % cfg.log_interval == 0 || state.step == 1 {
             say(
                 &pb,
