@@ -196,7 +196,7 @@ struct TrainArgs {
     grad_clip: Option<f64>,
     /// Update rule of the weight matrices: adamw, or muon (orthogonalised momentum, at
     /// the same learning rate); everything else is always AdamW's (default: the preset's;
-    /// muon for default, adamw for the others).
+    /// muon for default and poet, adamw for the others).
     #[arg(long, value_parser = parse_optimizer)]
     optimizer: Option<train::config::Optimizer>,
     /// Steps between validation evaluations.

@@ -9,33 +9,19 @@
 //! binary run in parallel threads.
 
 use candle_core::Device;
+use tinylm::bench::train::{preset_as_trained, synthetic_tokens};
 use tinylm::device::Ceiling;
 use tinylm::loss::CrossEntropyOptions;
 use tinylm::model::native::{gemm_flops_done, loss_and_grad_into, zero_grads};
-use tinylm::train::config::{Optimizer, TrainConfig, PRESETS};
-use tinylm::train::setup::parse_bpe_spec;
+use tinylm::train::config::{Optimizer, PRESETS};
 use tinylm::train::Trainer;
-
-/// `n` ids: corpus bytes folded into the vocabulary (a step's time and FLOPs do not
-/// depend on which ids they are).
-fn tokens(n: usize, v: usize) -> Vec<u32> {
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt")).unwrap();
-    text.windows(2)
-        .cycle()
-        .take(n)
-        .map(|w| ((w[0] as usize * 256 + w[1] as usize) % v) as u32)
-        .collect()
-}
 
 #[test]
 fn mfu_counts_what_the_products_execute_and_stays_under_the_ceiling_on_every_preset() {
     tinylm::device::set_threads(2).unwrap();
     let dev = Device::Cpu;
     for &preset in PRESETS {
-        let mut config = TrainConfig::preset(preset).unwrap();
-        if let Some(bpe) = parse_bpe_spec(&config.tokenizer).unwrap() {
-            config.model.vocab_size = bpe.vocab_size; // the model the preset trains
-        }
+        let mut config = preset_as_trained(preset).unwrap();
         // The preset's model at two windows of at most 128 positions: every product
         // scales with B·T (so a count that did not would show), and the 92M-parameter
         // bench-gpt2s costs the suite a few seconds.
@@ -43,7 +29,7 @@ fn mfu_counts_what_the_products_execute_and_stays_under_the_ceiling_on_every_pre
         config.batch_size = 2;
         config.grad_accum = 1;
         let (b, t) = (2, config.model.block_size);
-        let ids = tokens(b * t + 64, config.model.vocab_size);
+        let ids = synthetic_tokens(config.model.vocab_size).unwrap();
         let mut trainer = Trainer::new(&config, &dev).unwrap();
 
         // The numerator: a forward + backward runs exactly 6 FLOPs per matmul weight

@@ -68,26 +68,36 @@ const PRESETS: &[(&str, usize, usize)] = &[
     ("bench-gpt2s", 1, 3),
 ];
 
-/// One preset's steps, measured in this process.
-fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record> {
+/// A preset's config with the model it really trains: a BPE preset's vocabulary is
+/// its tokenizer's size (which `train` would learn from the corpus first).
+pub fn preset_as_trained(preset: &str) -> anyhow::Result<TrainConfig> {
     let mut config = TrainConfig::preset(preset)?;
-    // The model the preset really trains: a BPE preset's vocabulary is its size.
     if let Some(opts) = crate::train::setup::parse_bpe_spec(&config.tokenizer)? {
         config.model.vocab_size = opts.vocab_size;
     }
+    Ok(config)
+}
+
+/// Token ids without a tokenizer: pairs of the tiny corpus's bytes folded into `v`
+/// ids, ~20k of them. A step's time and FLOPs do not depend on which ids they are.
+pub fn synthetic_tokens(v: usize) -> anyhow::Result<Vec<u32>> {
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt"))?;
+    Ok(text
+        .windows(2)
+        .map(|w| ((w[0] as usize * 256 + w[1] as usize) % v) as u32)
+        .collect())
+}
+
+/// One preset's steps, measured in this process.
+fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record> {
+    let mut config = preset_as_trained(preset)?;
     if quick {
         config.model.n_layer = 1;
         config.model.block_size = 64;
         config.batch_size = 2;
     }
-    // Token ids drawn from the corpus bytes, folded into the vocabulary: a step's time
-    // does not depend on which ids they are.
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/zh_tiny.txt"))?;
     let v = config.model.vocab_size;
-    let tokens: Vec<u32> = text
-        .windows(2)
-        .map(|w| ((w[0] as usize * 256 + w[1] as usize) % v) as u32)
-        .collect();
+    let tokens = synthetic_tokens(v)?;
     let mut trainer = Trainer::new(&config, device)?;
     let (warmup, reps) = match PRESETS.iter().find(|p| p.0 == preset) {
         _ if quick => (1, 2),
