@@ -9,11 +9,8 @@
 
 use std::ops::{Add, Div, Mul, Sub};
 
-/// Lanes per chunk: one zmm register of f32 (two of f64).
+/// Lanes per chunk: one zmm register of f32 (two of f64), two ymm.
 pub const L: usize = 16;
-/// Rows per micro-kernel block. 4 rows x 4 chunks = 16 f32 accumulators, leaving room
-/// for the 4 chunks of B and the broadcasts in AVX-512's 32 registers.
-const MR: usize = 4;
 
 /// The float types the fused kernel is instantiated for: f32 (what the model uses)
 /// and f64 (what the gradient checks use, through the very same tiling code).
@@ -248,33 +245,76 @@ pub fn gemm<T: Elem>(
         assert!((k - 1) * ldb + n <= b.len(), "gemm: B out of bounds");
     }
     assert!((m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
+    // Register blocking, rows x 16-lane chunks of C held in registers while p runs. The
+    // blocking only changes which entries are computed together, not any entry's
+    // arithmetic, so every level still gives the same bits.
+    if crate::cpu::simd::level() == crate::cpu::simd::Level::Avx512 {
+        // 4 x 4 chunks: 16 of AVX-512's 32 zmm registers, the rest for B's 4 chunks
+        // and the broadcasts.
+        row_blocks::<T, 4, 4>(m, n, k, a, b, ldb, c, ldc, accumulate, n_lim, k_range);
+    } else {
+        // 6 x 1 chunk: 12 of AVX2's 16 ymm registers (a chunk is two), 2 for B's chunk
+        // and one broadcast. 4 x 4 chunks would need 32 and spill on every p.
+        row_blocks::<T, 6, 1>(m, n, k, a, b, ldb, c, ldc, accumulate, n_lim, k_range);
+    }
+}
+
+/// [`gemm`]'s loop over blocks of `MR` rows (then 4, 2, 1 for the rest), `VW`
+/// chunks wide.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn row_blocks<T: Elem, const MR: usize, const VW: usize>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<T>,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+    n_lim: impl Fn(usize, usize) -> usize,
+    k_range: impl Fn(usize, usize) -> (usize, usize),
+) {
     let mut i = 0;
     while i < m {
-        let r = if i + MR <= m { MR } else { 1 };
+        let left = m - i;
+        let r = if left >= MR {
+            MR
+        } else if left >= 4 {
+            4
+        } else if left >= 2 {
+            2
+        } else {
+            1
+        };
         let nl = n_lim(i, i + r).min(n);
         let (k0, k1) = k_range(i, i + r);
         let k1 = k1.min(k);
         let k0 = k0.min(k1);
-        // SAFETY: the asserts above cover rows i..i+r, columns < n and inner indices < k.
+        // SAFETY: `gemm`'s asserts cover rows i..i+r, columns < n and inner indices < k.
         unsafe {
-            if r == MR {
-                row_block::<T, MR>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate);
-            } else {
-                row_block::<T, 1>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate);
+            match r {
+                _ if r == MR => {
+                    row_block::<T, MR, VW>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate)
+                }
+                4 => row_block::<T, 4, VW>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate),
+                2 => row_block::<T, 2, VW>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate),
+                _ => row_block::<T, 1, VW>(nl, k0, k1, a, b, ldb, c, ldc, i, accumulate),
             }
         }
         i += r;
     }
 }
 
-/// Rows i..i+R of C: full 4-chunk and 1-chunk column blocks, then the tail.
+/// Rows i..i+R of C: full `VW`-chunk and 1-chunk column blocks, then the tail.
 ///
 /// # Safety
 /// Rows i..i+R, columns < n and inner indices k0..k1 must lie inside `a`, `b` and `c`
 /// for the given strides (what `gemm` asserts).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn row_block<T: Elem, const R: usize>(
+unsafe fn row_block<T: Elem, const R: usize, const VW: usize>(
     n: usize,
     k0: usize,
     k1: usize,
@@ -290,8 +330,8 @@ unsafe fn row_block<T: Elem, const R: usize>(
     let cp = c.as_mut_ptr().add(i * ldc);
     let bp = b.as_ptr();
     let mut j = 0;
-    while j + 4 * L <= n {
-        micro::<T, R, 4>(
+    while VW > 1 && j + VW * L <= n {
+        micro::<T, R, VW>(
             k0,
             k1,
             ap,
@@ -303,7 +343,7 @@ unsafe fn row_block<T: Elem, const R: usize>(
             ldc,
             accumulate,
         );
-        j += 4 * L;
+        j += VW * L;
     }
     while j + L <= n {
         micro::<T, R, 1>(
@@ -468,7 +508,10 @@ mod tests {
 
     #[test]
     fn gemm_matches_naive_for_odd_shapes() {
-        for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (9, 70, 13), (4, 64, 64), (7, 33, 0)] {
+        // Rows 13 = 6 + 6 + 1, 10 = 6 + 4, 3 = 2 + 1: every row block of AVX2's 6 x 1.
+        let shapes = [(1, 1, 1), (5, 17, 3), (9, 70, 13), (4, 64, 64), (7, 33, 0)];
+        let more = [(13, 80, 5), (10, 16, 7), (3, 33, 2)];
+        for &(m, n, k) in shapes.iter().chain(&more) {
             let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 11) as f64) - 5.0).collect();
             let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 13) as f64) - 6.0).collect();
             let mut c = vec![1.0f64; m * n];
