@@ -233,21 +233,11 @@ pub fn gemm<T: Elem>(
     n_lim: impl Fn(usize, usize) -> usize,
     k_range: impl Fn(usize, usize) -> (usize, usize),
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Bounds are checked once here; the micro-kernels below then use raw pointers.
-    if k > 0 {
-        assert!(
-            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
-            "gemm: A out of bounds"
-        );
-        assert!((k - 1) * ldb + n <= b.len(), "gemm: B out of bounds");
-    }
-    assert!((m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
-    // Register blocking, rows x 16-lane chunks of C held in registers while p runs. The
-    // blocking only changes which entries are computed together, not any entry's
-    // arithmetic, so every level still gives the same bits.
+    // Register blocking, rows x 16-lane chunks of C held in registers while p runs.
+    // The blocking changes which entries are computed together, not an entry's
+    // multiply-add chain, except that a row block's `k_range` may add terms the
+    // caller has made exact zeros (masked P or dS), which leave a finite sum unchanged:
+    // every level gives the same bits for finite inputs.
     if crate::cpu::simd::level() == crate::cpu::simd::Level::Avx512 {
         // 4 x 4 chunks: 16 of AVX-512's 32 zmm registers, the rest for B's 4 chunks
         // and the broadcasts.
@@ -259,8 +249,7 @@ pub fn gemm<T: Elem>(
     }
 }
 
-/// [`gemm`]'s loop over blocks of `MR` rows (then 4, 2, 1 for the rest), `VW`
-/// chunks wide.
+/// [`gemm`] in blocks of `MR` rows (then 4, 2, 1 for the rest), `VW` chunks wide.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn row_blocks<T: Elem, const MR: usize, const VW: usize>(
@@ -276,6 +265,18 @@ fn row_blocks<T: Elem, const MR: usize, const VW: usize>(
     n_lim: impl Fn(usize, usize) -> usize,
     k_range: impl Fn(usize, usize) -> (usize, usize),
 ) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds are checked once here; the micro-kernels below then use raw pointers.
+    if k > 0 {
+        assert!(
+            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+            "gemm: A out of bounds"
+        );
+        assert!((k - 1) * ldb + n <= b.len(), "gemm: B out of bounds");
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "gemm: C out of bounds");
     let mut i = 0;
     while i < m {
         let left = m - i;
@@ -292,7 +293,7 @@ fn row_blocks<T: Elem, const MR: usize, const VW: usize>(
         let (k0, k1) = k_range(i, i + r);
         let k1 = k1.min(k);
         let k0 = k0.min(k1);
-        // SAFETY: `gemm`'s asserts cover rows i..i+r, columns < n and inner indices < k.
+        // SAFETY: the asserts above cover rows i..i+r, columns < n and inner indices < k.
         unsafe {
             match r {
                 _ if r == MR => {
@@ -508,7 +509,8 @@ mod tests {
 
     #[test]
     fn gemm_matches_naive_for_odd_shapes() {
-        // Rows 13 = 6 + 6 + 1, 10 = 6 + 4, 3 = 2 + 1: every row block of AVX2's 6 x 1.
+        // Rows 13 = 6 + 6 + 1, 10 = 6 + 4, 3 = 2 + 1: every row block of 6 x 1 (the
+        // blocking of this CPU's level; `blockings_give_the_same_bits` runs both).
         let shapes = [(1, 1, 1), (5, 17, 3), (9, 70, 13), (4, 64, 64), (7, 33, 0)];
         let more = [(13, 80, 5), (10, 16, 7), (3, 33, 2)];
         for &(m, n, k) in shapes.iter().chain(&more) {
@@ -544,6 +546,65 @@ mod tests {
             }
             println!("gemm {m}x{n}x{k}: max |diff| {worst:e} (integers: exact expected)");
             assert_eq!(worst, 0.0);
+        }
+    }
+
+    /// Both register blockings (AVX-512's 4 x 4 chunks, AVX2's 6 x 1), called directly
+    /// so that a CPU of either kind runs both, give the same bits on every entry a
+    /// causal caller reads, with causal `n_lim` / `k_range` (per row block, as in the
+    /// tiles) and A zero where a row's mask ends, as the masked P and dS are.
+    #[test]
+    fn blockings_give_the_same_bits() {
+        // (m, n, k, accumulate): rows that leave every leftover block of both, columns
+        // that leave a 1-chunk block and a tail.
+        for &(m, n, k, acc) in &[
+            (64, 64, 64, true),
+            (13, 83, 29, false),
+            (7, 40, 9, true),
+            (1, 5, 3, false),
+        ] {
+            let mut seed = (m * 131 + n * 17 + k) as u64;
+            let mut rnd = move || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            };
+            // Row r sees inner indices p <= r (and columns j <= r + 3): A is zero beyond.
+            let vis_k = |r: usize| (r + 1).min(k);
+            let vis_n = |r: usize| (r + 4).min(n);
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| {
+                    if i % k.max(1) < vis_k(i / k.max(1)) {
+                        rnd()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let a_op = Strided {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let n_lim = |_i0: usize, i1: usize| (vis_n(i1 - 1).div_ceil(L) * L).min(n);
+            let k_range = |_i0: usize, i1: usize| (0, vis_k(i1 - 1));
+            let (mut c44, mut c61) = (c0.clone(), c0.clone());
+            row_blocks::<f32, 4, 4>(m, n, k, a_op, &b, n, &mut c44, n, acc, n_lim, k_range);
+            row_blocks::<f32, 6, 1>(m, n, k, a_op, &b, n, &mut c61, n, acc, n_lim, k_range);
+            for r in 0..m {
+                for j in 0..vis_n(r) {
+                    let (x, y) = (c44[r * n + j], c61[r * n + j]);
+                    assert_eq!(
+                        x.to_bits(),
+                        y.to_bits(),
+                        "{m}x{n}x{k} ({r}, {j}): {x} vs {y}"
+                    );
+                }
+            }
+            println!("{m}x{n}x{k} accumulate={acc}: 4 x 4 and 6 x 1 bitwise equal");
         }
     }
 }
