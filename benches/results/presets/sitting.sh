@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../../.."
 round=$1; shift
 shapes=${*:-bench-ref default bench-8l bench-gpt2s}
 out=benches/results/presets
-quiet() { while ps -eo ni= | awk '$1==-15' | grep -q .; do sleep 3; done; }
+. benches/results/timed.sh
 for s in $shapes; do
   quiet; echo "$(date -u +%T) tinylm $s"
   nice -n -15 ./target/release/tinylm bench train --threads 2 --json --filter "$s" > "$out/tinylm_${s}_$round.json"

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 round=$1
 out=benches/results/stream_avx2
-quiet() { while ps -eo ni= | awk '$1==-15' | grep -q .; do sleep 3; done; }
-order="A B"; [ $((round % 2)) -eq 0 ] && order="B A"
+. benches/results/timed.sh
+order=$(ab_order "$round")
 for x in $order; do
   bin=${!x}
   quiet; echo "$(date -u +%T) $x"

@@ -9,7 +9,7 @@
 
 use std::ops::{Add, Div, Mul, Sub};
 
-/// Lanes per chunk: one zmm register of f32 (two of f64), two ymm.
+/// Lanes per chunk: one zmm register of f32 (two of f64), or two ymm of f32.
 pub const L: usize = 16;
 
 /// The float types the fused kernel is instantiated for: f32 (what the model uses)
@@ -601,6 +601,16 @@ mod tests {
                         x.to_bits(),
                         y.to_bits(),
                         "{m}x{n}x{k} ({r}, {j}): {x} vs {y}"
+                    );
+                    // And right, not merely equal: against the f64 sum, within f32
+                    // rounding of its terms.
+                    let terms = (0..k).map(|p| a[r * k + p] as f64 * b[p * n + j] as f64);
+                    let start = if acc { c0[r * n + j] as f64 } else { 0.0 };
+                    let want = start + terms.clone().sum::<f64>();
+                    let bound = 1e-6 * (start.abs() + terms.map(f64::abs).sum::<f64>() + 1.0);
+                    assert!(
+                        (x as f64 - want).abs() <= bound,
+                        "({r}, {j}): {x} vs {want}"
                     );
                 }
             }
