@@ -40,6 +40,35 @@ pub(crate) fn exp_f32_nonpos(x: f32) -> f32 {
     }
 }
 
+/// [`exp_f32_nonpos`] on W lanes, each step on every lane before the next: one lane's
+/// steps are one long dependency chain, and the kernels' 16-lane loops left the FMA
+/// units waiting on it (on AVX2 two vectors in flight, on AVX-512 one). The same
+/// operations in the same order per lane, so the same bits.
+#[inline(always)]
+pub(crate) fn exp_f32_nonpos_lanes<const W: usize>(x: &[f32; W], y: &mut [f32; W]) {
+    let mut t = [0f32; W];
+    for l in 0..W {
+        t[l] = x[l].mul_add(EXP_LOG2E, EXP_MAGIC);
+    }
+    let mut r = [0f32; W];
+    for l in 0..W {
+        let k = t[l] - EXP_MAGIC;
+        r[l] = (-k).mul_add(EXP_LN2_LO, (-k).mul_add(EXP_LN2_HI, x[l]));
+    }
+    let mut p = [EXP_POLY[0]; W];
+    for &c in &EXP_POLY[1..] {
+        for l in 0..W {
+            p[l] = p[l].mul_add(r[l], c);
+        }
+    }
+    for l in 0..W {
+        let er = (p[l] * r[l]).mul_add(r[l], r[l]) + 1.0;
+        let ki = t[l].to_bits().wrapping_sub(EXP_MAGIC.to_bits()) as i32;
+        let v = er * f32::from_bits((ki.wrapping_add(127) as u32) << 23);
+        y[l] = if x[l] < -87.0 { 0.0 } else { v };
+    }
+}
+
 /// log2(e), the reduction's scale: k = round(x·log2e).
 pub(crate) const EXP_LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln2's high part, exact in a few bits (k·LN2_HI is exact).
@@ -134,5 +163,25 @@ mod tests {
             assert_eq!(exp_f32_nonpos(x).to_bits(), exp_f32(x).to_bits(), "x = {x}");
         }
         assert!(exp_f32_nonpos(f32::NAN).is_nan());
+    }
+
+    /// The lane-stepped copy gives exp_f32_nonpos's bits on every lane.
+    #[test]
+    fn exp_f32_nonpos_lanes_is_exp_f32_nonpos() {
+        let mut xs: Vec<f32> = (0..100_000).map(|i| -(i as f32) * 0.000_97).collect();
+        xs.extend(NONPOS_EDGES);
+        xs.push(f32::NAN);
+        xs.resize(xs.len().div_ceil(64) * 64, -1.0);
+        for c in xs.chunks_exact(64) {
+            let mut got = [0f32; 64];
+            exp_f32_nonpos_lanes::<64>(c.try_into().unwrap(), &mut got);
+            for (g, &x) in got.iter().zip(c) {
+                let want = exp_f32_nonpos(x);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "x = {x}"
+                );
+            }
+        }
     }
 }

@@ -539,6 +539,27 @@ fn bitwise_identical_across_runs_threads_and_simd_levels() {
         (bits(&l), bits(&g))
     };
     let first = pool(2).install(run);
+    // The loss alone (no gradient: its exponentials computed 64 at a time, then summed)
+    // and the loss with its gradient (16 at a time) give the same bits, in f32 and f64.
+    // (A last-bit change in a row's sum moves ln(sum) by far less than the loss's last
+    // bit, so this checks what a user sees, not the summation order itself.)
+    let alone = || {
+        let l = loss::cross_entropy(&xt, &tgt(&t), &o).unwrap(); // xt tracks no gradient
+        vec![l.to_scalar::<f32>().unwrap().to_bits()]
+    };
+    assert_eq!(pool(2).install(alone), first.0, "the loss alone differs");
+    for (cap, r) in at_capped_simd_levels(&turn, || pool(2).install(alone)) {
+        assert_eq!(r, first.0, "the loss alone differs at SIMD level {cap}");
+    }
+    let x64 = Tensor::from_vec(x.clone(), (n, v), &dev()).unwrap();
+    let l64 = |l: Tensor| l.to_scalar::<f64>().unwrap().to_bits();
+    assert_eq!(
+        l64(loss::cross_entropy(&x64, &tgt(&t), &o).unwrap()),
+        l64(loss::cross_entropy_loss_and_grad(&x64, &tgt(&t), &o)
+            .unwrap()
+            .0),
+        "f64: the loss alone differs from the loss with its gradient"
+    );
     for rep in 0..4 {
         assert!(
             pool(2).install(run) == first,

@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 pub enum Level {
     /// Whatever the plain build targets (SSE2 on x86_64).
     Baseline = 0,
-    /// AVX2 and FMA.
+    /// AVX2, FMA and F16C (x86 CPUs with AVX2 have the other two).
     Avx2 = 1,
-    /// AVX-512 F, BW and VL (with AVX2 and FMA).
+    /// AVX-512 F, BW and VL (with AVX2, FMA and F16C).
     Avx512 = 2,
 }
 
@@ -32,7 +32,7 @@ pub fn detected() -> Level {
         {
             let has = |f: &[bool]| f.iter().all(|&b| b);
             use std::arch::is_x86_feature_detected as x86;
-            if has(&[x86!("avx2"), x86!("fma")]) {
+            if has(&[x86!("avx2"), x86!("fma"), x86!("f16c")]) {
                 if has(&[x86!("avx512f"), x86!("avx512bw"), x86!("avx512vl")]) {
                     return Level::Avx512;
                 }
@@ -81,15 +81,15 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 /// # Safety
-                /// The CPU must have AVX-512 F, BW, VL, AVX2 and FMA.
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                /// The CPU must have AVX-512 F, BW, VL, AVX2, FMA and F16C.
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512<$($g: $b),+>($($a: $t),*) $(-> $r)? {
                     $imp::<$($g),+>($($a),*)
                 }
                 /// # Safety
-                /// The CPU must have AVX2 and FMA.
-                #[target_feature(enable = "avx2,fma")]
+                /// The CPU must have AVX2, FMA and F16C.
+                #[target_feature(enable = "avx2,fma,f16c")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g: $b),+>($($a: $t),*) $(-> $r)? {
                     $imp::<$($g),+>($($a),*)
@@ -109,14 +109,14 @@ macro_rules! dispatch {
         #[cfg(target_arch = "x86_64")]
         {
             /// # Safety
-            /// The CPU must have AVX-512 F, BW, VL, AVX2 and FMA.
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            /// The CPU must have AVX-512 F, BW, VL, AVX2, FMA and F16C.
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
             unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
             /// # Safety
-            /// The CPU must have AVX2 and FMA.
-            #[target_feature(enable = "avx2,fma")]
+            /// The CPU must have AVX2, FMA and F16C.
+            #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }

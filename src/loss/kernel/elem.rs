@@ -6,7 +6,7 @@
 use crate::cpu::as_uninit;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::{self, Level};
-use crate::fastmath::exp_f32_nonpos;
+use crate::fastmath::{exp_f32_nonpos, exp_f32_nonpos_lanes};
 use half::{bf16, f16};
 use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -14,6 +14,9 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 /// Elements per block of the streamed pass C: 4 KiB of f32, so the block stays in L1
 /// between its computation and its streaming store.
 pub(super) const STREAM_BLOCK: usize = 1024;
+
+/// Values per [`Real::exp_nonpos_lanes`]: four AVX-512 or eight AVX2 registers.
+pub(super) const EXP_LANES: usize = 64;
 
 /// The arithmetic type of the kernel: f32 for f32/bf16/f16 logits, f64 for f64 logits.
 pub(crate) trait Real:
@@ -35,6 +38,14 @@ pub(crate) trait Real:
     /// exp(x) for x ≤ 0 (the kernel only exponentiates y - max), exact 0 below the
     /// smallest normal result.
     fn exp_nonpos(x: Self) -> Self;
+    /// y = `exp_nonpos` of each of `EXP_LANES` values (the same bits), computed so that
+    /// the lanes' dependency chains overlap ([`crate::fastmath::exp_f32_nonpos_lanes`]).
+    #[inline(always)]
+    fn exp_nonpos_lanes(x: &[Self; EXP_LANES], y: &mut [Self; EXP_LANES]) {
+        for (yv, &xv) in y.iter_mut().zip(x) {
+            *yv = Self::exp_nonpos(xv);
+        }
+    }
     fn ln(self) -> Self;
     fn tanh(self) -> Self;
     fn from_f64(x: f64) -> Self;
@@ -92,6 +103,10 @@ impl Real for f32 {
     #[inline(always)]
     fn exp_nonpos(x: f32) -> f32 {
         exp_f32_nonpos(x)
+    }
+    #[inline(always)]
+    fn exp_nonpos_lanes(x: &[f32; EXP_LANES], y: &mut [f32; EXP_LANES]) {
+        exp_f32_nonpos_lanes(x, y)
     }
     fn ln(self) -> f32 {
         f32::ln(self)
@@ -278,6 +293,14 @@ pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
     /// The slice as the arithmetic type when the two are the same (f32/f32, f64/f64):
     /// then pass B can park e_j in the gradient row itself.
     fn as_real_mut(s: &mut [Self]) -> Option<&mut [F]>;
+    /// The row converted to `F` into `out` (resized to its length), where converting it
+    /// once is cheaper than converting each element every time a pass reads it (f16
+    /// with F16C: one instruction per 8 elements instead of a dozen); returns whether
+    /// it did. The values are those `load` gives.
+    #[inline(always)]
+    fn widen(_x: &[Self], _out: &mut Vec<F>) -> bool {
+        false
+    }
     /// dst_j = store(a·e_j - b), minus `hit` (before the rounding) at index `t` when
     /// given, written with non-temporal stores where the CPU has them for this type
     /// (see [`Real::stream_copy`]); `buf` (at least `e.len()` long) stages the values.
@@ -325,9 +348,11 @@ macro_rules! elem_real {
 /// `Elem` for a 16-bit float computed in f32: converted on load and store by the
 /// branch-free `$load` / `$store` (bit-exact with `half`'s conversions, rounding to
 /// nearest even), which LLVM vectorises; `half`'s own f16 conversions ask the CPU
-/// for F16C on every element, and its bf16 rounding branches.
+/// for F16C on every element, and its bf16 rounding branches. `$widen` converts a
+/// whole row where that pays ([`Elem::widen`]), `$affine` writes the rounded
+/// gradient values a·e_j - b.
 macro_rules! elem_half {
-    ($($t:ty: $load:ident, $store:ident);*) => {$(
+    ($($t:ty: $load:ident, $store:ident, $widen:ident, $affine:ident);*) => {$(
         impl Elem<f32> for $t {
             #[inline(always)]
             fn load(self) -> f32 {
@@ -339,6 +364,11 @@ macro_rules! elem_half {
             }
             fn as_real_mut(_: &mut [$t]) -> Option<&mut [f32]> {
                 None
+            }
+            #[inline(always)]
+            fn widen(x: &[$t], out: &mut Vec<f32>) -> bool {
+                // SAFETY: $t is a `repr(transparent)` u16.
+                $widen(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) }, out)
             }
             /// Rounded into the staging row (seen as u16, which needs no more
             /// alignment than f32), then copied out with non-temporal stores.
@@ -357,9 +387,7 @@ macro_rules! elem_half {
                 let bits = unsafe {
                     std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u16>(), n)
                 };
-                for (o, &ev) in bits.iter_mut().zip(e) {
-                    *o = $store(a * ev - b);
-                }
+                $affine(bits, e, (a, b));
                 if let Some(t) = t {
                     bits[t] = $store((a * e[t] - b) - hit);
                 }
@@ -374,7 +402,103 @@ macro_rules! elem_half {
 }
 
 elem_real!(f32, f64);
-elem_half!(bf16: bf16_to_f32, bf16_bits_rne; f16: f16_to_f32, f16_bits_rne);
+elem_half!(
+    bf16: bf16_to_f32, bf16_bits_rne, no_widen, bf16_affine;
+    f16: f16_to_f32, f16_bits_rne, f16_widen, f16_affine
+);
+
+/// [`Elem::widen`] for bf16: not done. Its load is a shift, and widening the row
+/// first measured no faster (BENCHMARKS.md, "f16 through F16C").
+#[inline(always)]
+fn no_widen(_: &[u16], _: &mut Vec<f32>) -> bool {
+    false
+}
+
+/// bits_j = bf16(a·e_j - b).
+#[inline(always)]
+fn bf16_affine(bits: &mut [u16], e: &[f32], (a, b): (f32, f32)) {
+    for (o, &ev) in bits.iter_mut().zip(e) {
+        *o = bf16_bits_rne(a * ev - b);
+    }
+}
+
+/// [`Elem::widen`] for f16: with F16C (which every level above the baseline requires).
+#[inline(always)]
+fn f16_widen(x: &[u16], out: &mut Vec<f32>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if simd::level() >= Level::Avx2 {
+        out.resize(x.len(), 0.0);
+        // SAFETY: `simd::level` reports AVX2 and above only when the CPU has F16C.
+        unsafe { f16_widen_f16c(x, out) };
+        return true;
+    }
+    let _ = (x, out);
+    false
+}
+
+/// bits_j = f16(a·e_j - b): with F16C where the CPU has it, else `f16_bits_rne`.
+#[inline(always)]
+fn f16_affine(bits: &mut [u16], e: &[f32], ab: (f32, f32)) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::level() >= Level::Avx2 {
+        // SAFETY: as in `f16_widen`.
+        return unsafe { f16_affine_f16c(bits, e, ab) };
+    }
+    let (a, b) = ab;
+    for (o, &ev) in bits.iter_mut().zip(e) {
+        *o = f16_bits_rne(a * ev - b);
+    }
+}
+
+/// out = x as f32, 8 at a time with `vcvtph2ps` (exact, as `f16_to_f32`).
+///
+/// # Safety
+/// The CPU must have AVX and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_widen_f16c(x: &[u16], out: &mut [f32]) {
+    use std::arch::x86_64::{_mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    assert_eq!(x.len(), out.len());
+    let body = x.len() / 8 * 8;
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 <= body <= len for both slices.
+        unsafe {
+            let h = _mm_loadu_si128(x.as_ptr().add(i).cast());
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    for (o, &h) in out[body..].iter_mut().zip(&x[body..]) {
+        *o = f16_to_f32(h);
+    }
+}
+
+/// [`f16_affine`] 8 at a time: a multiply and a subtract (no FMA, as the scalar
+/// loop), then `vcvtps2ph` rounding to nearest even (as `f16_bits_rne`).
+///
+/// # Safety
+/// The CPU must have AVX and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_affine_f16c(bits: &mut [u16], e: &[f32], (a, b): (f32, f32)) {
+    use std::arch::x86_64::{
+        _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_sub_ps,
+        _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+    };
+    let n = bits.len().min(e.len());
+    let body = n / 8 * 8;
+    let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 <= body <= len for both slices.
+        unsafe {
+            let g = _mm256_sub_ps(_mm256_mul_ps(va, _mm256_loadu_ps(e.as_ptr().add(i))), vb);
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(g);
+            _mm_storeu_si128(bits.as_mut_ptr().add(i).cast(), h);
+        }
+    }
+    for (o, &ev) in bits[body..n].iter_mut().zip(&e[body..n]) {
+        *o = f16_bits_rne(a * ev - b);
+    }
+}
 
 /// bf16 bits as f32 (exact). A NaN stays a NaN (`half` also sets its quiet bit; the
 /// kernel only asks whether it is one).
@@ -540,6 +664,39 @@ mod tests {
 
     fn same_f32(a: f32, b: f32) -> bool {
         a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    /// The F16C paths give the software conversions' bits: every f16 widened, and the
+    /// sweep's f32 values (times 1, minus 0: exact) rounded.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16c_conversions_are_the_software_ones() {
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            println!("no F16C on this CPU: nothing to compare");
+            return;
+        }
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let mut wide = vec![0f32; all.len()];
+        // SAFETY: the CPU has F16C (checked above) and AVX (implied by F16C).
+        unsafe { f16_widen_f16c(&all, &mut wide) };
+        for (&h, &w) in all.iter().zip(&wide) {
+            assert!(same_f32(w, f16_to_f32(h)), "widen {h:#06x}");
+        }
+        let xs: Vec<f32> = sweep().collect();
+        // Odd lengths: the 8-wide body and the scalar tail both.
+        for len in [xs.len(), xs.len() - 3] {
+            let mut got = vec![0u16; len];
+            // SAFETY: as above.
+            unsafe { f16_affine_f16c(&mut got, &xs[..len], (1.0, 0.0)) };
+            for (&g, &x) in got.iter().zip(&xs) {
+                let want = f16_bits_rne(x);
+                if x.is_nan() {
+                    assert!(f16::from_bits(g).is_nan(), "NaN {:#010x}", x.to_bits());
+                } else {
+                    assert_eq!(g, want, "round {:#010x}", x.to_bits());
+                }
+            }
+        }
     }
 
     #[test]

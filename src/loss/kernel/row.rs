@@ -2,7 +2,7 @@
 //! and C (the gradient), the scalars that turn them into the loss, and the software
 //! pipeline that writes a streamed row's gradient during the next row's pass B.
 
-use super::elem::{Elem, Real, STREAM_BLOCK};
+use super::elem::{Elem, Real, EXP_LANES, STREAM_BLOCK};
 use crate::cpu::as_uninit;
 use std::mem::MaybeUninit;
 
@@ -119,14 +119,15 @@ fn pass_max<T: Elem<F>, F: Real>(x: &[T]) -> F {
 ///
 /// With `e`, the exponentials are written first and summed in a second loop over `e`
 /// (in L1/L2): summing while storing made LLVM keep the 16 accumulators on the stack,
-/// a store-to-load chain through memory.
+/// a store-to-load chain through memory. Without (the loss alone), they are computed
+/// `EXP_LANES` at a time ([`Real::exp_nonpos_lanes`]).
 #[inline(always)]
-fn pass_exp<T: Elem<F>, F: Real>(
+fn pass_exp<T: Elem<F>, F: Real, N>(
     x: &[T],
     m: F,
     e: Option<&mut [F]>,
     want_dsum: bool,
-    next: &[T],
+    next: &[N],
 ) -> (F, F) {
     let mut s = [F::ZERO; LANES];
     let mut ds = [F::ZERO; LANES];
@@ -139,9 +140,20 @@ fn pass_exp<T: Elem<F>, F: Real>(
         }
         None => {
             let pf = Prefetch::of(next, 0);
-            let mut xi = x.chunks_exact(LANES);
+            let mut xi = x.chunks_exact(EXP_LANES);
             for (k, xc) in (&mut xi).enumerate() {
-                pf.chunk::<T>(k);
+                for c in 0..EXP_LANES / LANES {
+                    pf.chunk(k * (EXP_LANES / LANES) + c);
+                }
+                let d: [F; EXP_LANES] = std::array::from_fn(|l| xc[l].load() - m);
+                let mut ev = [F::ZERO; EXP_LANES];
+                F::exp_nonpos_lanes(&d, &mut ev);
+                add_lanes(&mut s, &ev);
+            }
+            let r0 = x.len() / EXP_LANES;
+            let mut xi = xi.remainder().chunks_exact(LANES);
+            for (k, xc) in (&mut xi).enumerate() {
+                pf.chunk(r0 * (EXP_LANES / LANES) + k);
                 let mut ev = [F::ZERO; LANES];
                 for l in 0..LANES {
                     ev[l] = F::exp_nonpos(xc[l].load() - m);
@@ -159,6 +171,17 @@ fn pass_exp<T: Elem<F>, F: Real>(
         }
     }
     (reduce_lanes(s), reduce_lanes(ds))
+}
+
+/// s[l] += v[c·LANES + l] for each chunk c of `v` in order: the order of a loop that
+/// adds one chunk at a time.
+#[inline(always)]
+fn add_lanes<F: Real>(s: &mut [F; LANES], v: &[F]) {
+    for c in v.chunks_exact(LANES) {
+        for l in 0..LANES {
+            s[l] = s[l] + c[l];
+        }
+    }
 }
 
 /// Pairwise over the lanes: the same fixed order every time.
@@ -197,7 +220,7 @@ fn exp_block<T: Elem<F>, F: Real>(x: &[T], m: F, e: &mut [F], s: &mut [F; LANES]
     let mut xi = x.chunks_exact(LANES);
     let mut ei = e.chunks_exact_mut(LANES);
     for (k, (xc, ec)) in (&mut xi).zip(&mut ei).enumerate() {
-        pf.chunk::<T>(k);
+        pf.chunk(k);
         for l in 0..LANES {
             ec[l] = F::exp_nonpos(xc[l].load() - m);
         }
@@ -216,31 +239,35 @@ fn exp_block<T: Elem<F>, F: Real>(x: &[T], m: F, e: &mut [F], s: &mut [F; LANES]
     }
 }
 
-/// The next row's bytes from `off` on, to be brought into L2 a line per `LANES`
-/// elements read here, so that its read from memory overlaps this row's arithmetic
-/// instead of following it. Empty (a no-op) for the last row.
+/// The next row's bytes from element `first_elem` on, to be brought into L2 one
+/// `LANES`-element chunk per chunk read here, so that its read from memory overlaps
+/// this row's arithmetic instead of following it. Empty (a no-op) for the last row.
 #[derive(Clone, Copy)]
 struct Prefetch {
     base: *const u8,
     len: usize,
+    /// Bytes per element of the next row (which need not be those of the row read:
+    /// a widened row is read as f32).
+    elem: usize,
 }
 
 impl Prefetch {
     #[inline(always)]
-    fn of<T>(next: &[T], first_elem: usize) -> Self {
-        let sz = std::mem::size_of::<T>();
+    fn of<N>(next: &[N], first_elem: usize) -> Self {
+        let elem = std::mem::size_of::<N>();
         let bytes = std::mem::size_of_val(next);
-        let off = (first_elem * sz).min(bytes);
+        let off = (first_elem * elem).min(bytes);
         Self {
             base: (next.as_ptr() as *const u8).wrapping_add(off),
             len: bytes - off,
+            elem,
         }
     }
 
     /// Prefetches the bytes of chunk `k` (elements k·LANES .. (k+1)·LANES).
     #[inline(always)]
-    fn chunk<T>(self, k: usize) {
-        let sz = LANES * std::mem::size_of::<T>();
+    fn chunk(self, k: usize) {
+        let sz = LANES * self.elem;
         prefetch_range(self.base, self.len, k * sz, sz);
     }
 }
@@ -327,8 +354,8 @@ impl<T: Elem<F>, F: Real> Pending<'_, T, F> {
 /// exponentials are computed (and the next row, prefetched, arrives meanwhile).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pass_exp_pipelined<T: Elem<F>, F: Real>(
-    x: &[T],
+fn pass_exp_pipelined<X: Elem<F>, T: Elem<F>, F: Real>(
+    x: &[X],
     m: F,
     e: &mut [F],
     want_dsum: bool,
@@ -468,28 +495,35 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
     let mut e_scratch = std::mem::take(&mut scratch.e);
     let inv_cap = p.softcap.map(|c| F::ONE / F::from_f64(c));
 
-    // Everything that reads the logits before the first write.
-    let (m, y_t, correct, any_nan) = {
+    // Everything that reads the logits before the first write. `wide`: the passes
+    // read y (the capped logits, or the row widened by `Elem::widen`), not the row.
+    let (m, y_t, correct, any_nan, wide) = {
         let xs: &[T] = match x_ro {
             Some(x) => x,
             None => grad.as_deref().expect("in-place rows carry data"),
         };
-        if let (Some(c), Some(inv_c)) = (p.softcap, inv_cap) {
-            let c = F::from_f64(c);
-            y.clear();
-            y.extend(xs.iter().map(|&xv| c * (xv.load() * inv_c).tanh()));
+        let wide = match (p.softcap, inv_cap) {
+            (Some(c), Some(inv_c)) => {
+                let c = F::from_f64(c);
+                y.clear();
+                y.extend(xs.iter().map(|&xv| c * (xv.load() * inv_c).tanh()));
+                true
+            }
+            _ => x_ro.is_some() && T::widen(xs, &mut y),
+        };
+        if wide {
             let m = pass_max::<F, F>(&y);
             let y_t = y[t];
             let correct = first_max_at::<F, F>(&y, t, m);
             // Only looked for when the max says the row is all -inf (or NaN).
             let any_nan = m == -F::INF && y.iter().any(|&v| v.is_nan());
-            (m, y_t, correct, any_nan)
+            (m, y_t, correct, any_nan, true)
         } else {
             let m = pass_max::<T, F>(xs);
             let y_t = xs[t].load();
             let correct = first_max_at::<T, F>(xs, t, m);
             let any_nan = m == -F::INF && xs.iter().any(|&xv| xv.load().is_nan());
-            (m, y_t, correct, any_nan)
+            (m, y_t, correct, any_nan, false)
         }
     };
     let fault = if m == F::INF || any_nan {
@@ -524,19 +558,22 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
             .map(|pd| (pd, &scratch.e_prev[line_row(&scratch.e_prev, v)]));
         let row = line_row(&e_scratch, v);
         let e = &mut e_scratch[row];
-        pass_exp_pipelined::<T, F>(x, m, e, want_dsum, next, prev, &mut scratch.blk)
+        let blk = &mut scratch.blk;
+        if wide {
+            pass_exp_pipelined::<F, T, F>(&y, m, e, want_dsum, next, prev, blk)
+        } else {
+            pass_exp_pipelined::<T, T, F>(x, m, e, want_dsum, next, prev, blk)
+        }
     } else {
         match grad.as_deref_mut() {
-            None => match inv_cap {
-                Some(_) => pass_exp::<F, F>(&y, m, None, want_dsum, &[]),
-                None => pass_exp::<T, F>(
-                    x_ro.expect("no gradient, so not in place"),
-                    m,
-                    None,
-                    want_dsum,
-                    next,
-                ),
-            },
+            None if wide => pass_exp::<F, F, T>(&y, m, None, want_dsum, next),
+            None => pass_exp::<T, F, T>(
+                x_ro.expect("no gradient, so not in place"),
+                m,
+                None,
+                want_dsum,
+                next,
+            ),
             Some(g) => {
                 // Where pass B parks e_j: the gradient row itself when it is of the
                 // arithmetic type, else the scratch row.
@@ -547,10 +584,10 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
                         &mut e_scratch[..]
                     }
                 };
-                match (inv_cap, x_ro) {
-                    (Some(_), _) => pass_exp::<F, F>(&y, m, Some(e_row), want_dsum, &[]),
-                    (None, Some(x)) => pass_exp::<T, F>(x, m, Some(e_row), want_dsum, next),
-                    (None, None) => pass_exp_inplace(e_row, m, want_dsum),
+                match x_ro {
+                    _ if wide => pass_exp::<F, F, T>(&y, m, Some(e_row), want_dsum, next),
+                    Some(x) => pass_exp::<T, F, T>(x, m, Some(e_row), want_dsum, next),
+                    None => pass_exp_inplace(e_row, m, want_dsum),
                 }
             }
         }
