@@ -318,6 +318,79 @@ fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
     assert!(e.contains("gradient buffer of their dtype"), "{e}");
 }
 
+/// f16 logits without a gradient (evaluation: the row widened once, then the
+/// loss-alone pass) give the f32 kernel's losses for the same values, per row and
+/// reduced, at every SIMD level; rows with a NaN, a +inf or only -inf are the same
+/// error as in f32, with and without a gradient.
+#[test]
+fn f16_loss_alone_and_bad_f16_rows_match_f32_at_every_simd_level() {
+    let turn = simd_turn();
+    for (n, v) in [(13, 1001), (11, 8200)] {
+        let x: Vec<f64> = uniform(41, n * v).iter().map(|u| 9.0 * u).collect();
+        let mut t: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        t[4] = 3;
+        for reduction in [Reduction::None, Reduction::Mean] {
+            let o = CrossEntropyOptions {
+                reduction,
+                ignore_index: Some(3),
+                label_smoothing: 0.1,
+                z_loss: 1e-3,
+                ..Default::default()
+            };
+            let xh = tensor_f32(&x, n, v).to_dtype(DType::F16).unwrap();
+            let x32 = xh.to_dtype(DType::F32).unwrap(); // the same values, exactly
+            let bits = |x: &Tensor| -> Vec<u32> {
+                let l = loss::cross_entropy(x, &tgt(&t), &o).unwrap(); // no gradient
+                let l: Vec<f32> = l.flatten_all().unwrap().to_vec1().unwrap();
+                l.into_iter().map(f32::to_bits).collect()
+            };
+            let want = pool(2).install(|| bits(&x32));
+            assert_eq!(pool(2).install(|| bits(&xh)), want, "{n}x{v} {reduction:?}");
+            for (cap, got) in at_capped_simd_levels(&turn, || pool(2).install(|| bits(&xh))) {
+                assert_eq!(got, want, "{n}x{v} {reduction:?}: SIMD level {cap}");
+            }
+        }
+    }
+    let v = 77;
+    let outcome = |x: &Tensor, grad: bool| -> String {
+        let t = tgt(&[1, 2, 3]);
+        let o = CrossEntropyOptions::default();
+        let r = if grad {
+            loss::cross_entropy_loss_and_grad(x, &t, &o).map(|(l, _)| l)
+        } else {
+            loss::cross_entropy(x, &t, &o)
+        };
+        match r {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let base: Vec<f64> = uniform(42, 3 * v).iter().map(|u| 3.0 * u).collect();
+    for bad in ["nan", "inf", "all -inf"] {
+        let mut x = base.clone();
+        match bad {
+            "nan" => x[v + 40] = f64::NAN,
+            "inf" => x[v + 70] = f64::INFINITY,
+            _ => x[v..2 * v].fill(f64::NEG_INFINITY),
+        }
+        let x32 = tensor_f32(&x, 3, v);
+        let xh = x32.to_dtype(DType::F16).unwrap();
+        for grad in [false, true] {
+            let want = outcome(&x32, grad);
+            assert_ne!(want, "ok", "{bad}: f32 must report it");
+            let mut got = vec![(9u8, outcome(&xh, grad))];
+            got.extend(at_capped_simd_levels(&turn, || outcome(&xh, grad)));
+            for (cap, g) in got {
+                assert_eq!(g, want, "{bad}, gradient {grad}, SIMD cap {cap}");
+            }
+        }
+    }
+    println!(
+        "f16 loss alone = f32 loss bitwise, bad f16 rows = f32's errors, SIMD levels 0/1 and {} -> PASS",
+        detected_simd()
+    );
+}
+
 /// Inputs of the PyTorch snippet below: x_ij = f32(2.5·sin(1 + 0.37 i + 1.91 j)),
 /// N = 6, V = 11, targets (7i + 3) mod 11 with row 4 set to 3.
 fn torch_inputs() -> (Tensor, Vec<u32>) {

@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 pub enum Level {
     /// Whatever the plain build targets (SSE2 on x86_64).
     Baseline = 0,
-    /// AVX2, FMA and F16C (x86 CPUs with AVX2 have the other two).
+    /// AVX2 and FMA.
     Avx2 = 1,
-    /// AVX-512 F, BW and VL (with AVX2, FMA and F16C).
+    /// AVX-512 F, BW and VL (with AVX2 and FMA).
     Avx512 = 2,
 }
 
@@ -32,7 +32,7 @@ pub fn detected() -> Level {
         {
             let has = |f: &[bool]| f.iter().all(|&b| b);
             use std::arch::is_x86_feature_detected as x86;
-            if has(&[x86!("avx2"), x86!("fma"), x86!("f16c")]) {
+            if has(&[x86!("avx2"), x86!("fma")]) {
                 if has(&[x86!("avx512f"), x86!("avx512bw"), x86!("avx512vl")]) {
                     return Level::Avx512;
                 }
@@ -47,6 +47,21 @@ pub fn detected() -> Level {
 #[inline]
 pub fn level() -> Level {
     capped(detected(), CAP.load(Ordering::Relaxed))
+}
+
+/// Whether kernels may use F16C (the f16 ⇄ f32 conversions): the CPU has it and the
+/// level is not capped to the baseline, so that a capped run also checks the
+/// software conversions. Not part of [`Level`]: a CPU (or a VM's CPUID) with AVX2 but
+/// no F16C keeps its AVX2 kernels. Callers reach F16C code through a
+/// `#[target_feature(enable = "f16c")]` function, not through [`dispatch!`].
+#[inline]
+pub fn has_f16c() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    let has = *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("f16c"));
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = *DETECTED.get_or_init(|| false);
+    has && level() > Level::Baseline
 }
 
 /// `detected` lowered to the cap `cap` (a `Level` discriminant, or above all of them).
@@ -81,15 +96,15 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 /// # Safety
-                /// The CPU must have AVX-512 F, BW, VL, AVX2, FMA and F16C.
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+                /// The CPU must have AVX-512 F, BW, VL, AVX2 and FMA.
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512<$($g: $b),+>($($a: $t),*) $(-> $r)? {
                     $imp::<$($g),+>($($a),*)
                 }
                 /// # Safety
-                /// The CPU must have AVX2, FMA and F16C.
-                #[target_feature(enable = "avx2,fma,f16c")]
+                /// The CPU must have AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g: $b),+>($($a: $t),*) $(-> $r)? {
                     $imp::<$($g),+>($($a),*)
@@ -109,14 +124,14 @@ macro_rules! dispatch {
         #[cfg(target_arch = "x86_64")]
         {
             /// # Safety
-            /// The CPU must have AVX-512 F, BW, VL, AVX2, FMA and F16C.
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            /// The CPU must have AVX-512 F, BW, VL, AVX2 and FMA.
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
             unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
             /// # Safety
-            /// The CPU must have AVX2, FMA and F16C.
-            #[target_feature(enable = "avx2,fma,f16c")]
+            /// The CPU must have AVX2 and FMA.
+            #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }

@@ -69,7 +69,8 @@ pub(crate) enum RowFault {
 
 /// Scratch rows reused across the rows of one rayon job.
 pub(super) struct Scratch<F> {
-    /// Soft-capped logits y = c·tanh(x/c).
+    /// The row as the passes read it when not the logits themselves: soft-capped,
+    /// y = c·tanh(x/c), or widened to f32 ([`Elem::widen`]).
     y: Vec<F>,
     /// exp(y - m), when the gradient row cannot hold it or the gradient is streamed.
     e: Vec<F>,
@@ -490,7 +491,8 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
     let t = target as usize;
     let want_dsum = p.label_smoothing != 0.0;
 
-    // Under a soft-cap the kernel works on y = c·tanh(x/c), materialised once.
+    // Under a soft-cap the kernel works on y = c·tanh(x/c), materialised once; an f16
+    // row may be widened into y instead (`Elem::widen`).
     let mut y = std::mem::take(&mut scratch.y);
     let mut e_scratch = std::mem::take(&mut scratch.e);
     let inv_cap = p.softcap.map(|c| F::ONE / F::from_f64(c));
@@ -716,5 +718,56 @@ pub(super) fn flush<T: Elem<F>, F: Real>(
     if let Some(pd) = pending.take() {
         let e_prev = &scratch.e_prev[line_row(&scratch.e_prev, pd.g.len())];
         pd.write(e_prev, &mut scratch.blk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    /// Pass B's sums (Σ e and Σ (m - y)) have the same bits whether the exponentials
+    /// are stored (16 at a time, summed from the row) or only summed (the loss alone:
+    /// 64 at a time through `add_lanes`), for f32, f64 and f16 rows read as they are
+    /// or widened, at every length up to 300 and a few longer ones.
+    #[test]
+    fn pass_exp_sums_alike_with_and_without_the_row() {
+        let none: &[f32] = &[];
+        for n in (1..=300).chain([1000, 1024 + 77]) {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 97.0 - 5.0)
+                .collect();
+            let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut e = vec![0f32; n];
+            let alone = pass_exp::<f32, f32, f32>(&x, m, None, true, none);
+            let row = pass_exp::<f32, f32, f32>(&x, m, Some(&mut e), true, none);
+            assert_eq!(
+                (alone.0.to_bits(), alone.1.to_bits()),
+                (row.0.to_bits(), row.1.to_bits()),
+                "f32, {n}"
+            );
+
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64 / 3.0).collect();
+            let m64 = x64.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let mut e64 = vec![0f64; n];
+            let alone = pass_exp::<f64, f64, f32>(&x64, m64, None, true, none);
+            let row = pass_exp::<f64, f64, f32>(&x64, m64, Some(&mut e64), true, none);
+            assert_eq!(
+                (alone.0.to_bits(), alone.1.to_bits()),
+                (row.0.to_bits(), row.1.to_bits()),
+                "f64, {n}"
+            );
+
+            let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+            let wide: Vec<f32> = xh.iter().map(|h| h.to_f32()).collect();
+            let mh = wide.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let alone = pass_exp::<f16, f32, f32>(&xh, mh, None, true, none);
+            let row = pass_exp::<f32, f32, f32>(&wide, mh, Some(&mut e), true, none);
+            assert_eq!(
+                (alone.0.to_bits(), alone.1.to_bits()),
+                (row.0.to_bits(), row.1.to_bits()),
+                "f16, {n}"
+            );
+        }
     }
 }
