@@ -15,11 +15,11 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::Optimizer;
+use candle_nn::Optimizer as _;
 use std::time::Instant;
 use tinylm::kernels::{self, reference};
-use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
-use tinylm::train::config::Optimizer as Rule;
+use tinylm::train::config::UpdateRule as Rule;
+use tinylm::train::optimizer::{AdamWConfig, Optimizer, ParamGroup};
 
 use tinylm::bench::median;
 
@@ -187,7 +187,7 @@ fn bench_adamw(rounds: usize) {
         beta2: 0.95,
         eps: 1e-8,
     };
-    let mut ours = AdamW::new(
+    let mut ours = Optimizer::new(
         vec![
             ParamGroup {
                 vars: decay.clone(),

@@ -198,7 +198,7 @@ struct TrainArgs {
     /// the same learning rate); everything else is always AdamW's (default: the preset's;
     /// muon for default and poet, adamw for the others).
     #[arg(long, value_parser = parse_optimizer)]
-    optimizer: Option<train::config::Optimizer>,
+    optimizer: Option<train::config::UpdateRule>,
     /// Steps between validation evaluations.
     #[arg(long)]
     eval_interval: Option<usize>,
@@ -417,10 +417,10 @@ fn parse_positions(s: &str) -> Result<tinylm::model::Positions, String> {
     }
 }
 
-fn parse_optimizer(s: &str) -> Result<train::config::Optimizer, String> {
+fn parse_optimizer(s: &str) -> Result<train::config::UpdateRule, String> {
     match s {
-        "adamw" => Ok(train::config::Optimizer::AdamW),
-        "muon" => Ok(train::config::Optimizer::Muon),
+        "adamw" => Ok(train::config::UpdateRule::AdamW),
+        "muon" => Ok(train::config::UpdateRule::Muon),
         _ => Err(format!("expected adamw or muon, got {s:?}")),
     }
 }

@@ -1,13 +1,13 @@
-//! In-place AdamW (src/train/adamw.rs) against a hand-written f64 AdamW and against
+//! In-place AdamW (src/train/optimizer.rs) against a hand-written f64 AdamW and against
 //! candle-nn's AdamW, and the bit-exactness of a save/restore of its state.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use candle_nn::Optimizer;
+use candle_nn::Optimizer as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tinylm::train::adamw::{AdamW, AdamWConfig, ParamGroup};
-use tinylm::train::config::Optimizer as Rule;
+use tinylm::train::config::UpdateRule as Rule;
+use tinylm::train::optimizer::{AdamWConfig, Optimizer, ParamGroup};
 
 fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
@@ -76,7 +76,7 @@ fn adamw_matches_f64_reference() {
         beta2: 0.95,
         eps: 1e-8,
     };
-    let mut opt = AdamW::new(
+    let mut opt = Optimizer::new(
         vec![
             ParamGroup {
                 vars: vec![w.clone()],
@@ -178,7 +178,7 @@ fn adamw_matches_candle_nn() {
         beta2: params.beta2,
         eps: params.eps,
     };
-    let mut opt = AdamW::new(
+    let mut opt = Optimizer::new(
         vec![ParamGroup {
             vars: vec![ours.clone()],
             weight_decay: 0.05,
@@ -238,7 +238,7 @@ fn state_round_trip_is_bit_exact(matrix_rule: Rule) {
         lr: 1e-2,
         ..AdamWConfig::default()
     };
-    let mut opt = AdamW::new(groups(&a, &b, &frozen), cfg).unwrap();
+    let mut opt = Optimizer::new(groups(&a, &b, &frozen), cfg).unwrap();
     let frozen_before = values(&frozen);
     let grads = |rng: &mut ChaCha8Rng| vec![uniform(rng, 600), uniform(rng, 7)];
     for _ in 0..3 {
@@ -248,7 +248,7 @@ fn state_round_trip_is_bit_exact(matrix_rule: Rule) {
     let (t, moments) = (opt.step_count(), opt.moments().unwrap());
     let copy = |v: &Var| Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap();
     let (a2, b2, f2) = (copy(&a), copy(&b), copy(&frozen));
-    let mut resumed = AdamW::new(groups(&a2, &b2, &f2), cfg).unwrap();
+    let mut resumed = Optimizer::new(groups(&a2, &b2, &f2), cfg).unwrap();
     resumed.set_state(t, &moments).unwrap();
     for _ in 0..2 {
         let g = grads(&mut rng);
@@ -293,7 +293,7 @@ fn muon_step_is_direction_then_apply() {
         lr: 2e-2,
         ..AdamWConfig::default()
     };
-    let mut opt = AdamW::new(
+    let mut opt = Optimizer::new(
         vec![
             ParamGroup {
                 vars: vec![a.clone(), idle.clone()],
@@ -348,14 +348,14 @@ fn muon_refuses_vectors_and_mismatched_state() {
         weight_decay: 0.0,
         rule,
     };
-    let e = AdamW::new(vec![group(Rule::Muon)], AdamWConfig::default())
+    let e = Optimizer::new(vec![group(Rule::Muon)], AdamWConfig::default())
         .err()
         .unwrap();
     assert!(e.to_string().contains("matrices"), "{e}");
 
     let w = var(&mut rng, &[3, 5]);
     let make = |rule| {
-        AdamW::new(
+        Optimizer::new(
             vec![ParamGroup {
                 vars: vec![w.clone()],
                 weight_decay: 0.0,

@@ -13,7 +13,7 @@ use tinylm::bench::train::{preset_as_trained, synthetic_tokens};
 use tinylm::device::Ceiling;
 use tinylm::loss::CrossEntropyOptions;
 use tinylm::model::native::{gemm_flops_done, loss_and_grad_into, zero_grads};
-use tinylm::train::config::{Optimizer, PRESETS};
+use tinylm::train::config::{UpdateRule, PRESETS};
 use tinylm::train::Trainer;
 
 #[test]
@@ -37,7 +37,7 @@ fn mfu_counts_what_the_products_execute_and_stays_under_the_ceiling_on_every_pre
         // that is all of a step's products, checked on the step itself below; Muon's
         // Newton–Schulz adds its own, so there the forward + backward is counted alone.
         let claimed = config.model.matmul_flops_per_token() * (b * t) as f64;
-        if config.optimizer == Optimizer::Muon {
+        if config.optimizer == UpdateRule::Muon {
             let mut grads = zero_grads(&trainer.model);
             let before = gemm_flops_done();
             let opts = CrossEntropyOptions::default();
@@ -63,8 +63,8 @@ fn mfu_counts_what_the_products_execute_and_stays_under_the_ceiling_on_every_pre
             config.model.flops_per_token() / 1e6
         );
         match config.optimizer {
-            Optimizer::AdamW => assert_eq!(step_flops, claimed, "{preset}: a step's products"),
-            Optimizer::Muon => assert!(step_flops > claimed, "{preset}: Muon's products run"),
+            UpdateRule::AdamW => assert_eq!(step_flops, claimed, "{preset}: a step's products"),
+            UpdateRule::Muon => assert!(step_flops > claimed, "{preset}: Muon's products run"),
         }
         let tokens_per_s = (b * t) as f64 / secs;
         let measured = ceiling.measured();

@@ -86,16 +86,16 @@ fn initial_loss_is_ln_256() {
 
 #[test]
 fn small_model_overfits_one_batch() {
-    overfits_one_batch(tinylm::train::config::Optimizer::AdamW);
+    overfits_one_batch(tinylm::train::config::UpdateRule::AdamW);
 }
 
 /// The same under Muon: its step descends (a step that did not would never memorise).
 #[test]
 fn small_model_overfits_one_batch_under_muon() {
-    overfits_one_batch(tinylm::train::config::Optimizer::Muon);
+    overfits_one_batch(tinylm::train::config::UpdateRule::Muon);
 }
 
-fn overfits_one_batch(optimizer: tinylm::train::config::Optimizer) {
+fn overfits_one_batch(optimizer: tinylm::train::config::UpdateRule) {
     let cfg = GptConfig {
         vocab_size: 256,
         block_size: 32,

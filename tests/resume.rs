@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tinylm::data::{read_corpus, Corpus};
 use tinylm::tokenizer::Tokenizer;
-use tinylm::train::config::{Optimizer, TrainConfig};
+use tinylm::train::config::{TrainConfig, UpdateRule};
 use tinylm::train::{self, checkpoint, RunOptions};
 
 fn config() -> TrainConfig {
@@ -55,7 +55,7 @@ fn resumed_run_equals_uninterrupted_run_bit_for_bit() {
 #[test]
 fn muon_resumed_run_equals_uninterrupted_run_bit_for_bit() {
     let cfg = TrainConfig {
-        optimizer: Optimizer::Muon,
+        optimizer: UpdateRule::Muon,
         ..config()
     };
     let optim = resume_matches(cfg);

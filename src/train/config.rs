@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The update rule of the matrices of linear layers (`--optimizer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Optimizer {
+pub enum UpdateRule {
     /// AdamW, as every other parameter.
     #[default]
     AdamW,
@@ -55,7 +55,7 @@ pub struct TrainConfig {
     /// The update rule of the matrices of linear layers; everything else is AdamW's.
     /// Absent from configs written before it was a choice (AdamW then).
     #[serde(default)]
-    pub optimizer: Optimizer,
+    pub optimizer: UpdateRule,
     /// Evaluate on the validation split every this many steps (and at the end).
     pub eval_interval: usize,
     /// Batches of batch_size windows per evaluation.
@@ -98,7 +98,7 @@ impl TrainConfig {
                 // keep their schedule when the default's rate moves.
                 min_lr: 2e-4,
                 // PyTorch's side runs AdamW on every parameter.
-                optimizer: Optimizer::AdamW,
+                optimizer: UpdateRule::AdamW,
                 eval_batches: 16,
                 tokenizer: "bytes".to_string(),
                 preset,
@@ -119,7 +119,7 @@ impl TrainConfig {
                 batch_size: 8,
                 lr: 1e-3,
                 min_lr: 1e-4,
-                optimizer: Optimizer::AdamW,
+                optimizer: UpdateRule::AdamW,
                 eval_batches: 16,
                 tokenizer: "bytes".to_string(),
                 preset,
@@ -141,7 +141,7 @@ impl TrainConfig {
                 // nanoGPT's rate for GPT-2 small.
                 lr: 6e-4,
                 min_lr: 6e-5,
-                optimizer: Optimizer::AdamW,
+                optimizer: UpdateRule::AdamW,
                 eval_batches: 16,
                 tokenizer: "bpe:8192".to_string(),
                 preset,
@@ -168,7 +168,7 @@ impl TrainConfig {
                 log_interval: 20,
                 checkpoint_interval: 100,
                 // The tests that train `tiny` assume AdamW; Muon has its own tests.
-                optimizer: Optimizer::AdamW,
+                optimizer: UpdateRule::AdamW,
                 tokenizer: "bytes".to_string(),
                 preset,
                 ..base
@@ -234,7 +234,7 @@ impl TrainConfig {
             grad_clip: 1.0,
             // Muon on the matrices: each step costs more (Newton–Schulz), but it learns
             // more per step than AdamW (BENCHMARKS.md, "Muon").
-            optimizer: Optimizer::Muon,
+            optimizer: UpdateRule::Muon,
             // Three evaluations in a 5-minute run (each costs ~2 s), plus the final one.
             eval_interval: 200,
             // 32 x 4 = 128 windows of 256 tokens (~32k of the ~123k validation tokens);
@@ -467,10 +467,10 @@ mod tests {
     fn learning_rates_are_the_measured_ones() {
         let d = TrainConfig::preset("default").unwrap();
         assert_eq!((d.lr, d.min_lr, d.warmup_steps), (5e-3, 5e-4, 100));
-        assert_eq!((d.optimizer, d.batch_size), (Optimizer::Muon, 4));
+        assert_eq!((d.optimizer, d.batch_size), (UpdateRule::Muon, 4));
         let p = TrainConfig::preset("poet").unwrap();
         assert_eq!((p.lr, p.min_lr, p.warmup_steps), (5e-3, 5e-4, 200));
-        assert_eq!((p.optimizer, p.batch_size), (Optimizer::Muon, 4));
+        assert_eq!((p.optimizer, p.batch_size), (UpdateRule::Muon, 4));
     }
 
     #[test]
@@ -501,7 +501,7 @@ mod tests {
             assert_eq!(m.positions, Positions::Learned, "{name}");
             assert_eq!(
                 c.optimizer,
-                Optimizer::AdamW,
+                UpdateRule::AdamW,
                 "{name}: PyTorch's side is AdamW"
             );
             // The tokenizer gives the model its vocabulary.

@@ -127,20 +127,20 @@ mod tests {
     /// default (Muon) base; a partial file keeps the base's optimizer.
     #[test]
     fn a_run_config_from_before_muon_means_adamw() {
-        use crate::train::config::Optimizer;
+        use crate::train::config::UpdateRule;
         let base = TrainConfig::preset("default").unwrap();
-        assert_eq!(base.optimizer, Optimizer::Muon);
+        assert_eq!(base.optimizer, UpdateRule::Muon);
         let old = include_str!("../../benches/results/verse/lr3b.config.toml");
         assert!(!old.contains("optimizer"));
         let c = config_from_toml(&base, old).unwrap();
         assert_eq!(
             (c.optimizer, c.lr, c.batch_size),
-            (Optimizer::AdamW, 3e-3, 8)
+            (UpdateRule::AdamW, 3e-3, 8)
         );
         let c = config_from_toml(&base, "lr = 0.004\n").unwrap();
-        assert_eq!(c.optimizer, Optimizer::Muon);
+        assert_eq!(c.optimizer, UpdateRule::Muon);
         let c = config_from_toml(&base, &format!("optimizer = \"muon\"\n{old}")).unwrap();
-        assert_eq!(c.optimizer, Optimizer::Muon);
+        assert_eq!(c.optimizer, UpdateRule::Muon);
     }
 
     #[test]

@@ -111,8 +111,8 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
     let p = v * c + wpe + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
     let f = 4.0;
     let optimizer = match config.optimizer {
-        super::config::Optimizer::AdamW => 2.0 * p,
-        super::config::Optimizer::Muon => {
+        super::config::UpdateRule::AdamW => 2.0 * p,
+        super::config::UpdateRule::Muon => {
             let threads = rayon::current_num_threads() as f64;
             2.0 * p - l * 12.0 * c * c + threads * 13.0 * c * c
         }

@@ -3,13 +3,13 @@
 //! One optimizer step reads as its phases: learning rate, (evaluation), micro-steps
 //! (forward + backward, gradients summed), clip, step, log, (checkpoint).
 
-pub mod adamw;
 pub mod checkpoint;
 pub mod config;
 pub mod config_file;
 pub mod faults;
 pub mod memory;
 pub mod muon;
+pub mod optimizer;
 pub mod setup;
 
 use crate::data::{eval_windows, Corpus, WindowSampler};
@@ -17,10 +17,10 @@ use crate::eval::{evaluate_windows, EvalReport};
 use crate::loss::CrossEntropyOptions;
 use crate::model::{native, Gpt};
 use crate::tokenizer::Tokenizer;
-use adamw::{AdamW, AdamWConfig, ParamGroup};
 use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
-use config::{Optimizer, TrainConfig};
+use config::{TrainConfig, UpdateRule};
+use optimizer::{AdamWConfig, Optimizer, ParamGroup};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
@@ -99,7 +99,7 @@ pub struct StepOutcome {
 /// The model, its optimizer and the sampler: everything one step changes.
 pub struct Trainer {
     pub model: Gpt,
-    pub optimizer: AdamW,
+    pub optimizer: Optimizer,
     pub sampler: WindowSampler,
     pub config: TrainConfig,
     device: Device,
@@ -109,7 +109,7 @@ pub struct Trainer {
 /// i-th moment pair and the i-th parameter line up), each with its weight decay: the
 /// matrices of linear layers only (`params::Role::decays`), which `--optimizer muon`
 /// also hands to Muon.
-pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW> {
+pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<Optimizer> {
     let groups = model
         .params()
         .iter()
@@ -126,7 +126,7 @@ pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW>
                 rule: if matrix {
                     config.optimizer
                 } else {
-                    Optimizer::AdamW
+                    UpdateRule::AdamW
                 },
             }
         })
@@ -137,12 +137,12 @@ pub fn optimizer_for(model: &Gpt, config: &TrainConfig) -> anyhow::Result<AdamW>
         beta2: config.beta2,
         eps: 1e-8,
     };
-    Ok(AdamW::new(groups, adam)?)
+    Ok(Optimizer::new(groups, adam)?)
 }
 
 /// The optimizer's moments as named tensors "m.<param>" and "v.<param>" (checkpoints;
 /// Muon's matrices have no v).
-pub fn optimizer_tensors(model: &Gpt, opt: &AdamW) -> anyhow::Result<HashMap<String, Tensor>> {
+pub fn optimizer_tensors(model: &Gpt, opt: &Optimizer) -> anyhow::Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for ((name, _), (m, v)) in model.params().iter().zip(opt.moments()?) {
         out.insert(format!("m.{name}"), m);
@@ -191,8 +191,8 @@ impl Trainer {
                     })
                 };
                 let v = match rule {
-                    Optimizer::AdamW => Some(get(format!("v.{name}"))?),
-                    Optimizer::Muon => None,
+                    UpdateRule::AdamW => Some(get(format!("v.{name}"))?),
+                    UpdateRule::Muon => None,
                 };
                 Ok((get(format!("m.{name}"))?, v))
             })

@@ -33,7 +33,7 @@ pub struct Overrides {
     pub warmup_steps: Option<usize>,
     pub weight_decay: Option<f64>,
     pub grad_clip: Option<f64>,
-    pub optimizer: Option<super::config::Optimizer>,
+    pub optimizer: Option<super::config::UpdateRule>,
     pub eval_interval: Option<usize>,
     pub eval_batches: Option<usize>,
     pub log_interval: Option<usize>,
@@ -620,7 +620,7 @@ mod tests {
     fn a_resume_refuses_another_optimizer() {
         let mut c = crate::train::config::TrainConfig::preset("default").unwrap();
         let o = Overrides {
-            optimizer: Some(crate::train::config::Optimizer::AdamW),
+            optimizer: Some(crate::train::config::UpdateRule::AdamW),
             ..Default::default()
         };
         let e = o.apply_resume(&mut c, 10, 1.0).unwrap_err().to_string();

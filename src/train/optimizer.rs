@@ -1,4 +1,5 @@
-//! AdamW updating each parameter's storage in place, parallel over fixed chunks.
+//! The optimizer: AdamW (and Muon for the matrices, when the config's `UpdateRule`
+//! asks) updating each parameter's storage in place, parallel over fixed chunks.
 //!
 //! candle-nn's AdamW builds about ten full-size temporaries per parameter per step
 //! and then copies the result back with `Var::set`. This one reads p, g, m, v and
@@ -14,11 +15,11 @@
 //! A parameter without a gradient in the store is left alone (no decay either), as in
 //! PyTorch.
 //!
-//! A group may instead be stepped by Muon ([`Optimizer::Muon`], `super::muon`): its matrices
+//! A group may instead be stepped by Muon ([`UpdateRule::Muon`], `super::muon`): its matrices
 //! keep one momentum buffer (saved as their first moment) and no second moment, and
 //! share the learning rate and decoupled decay of the AdamW groups.
 
-use super::config::Optimizer;
+use super::config::UpdateRule;
 use candle_core::backprop::GradStore;
 use candle_core::{
     bail, CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var,
@@ -37,11 +38,11 @@ pub struct ParamGroup {
     pub vars: Vec<Var>,
     pub weight_decay: f64,
     /// AdamW, or Muon (2-D parameters only).
-    pub rule: Optimizer,
+    pub rule: UpdateRule,
 }
 
 /// Hyper-parameters other than the per-group weight decay. `lr` may be changed
-/// before every step with [`AdamW::set_lr`].
+/// before every step with [`Optimizer::set_lr`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
     pub lr: f64,
@@ -65,15 +66,15 @@ impl Default for AdamWConfig {
 struct Param {
     var: Var,
     weight_decay: f64,
-    rule: Optimizer,
+    rule: UpdateRule,
     /// AdamW's first moment, or Muon's momentum buffer.
     m: Vec<f32>,
     /// AdamW's second moment; empty under Muon.
     v: Vec<f32>,
 }
 
-/// In-place AdamW over f32 CPU parameters.
-pub struct AdamW {
+/// In-place AdamW (and Muon, per group) over f32 CPU parameters.
+pub struct Optimizer {
     params: Vec<Param>,
     config: AdamWConfig,
     t: u64,
@@ -189,9 +190,9 @@ impl InplaceOp1 for MuonApply<'_> {
     }
 }
 
-impl AdamW {
+impl Optimizer {
     /// Moments start at zero, t at 0. Every parameter must be an f32 CPU tensor
-    /// (contiguous, as `Var`s created by candle are), and 2-D under [`Optimizer::Muon`].
+    /// (contiguous, as `Var`s created by candle are), and 2-D under [`UpdateRule::Muon`].
     pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
         let mut params = Vec::new();
         for group in groups {
@@ -205,7 +206,7 @@ impl AdamW {
                 if !var.is_contiguous() {
                     bail!("adamw: parameters must be contiguous")
                 }
-                if group.rule == Optimizer::Muon && var.rank() != 2 {
+                if group.rule == UpdateRule::Muon && var.rank() != 2 {
                     bail!(
                         "muon: parameters must be matrices, got shape {:?}",
                         var.shape()
@@ -218,8 +219,8 @@ impl AdamW {
                     rule: group.rule,
                     m: vec![0.0; n],
                     v: match group.rule {
-                        Optimizer::AdamW => vec![0.0; n],
-                        Optimizer::Muon => Vec::new(),
+                        UpdateRule::AdamW => vec![0.0; n],
+                        UpdateRule::Muon => Vec::new(),
                     },
                 });
             }
@@ -249,7 +250,7 @@ impl AdamW {
     }
 
     /// The parameters, in the order of the groups and of the vars within each group:
-    /// the order of [`AdamW::moments`].
+    /// the order of [`Optimizer::moments`].
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
         self.params.iter().map(|p| &p.var)
     }
@@ -265,7 +266,7 @@ impl AdamW {
     }
 
     /// One AdamW step with `grads[i]` the gradient of the i-th parameter (the order of
-    /// [`AdamW::vars`]), each first multiplied by `grad_scale` (the clipping factor),
+    /// [`Optimizer::vars`]), each first multiplied by `grad_scale` (the clipping factor),
     /// in the same pass as the update.
     pub fn step_scaled(&mut self, grads: &[Option<Tensor>], grad_scale: f64) -> Result<()> {
         if grads.len() != self.params.len() {
@@ -284,7 +285,7 @@ impl AdamW {
         self.params
             .par_iter_mut()
             .zip(grads.par_iter())
-            .filter(|(p, _)| p.rule == Optimizer::Muon)
+            .filter(|(p, _)| p.rule == UpdateRule::Muon)
             .try_for_each(|(p, g)| -> Result<()> {
                 let Some(g) = g else {
                     return Ok(());
@@ -307,7 +308,7 @@ impl AdamW {
                 p.var.as_tensor().inplace_op1(&op)
             })?;
         for (p, g) in self.params.iter_mut().zip(grads) {
-            let (Optimizer::AdamW, Some(g)) = (p.rule, g) else {
+            let (UpdateRule::AdamW, Some(g)) = (p.rule, g) else {
                 continue;
             };
             let g = g.contiguous()?;
@@ -348,28 +349,28 @@ impl AdamW {
     }
 
     /// Copies of the first and second moments, one (m, v) pair per parameter in the
-    /// order of [`AdamW::vars`], each shaped like its parameter (no v under Muon): what
-    /// a checkpoint saves, with [`AdamW::step_count`].
+    /// order of [`Optimizer::vars`], each shaped like its parameter (no v under Muon): what
+    /// a checkpoint saves, with [`Optimizer::step_count`].
     pub fn moments(&self) -> Result<Vec<(Tensor, Option<Tensor>)>> {
         self.params
             .iter()
             .map(|p| {
                 let shape = p.var.shape();
                 let v = match p.rule {
-                    Optimizer::AdamW => Some(Tensor::from_slice(&p.v, shape, &Device::Cpu)?),
-                    Optimizer::Muon => None,
+                    UpdateRule::AdamW => Some(Tensor::from_slice(&p.v, shape, &Device::Cpu)?),
+                    UpdateRule::Muon => None,
                 };
                 Ok((Tensor::from_slice(&p.m, shape, &Device::Cpu)?, v))
             })
             .collect()
     }
 
-    /// The update rule of each parameter, in the order of [`AdamW::vars`].
-    pub fn rules(&self) -> impl Iterator<Item = Optimizer> + '_ {
+    /// The update rule of each parameter, in the order of [`Optimizer::vars`].
+    pub fn rules(&self) -> impl Iterator<Item = UpdateRule> + '_ {
         self.params.iter().map(|p| p.rule)
     }
 
-    /// Restores the state saved by [`AdamW::moments`] and [`AdamW::step_count`]; the
+    /// Restores the state saved by [`Optimizer::moments`] and [`Optimizer::step_count`]; the
     /// next step then does exactly what it would have done without the round trip.
     pub fn set_state(&mut self, t: u64, moments: &[(Tensor, Option<Tensor>)]) -> Result<()> {
         if moments.len() != self.params.len() {
@@ -380,7 +381,7 @@ impl AdamW {
             )
         }
         for (p, (m, v)) in self.params.iter_mut().zip(moments) {
-            if v.is_some() != (p.rule == Optimizer::AdamW) {
+            if v.is_some() != (p.rule == UpdateRule::AdamW) {
                 bail!(
                     "adamw: a second moment is {} for parameter {:?}",
                     if v.is_some() { "given" } else { "missing" },
