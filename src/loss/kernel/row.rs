@@ -216,7 +216,13 @@ fn dsum_lanes<T: Elem<F>, F: Real>(x: &[T], m: F, ds: &mut [F; LANES]) {
 /// sums `s`. Blocks of a multiple of `LANES` elements (with any remainder only in the
 /// last) sum in exactly the order of one call over the whole row.
 #[inline(always)]
-fn exp_block<T: Elem<F>, F: Real>(x: &[T], m: F, e: &mut [F], s: &mut [F; LANES], pf: Prefetch) {
+fn exp_block<T: Elem<F>, F: Real, N>(
+    x: &[T],
+    m: F,
+    e: &mut [F],
+    s: &mut [F; LANES],
+    pf: Prefetch<N>,
+) {
     debug_assert_eq!(x.len(), e.len());
     let mut xi = x.chunks_exact(LANES);
     let mut ei = e.chunks_exact_mut(LANES);
@@ -243,32 +249,38 @@ fn exp_block<T: Elem<F>, F: Real>(x: &[T], m: F, e: &mut [F], s: &mut [F; LANES]
 /// The next row's bytes from element `first_elem` on, to be brought into L2 one
 /// `LANES`-element chunk per chunk read here, so that its read from memory overlaps
 /// this row's arithmetic instead of following it. Empty (a no-op) for the last row.
-#[derive(Clone, Copy)]
-struct Prefetch {
+struct Prefetch<N> {
     base: *const u8,
     len: usize,
-    /// Bytes per element of the next row (which need not be those of the row read:
-    /// a widened row is read as f32).
-    elem: usize,
+    /// The next row's element type (which need not be the type of the row read: a
+    /// widened row is read as f32), known at compile time so that a chunk's prefetch
+    /// stays one instruction.
+    _next: std::marker::PhantomData<N>,
 }
 
-impl Prefetch {
+impl<N> Clone for Prefetch<N> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<N> Copy for Prefetch<N> {}
+
+impl<N> Prefetch<N> {
     #[inline(always)]
-    fn of<N>(next: &[N], first_elem: usize) -> Self {
-        let elem = std::mem::size_of::<N>();
+    fn of(next: &[N], first_elem: usize) -> Self {
         let bytes = std::mem::size_of_val(next);
-        let off = (first_elem * elem).min(bytes);
+        let off = (first_elem * std::mem::size_of::<N>()).min(bytes);
         Self {
             base: (next.as_ptr() as *const u8).wrapping_add(off),
             len: bytes - off,
-            elem,
+            _next: std::marker::PhantomData,
         }
     }
 
     /// Prefetches the bytes of chunk `k` (elements k·LANES .. (k+1)·LANES).
     #[inline(always)]
     fn chunk(self, k: usize) {
-        let sz = LANES * self.elem;
+        let sz = LANES * std::mem::size_of::<N>();
         prefetch_range(self.base, self.len, k * sz, sz);
     }
 }
