@@ -738,48 +738,38 @@ mod tests {
     use super::*;
     use half::f16;
 
+    /// Pass B's two sums over the row `x` (max `m`), as exact f64 bits: without the
+    /// row of exponentials (`stored` false: the loss alone) or storing it.
+    fn sums<T: Elem<F>, F: Real>(x: &[T], m: F, stored: bool) -> (u64, u64) {
+        let mut e = vec![F::ZERO; x.len()];
+        let row = stored.then_some(&mut e[..]);
+        let (s, ds) = pass_exp::<T, F, f32>(x, m, row, true, &[]);
+        (s.to_f64().to_bits(), ds.to_f64().to_bits())
+    }
+
+    fn max_of<F: Real>(x: &[F]) -> F {
+        x.iter().fold(-F::INF, |a, &b| if b > a { b } else { a })
+    }
+
     /// Pass B's sums (Σ e and Σ (m - y)) have the same bits whether the exponentials
     /// are stored (16 at a time, summed from the row) or only summed (the loss alone:
-    /// 64 at a time through `add_lanes`), for f32, f64 and f16 rows read as they are
-    /// or widened, at every length up to 300 and a few longer ones.
+    /// 64 at a time through `add_lanes`), for f32, f64 and f16 rows (the f16 row read
+    /// as it is against its widened copy), at every length up to 300 and a few longer.
     #[test]
     fn pass_exp_sums_alike_with_and_without_the_row() {
-        let none: &[f32] = &[];
         for n in (1..=300).chain([1000, 1024 + 77]) {
             let x: Vec<f32> = (0..n)
                 .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 97.0 - 5.0)
                 .collect();
-            let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut e = vec![0f32; n];
-            let alone = pass_exp::<f32, f32, f32>(&x, m, None, true, none);
-            let row = pass_exp::<f32, f32, f32>(&x, m, Some(&mut e), true, none);
-            assert_eq!(
-                (alone.0.to_bits(), alone.1.to_bits()),
-                (row.0.to_bits(), row.1.to_bits()),
-                "f32, {n}"
-            );
-
+            let m = max_of(&x);
+            assert_eq!(sums(&x, m, false), sums(&x, m, true), "f32, {n}");
             let x64: Vec<f64> = x.iter().map(|&v| v as f64 / 3.0).collect();
-            let m64 = x64.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-            let mut e64 = vec![0f64; n];
-            let alone = pass_exp::<f64, f64, f32>(&x64, m64, None, true, none);
-            let row = pass_exp::<f64, f64, f32>(&x64, m64, Some(&mut e64), true, none);
-            assert_eq!(
-                (alone.0.to_bits(), alone.1.to_bits()),
-                (row.0.to_bits(), row.1.to_bits()),
-                "f64, {n}"
-            );
-
+            let m64 = max_of(&x64);
+            assert_eq!(sums(&x64, m64, false), sums(&x64, m64, true), "f64, {n}");
             let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
             let wide: Vec<f32> = xh.iter().map(|h| h.to_f32()).collect();
-            let mh = wide.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let alone = pass_exp::<f16, f32, f32>(&xh, mh, None, true, none);
-            let row = pass_exp::<f32, f32, f32>(&wide, mh, Some(&mut e), true, none);
-            assert_eq!(
-                (alone.0.to_bits(), alone.1.to_bits()),
-                (row.0.to_bits(), row.1.to_bits()),
-                "f16, {n}"
-            );
+            let mh = max_of(&wide);
+            assert_eq!(sums(&xh, mh, false), sums(&wide, mh, true), "f16, {n}");
         }
     }
 }
