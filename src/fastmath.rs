@@ -43,30 +43,10 @@ pub(crate) fn exp_f32_nonpos(x: f32) -> f32 {
 /// [`exp_f32_nonpos`] on W lanes, each step on every lane before the next: one lane's
 /// steps are one long dependency chain, and the kernels' 16-lane loops left the FMA
 /// units waiting on it (on AVX2 two vectors in flight, on AVX-512 one). The same
-/// operations in the same order per lane, so the same bits.
+/// operations per lane ([`exp_core_lanes`]), so the same bits.
 #[inline(always)]
 pub(crate) fn exp_f32_nonpos_lanes<const W: usize>(x: &[f32; W], y: &mut [f32; W]) {
-    let mut t = [0f32; W];
-    for l in 0..W {
-        t[l] = x[l].mul_add(EXP_LOG2E, EXP_MAGIC);
-    }
-    let mut r = [0f32; W];
-    for l in 0..W {
-        let k = t[l] - EXP_MAGIC;
-        r[l] = (-k).mul_add(EXP_LN2_LO, (-k).mul_add(EXP_LN2_HI, x[l]));
-    }
-    let mut p = [EXP_POLY[0]; W];
-    for &c in &EXP_POLY[1..] {
-        for l in 0..W {
-            p[l] = p[l].mul_add(r[l], c);
-        }
-    }
-    for l in 0..W {
-        let er = (p[l] * r[l]).mul_add(r[l], r[l]) + 1.0;
-        let ki = t[l].to_bits().wrapping_sub(EXP_MAGIC.to_bits()) as i32;
-        let v = er * f32::from_bits((ki.wrapping_add(127) as u32) << 23);
-        y[l] = if x[l] < -87.0 { 0.0 } else { v };
-    }
+    exp_core_lanes::<W, true>(x, y);
 }
 
 /// log2(e), the reduction's scale: k = round(x·log2e).
@@ -89,21 +69,42 @@ pub(crate) const EXP_POLY: [f32; 6] = [
 ];
 
 /// e^x for x in [-87, 88] (any other x gives garbage, never a panic): the reduction,
-/// the polynomial and the 2^k scaling of [`exp_f32`]. (`loss::kernel::short_rows`
-/// spells the same steps in AVX-512 intrinsics; a test holds the two to the same bits.)
+/// the polynomial and the 2^k scaling of [`exp_f32`], one lane ([`exp_core_lanes`]).
 #[inline(always)]
 fn exp_core(x: f32) -> f32 {
-    let t = x.mul_add(EXP_LOG2E, EXP_MAGIC);
-    let k = t - EXP_MAGIC;
-    let ki = t.to_bits().wrapping_sub(EXP_MAGIC.to_bits()) as i32; // k as an integer
-    let r = (-k).mul_add(EXP_LN2_LO, (-k).mul_add(EXP_LN2_HI, x));
-    let mut p = EXP_POLY[0];
-    for &c in &EXP_POLY[1..] {
-        p = p.mul_add(r, c);
+    let mut y = [0f32];
+    exp_core_lanes::<1, false>(&[x], &mut y);
+    y[0]
+}
+
+/// [`exp_core`] on W lanes, each step on every lane before the next, and with `CUT`
+/// exactly 0 where x < -87 (in the same loop as the scaling; BENCHMARKS.md,
+/// "Measurements behind the code"): the one place the exponential's steps are written.
+/// (`loss::kernel::short_rows` spells the same steps in AVX-512 intrinsics; a test
+/// holds the two to the same bits.)
+#[inline(always)]
+fn exp_core_lanes<const W: usize, const CUT: bool>(x: &[f32; W], y: &mut [f32; W]) {
+    let mut t = [0f32; W];
+    for l in 0..W {
+        t[l] = x[l].mul_add(EXP_LOG2E, EXP_MAGIC);
     }
-    let er = (p * r).mul_add(r, r) + 1.0;
-    let scale = f32::from_bits((ki.wrapping_add(127) as u32) << 23);
-    er * scale
+    let mut r = [0f32; W];
+    for l in 0..W {
+        let k = t[l] - EXP_MAGIC;
+        r[l] = (-k).mul_add(EXP_LN2_LO, (-k).mul_add(EXP_LN2_HI, x[l]));
+    }
+    let mut p = [EXP_POLY[0]; W];
+    for &c in &EXP_POLY[1..] {
+        for l in 0..W {
+            p[l] = p[l].mul_add(r[l], c);
+        }
+    }
+    for l in 0..W {
+        let er = (p[l] * r[l]).mul_add(r[l], r[l]) + 1.0;
+        let ki = t[l].to_bits().wrapping_sub(EXP_MAGIC.to_bits()) as i32; // k as an integer
+        let v = er * f32::from_bits((ki.wrapping_add(127) as u32) << 23);
+        y[l] = if CUT && x[l] < -87.0 { 0.0 } else { v };
+    }
 }
 
 /// Arguments x ≤ 0 where an exp's edges show: signed zero, a subnormal, both sides of

@@ -531,13 +531,13 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
             let correct = first_max_at::<F, F>(&y, t, m);
             // Only looked for when the max says the row is all -inf (or NaN).
             let any_nan = m == -F::INF && y.iter().any(|&v| v.is_nan());
-            (m, y_t, correct, any_nan, true)
+            (m, y_t, correct, any_nan, wide)
         } else {
             let m = pass_max::<T, F>(xs);
             let y_t = xs[t].load();
             let correct = first_max_at::<T, F>(xs, t, m);
             let any_nan = m == -F::INF && xs.iter().any(|&xv| xv.load().is_nan());
-            (m, y_t, correct, any_nan, false)
+            (m, y_t, correct, any_nan, wide)
         }
     };
     let fault = if m == F::INF || any_nan {
