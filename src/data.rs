@@ -22,6 +22,9 @@ pub struct Corpus {
     pub val_docs: usize,
 }
 
+/// The corpus `tinylm train` reads when none is given (the sample shipped in `data/`).
+pub const DEFAULT_CORPUS: &str = "data/zh_corpus.txt";
+
 /// Bytes of memory a run needs per byte of its input text, at most: the text, its
 /// train/validation copies, the token ids (4 bytes per token, at most one token per
 /// byte) and the BPE trainer's working copy.

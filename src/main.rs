@@ -123,9 +123,10 @@ struct Common {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Training text (UTF-8; poems separated by blank lines).
-    #[arg(long, default_value = "data/zh_corpus.txt")]
-    data: PathBuf,
+    /// Training text (UTF-8; poems separated by blank lines) [default: data/zh_corpus.txt;
+    /// on a resume, the text the run recorded, which a resume refuses to change].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Run directory for checkpoints, metrics and the config (default: runs/<preset>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -143,7 +144,8 @@ struct TrainArgs {
     config: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint, or a checkpoint
     /// directory (an older one only with --out NEW_DIR: a fork). A resume takes only
-    /// --max-steps, --time-budget, --max-bad-steps and the interval flags.
+    /// --max-steps, --time-budget, --max-bad-steps and the interval flags, and --data
+    /// where the recorded text moved (it must be the same text).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Optimizer steps: the cosine schedule runs over them and the run is bit-for-bit
@@ -315,9 +317,10 @@ struct EvalArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "20")]
     samples: Option<usize>,
     /// The corpus the run was trained on (its validation poems give the prompts, its
-    /// training text the copy measure; split as the run split it).
-    #[arg(long, default_value = "data/zh_corpus.txt")]
-    data: PathBuf,
+    /// training text the copy measure; split as the run split it) [default: the text
+    /// the checkpoint recorded, else data/zh_corpus.txt; another text is refused].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// New tokens per sample.
     #[arg(long, default_value_t = tinylm::verse::SAMPLE_TOKENS)]
     max_new_tokens: usize,
@@ -506,7 +509,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     println!("run directory: {}", p.run_dir.display());
     println!(
         "corpus {}: {} training tokens ({} poems), {} validation tokens ({} poems); tokenizer {} ({:.2} bytes/token)",
-        a.data.display(),
+        p.corpus_record.path.display(),
         corpus.train.len(),
         corpus.train_docs,
         corpus.val.len(),
@@ -551,17 +554,23 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         stop,
         progress: !a.no_progress,
         stop_at_step: None,
+        corpus: Some(p.corpus_record.clone()),
     };
     let summary = train::run(config, corpus, tokenizer, &opts, p.resume)?;
     println!(
-        "{} after {} steps in {:.1} s ({:.0} tok/s): val loss {:.4}, {:.3} bits/byte, {:.3} bits/char",
+        "{} after {} steps in {:.1} s ({:.0} tok/s): val loss {:.4}, {:.3} bits/byte, {:.3} bits/char{}",
         if summary.interrupted { "interrupted" } else { "done" },
         summary.steps,
         summary.elapsed_s,
         summary.tokens_per_s,
         summary.final_val.loss,
         summary.final_val.bits_per_byte,
-        summary.final_val.bits_per_char
+        summary.final_val.bits_per_char,
+        if summary.final_val_step == summary.steps {
+            String::new()
+        } else {
+            format!(" (its last evaluation, at step {})", summary.final_val_step)
+        }
     );
     println!("checkpoint: {}", summary.last_checkpoint.display());
     if summary.interrupted {
@@ -809,7 +818,10 @@ fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
     let form = match a.samples {
         None => None,
         Some(n) => {
-            let corpus = read_corpus(&a.data)?;
+            let (_, corpus) = train::setup::read_recorded_corpus(
+                a.data.as_deref(),
+                Some((&m.dir, m.state.corpus.as_ref())),
+            )?;
             let c = &m.state.config;
             let split = tinylm::data::split_text(&corpus, c.val_fraction, c.seed)?;
             Some(tinylm::verse::form_report_for_split(

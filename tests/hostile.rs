@@ -604,3 +604,120 @@ fn what_was_silently_wrong_is_refused() {
     .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A resume trains on the text its run recorded (and refuses another), keeps the run's
+/// metrics one record per step, and prunes only the checkpoints it wrote; a config's
+/// `preset` is the preset it overrides, checked like the flag.
+#[test]
+fn a_resume_keeps_its_text_its_records_and_the_users_files() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path();
+    let corpus = d.join("corpus.txt");
+    std::fs::copy("data/zh_tiny.txt", &corpus).unwrap();
+    let run = d.join("run");
+    let c = corpus.to_str().unwrap();
+    run_ok(
+        &train_args(
+            &run,
+            &[
+                "--data",
+                c,
+                "--max-steps",
+                "4",
+                "--checkpoint-interval",
+                "2",
+            ],
+        ),
+        &[],
+    );
+    // What a user keeps beside checkpoints, under names like theirs.
+    for dir in ["step-1", "step-00000001"] {
+        std::fs::create_dir(run.join(dir)).unwrap();
+        std::fs::write(run.join(dir).join("notes.txt"), "mine").unwrap();
+    }
+    std::fs::write(run.join("step-00000003"), "mine").unwrap();
+    // The run went past its last checkpoint (step 7 logged), then a write was cut.
+    let metrics = run.join("metrics.jsonl");
+    let mut m = std::fs::read_to_string(&metrics).unwrap();
+    m.push_str("{\"step\":7,\"train_loss\":1.0}\n{\"step\":8,\"train_l");
+    std::fs::write(&metrics, m).unwrap();
+    // No --data: the recorded text, not data/zh_corpus.txt of the working directory.
+    let resume = |extra: &[&str]| {
+        let mut v = strs(&[
+            "train",
+            "--no-progress",
+            "--sample-tokens",
+            "0",
+            "--log-interval",
+            "1",
+            "--checkpoint-interval",
+            "2",
+            "--resume",
+            run.to_str().unwrap(),
+        ]);
+        v.extend(strs(extra));
+        v
+    };
+    let out = run_ok(&resume(&["--max-steps", "8"]), &[]);
+    assert!(out.contains(&format!("corpus {c}:")), "{out}");
+    assert!(out.contains("dropped 1 record after step 4"), "{out}");
+    assert!(out.contains("dropped a cut last line"), "{out}");
+    let steps: Vec<(u64, bool)> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("whole JSON lines");
+            (v["step"].as_u64().unwrap(), v["train_loss"].is_number())
+        })
+        .collect();
+    let trained: Vec<u64> = steps.iter().filter(|s| s.1).map(|s| s.0).collect();
+    assert_eq!(trained, (1..=8).collect::<Vec<u64>>(), "{steps:?}");
+    for f in [
+        "step-1/notes.txt",
+        "step-00000001/notes.txt",
+        "step-00000003",
+    ] {
+        assert_eq!(std::fs::read_to_string(run.join(f)).unwrap(), "mine", "{f}");
+    }
+    let kept: Vec<usize> = checkpoint::list(&run).iter().map(|(s, _)| *s).collect();
+    assert!(kept.contains(&8) && !kept.contains(&2), "{kept:?}");
+    // Another text under the recorded name is refused, before anything is written.
+    std::fs::write(
+        &corpus,
+        "床前明月光\n疑是地上霜\n\n举头望明月\n低头思故乡\n",
+    )
+    .unwrap();
+    let before = tree(&run);
+    let e = run_fails(&resume(&["--max-steps", "10"]), &[]);
+    assert!(e.contains("is not the text checkpoint"), "{e}");
+    assert_eq!(tree(&run), before);
+    // Moved: found again with --data, and only if it is the same text.
+    let moved = d.join("moved.txt");
+    std::fs::copy("data/zh_tiny.txt", &moved).unwrap();
+    std::fs::remove_file(&corpus).unwrap();
+    let e = run_fails(&resume(&["--max-steps", "10"]), &[]);
+    assert!(e.contains("give its new path with --data"), "{e}");
+    run_ok(
+        &resume(&["--max-steps", "10", "--data", moved.to_str().unwrap()]),
+        &[],
+    );
+    // A config's preset: an unknown one, or one the flag contradicts, is refused.
+    for (toml, flag, want) in [
+        ("preset = \"nonsense\"\n", None, "unknown preset"),
+        ("preset = \"tiny\"\n", Some("default"), "disagree"),
+    ] {
+        let cfg = d.join("c.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let mut args = train_args(
+            &d.join("new"),
+            &["--max-steps", "1", "--config", cfg.to_str().unwrap()],
+        );
+        if let Some(p) = flag {
+            let i = args.iter().position(|a| a == "--preset").unwrap();
+            args[i + 1] = p.to_string();
+        }
+        let e = run_fails(&args, &[]);
+        assert!(e.contains(want), "{e}");
+        assert!(!d.join("new").exists());
+    }
+}

@@ -31,6 +31,7 @@ fn opts(dir: &Path, stop_at: Option<usize>) -> RunOptions {
         stop: Arc::new(AtomicBool::new(false)),
         progress: false,
         stop_at_step: stop_at,
+        corpus: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Checkpoints: a directory `step-NNNNNNNN/` in the run directory holding
 //! `model.safetensors` (weights), `optim.safetensors` (AdamW moments; Muon's momentum)
-//! and `state.json` (config, step, sampler state, tokenizer, best validation loss, and
-//! the size and xxHash64 of both tensor files).
+//! and `state.json` (config, step, sampler state, tokenizer, best validation loss, the
+//! training text's path, size and xxHash64, and the size and xxHash64 of both tensor
+//! files).
 //!
 //! Written atomically: everything goes into a temporary directory, each file is fsynced,
 //! then the directory is renamed into place and the run directory fsynced. A crash at
@@ -49,6 +50,35 @@ pub struct TrainState {
     /// non-finite steps were skipped. Absent in older checkpoints: then `step`.
     #[serde(default)]
     pub optimizer_steps: Option<u64>,
+    /// The training text: a resume reads it again from here and refuses a text that
+    /// changed. Absent in older checkpoints.
+    #[serde(default)]
+    pub corpus: Option<CorpusRecord>,
+}
+
+/// Which text a run trained on: its path as given, its size and its checksum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusRecord {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// xxHash64 (seed 0) of the whole text, 16 lowercase hex digits.
+    pub xxh64: String,
+}
+
+impl CorpusRecord {
+    pub fn of(path: &Path, text: &[u8]) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            bytes: text.len() as u64,
+            xxh64: format!("{:016x}", xxh64(text)),
+        }
+    }
+
+    /// Whether `other` is the same text (wherever it lives now).
+    pub fn same_text(&self, other: &CorpusRecord) -> bool {
+        self.bytes == other.bytes && self.xxh64 == other.xxh64
+    }
 }
 
 /// A checkpoint read back: its state, the weights and the optimizer moments.
@@ -280,7 +310,11 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Checkpoint directories of a run, oldest first.
+/// Checkpoint directories of a run, oldest first: only what [`save`] writes, a real
+/// directory named exactly `step-NNNNNNNN` holding a `state.json` file. Anything else
+/// that merely looks like one (`step-1/`, a plain file `step-00000003`, a symlink, a
+/// directory of the user's notes) is not a checkpoint, so that pruning and resuming
+/// never touch it.
 pub fn list(run_dir: &Path) -> Vec<(usize, PathBuf)> {
     let mut out: Vec<(usize, PathBuf)> = fs::read_dir(run_dir)
         .into_iter()
@@ -289,7 +323,10 @@ pub fn list(run_dir: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let step = name.strip_prefix("step-")?.parse().ok()?;
-            Some((step, e.path()))
+            let ours = name == step_dir_name(step)
+                && e.file_type().is_ok_and(|t| t.is_dir())
+                && fs::symlink_metadata(e.path().join(STATE_FILE)).is_ok_and(|m| m.is_file());
+            ours.then(|| (step, e.path()))
         })
         .collect();
     out.sort();
@@ -326,12 +363,17 @@ pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<usize>) -> anyh
 pub const RUN_MARKER: &str = ".tinylm-run";
 
 /// The files a run writes with [`write_atomic`]; only their temporary names are tidied.
-const ATOMIC_FILES: &[&str] = &["config.toml", "tokenizer.json", "curves.svg"];
+const ATOMIC_FILES: &[&str] = &[
+    "config.toml",
+    "tokenizer.json",
+    "curves.svg",
+    "metrics.jsonl",
+];
 
 /// True when `dir` is a tinylm run directory: it holds the run marker, or (a run from
 /// before the marker) at least one checkpoint with its `state.json`.
 pub fn is_run_dir(dir: &Path) -> bool {
-    dir.join(RUN_MARKER).is_file() || list(dir).iter().any(|(_, d)| d.join(STATE_FILE).is_file())
+    dir.join(RUN_MARKER).is_file() || !list(dir).is_empty()
 }
 
 /// Marks `dir` as a run directory (see [`RUN_MARKER`]).
@@ -858,6 +900,50 @@ mod tests {
         )
         .unwrap();
         assert!(RunLock::acquire(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn prune_touches_only_checkpoints_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        mark_run_dir(d).unwrap();
+        for step in [2, 4, 6, 8] {
+            let c = d.join(step_dir_name(step));
+            fs::create_dir(&c).unwrap();
+            fs::write(c.join(STATE_FILE), "{}").unwrap();
+        }
+        // The user's, named like checkpoints: a short name, a directory of notes with
+        // no state.json, a plain file, a symlink to a real checkpoint.
+        fs::create_dir(d.join("step-1")).unwrap();
+        fs::write(d.join("step-1/notes.txt"), "mine").unwrap();
+        fs::create_dir(d.join("step-00000001")).unwrap();
+        fs::write(d.join("step-00000001/notes.txt"), "mine").unwrap();
+        fs::write(d.join("step-00000003"), "mine").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(d.join("step-00000002"), d.join("step-00000005")).unwrap();
+        let steps: Vec<usize> = list(d).iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [2, 4, 6, 8]);
+        prune(d, 1, Some(4)).unwrap();
+        let steps: Vec<usize> = list(d).iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [4, 8]);
+        assert_eq!(
+            fs::read_to_string(d.join("step-1/notes.txt")).unwrap(),
+            "mine"
+        );
+        assert_eq!(
+            fs::read_to_string(d.join("step-00000001/notes.txt")).unwrap(),
+            "mine"
+        );
+        assert_eq!(fs::read_to_string(d.join("step-00000003")).unwrap(), "mine");
+        #[cfg(unix)]
+        assert!(fs::symlink_metadata(d.join("step-00000005"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A directory without the marker counts as a run only through a real checkpoint.
+        let other = tempfile::tempdir().unwrap();
+        fs::create_dir(other.path().join("step-00000001")).unwrap();
+        assert!(!is_run_dir(other.path()));
     }
 
     #[test]

@@ -35,6 +35,29 @@ fn unknown_key(base: &toml::Value, over: &toml::Value, prefix: &str) -> Option<S
 /// Files larger than this are refused unread: a config is a few hundred bytes.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
+/// The `preset` a config's TOML `text` names, if any (malformed TOML is left for
+/// [`config_from_toml`] to report; a `preset` that is not a string is an error here).
+pub fn preset_of(text: &str) -> anyhow::Result<Option<String>> {
+    let Ok(toml::Value::Table(t)) = toml::from_str::<toml::Value>(text) else {
+        return Ok(None);
+    };
+    match t.get("preset") {
+        None => Ok(None),
+        Some(toml::Value::String(name)) => Ok(Some(name.clone())),
+        Some(other) => anyhow::bail!(
+            "invalid config: `preset` must be a preset's name, not {}",
+            other.type_str()
+        ),
+    }
+}
+
+/// The `[model] vocab_size` a config's TOML `text` sets, if any: a new run's vocabulary
+/// is its tokenizer's, so a different one here is replaced (and said so).
+pub fn vocab_size_of(text: &str) -> Option<i64> {
+    let v: toml::Value = toml::from_str(text).ok()?;
+    v.get("model")?.get("vocab_size")?.as_integer()
+}
+
 /// `base` with the fields of the TOML `text` overriding it. Unknown fields, wrong types
 /// and malformed TOML are errors that say which; the result is not yet validated.
 pub fn config_from_toml(base: &TrainConfig, text: &str) -> anyhow::Result<TrainConfig> {

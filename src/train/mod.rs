@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Behave as if interrupted after this step (tests of resume use it).
     pub stop_at_step: Option<usize>,
+    /// The training text, recorded in every checkpoint (`setup::prepare` makes it).
+    pub corpus: Option<checkpoint::CorpusRecord>,
 }
 
 /// How a run ended.
@@ -47,6 +49,9 @@ pub struct RunSummary {
     pub steps: usize,
     pub elapsed_s: f64,
     pub final_val: EvalReport,
+    /// The step `final_val` was measured at: the last step, except for an interrupted
+    /// run (not evaluated again when stopped), where it is its last evaluation's.
+    pub final_val_step: usize,
     pub best_val_loss: Option<f64>,
     pub last_checkpoint: PathBuf,
     /// True when the stop flag (Ctrl-C) ended the run early.
@@ -504,6 +509,9 @@ pub fn run(
             let trainer = Trainer::from_checkpoint(&loaded, &opts.device)?;
             let mut state = loaded.state;
             state.config = config.clone();
+            if opts.corpus.is_some() {
+                state.corpus = opts.corpus.clone();
+            }
             state.horizon = config.max_steps.unwrap_or(usize::MAX);
             (trainer, state)
         }
@@ -521,6 +529,7 @@ pub fn run(
                 val_loss: None,
                 warmup_end_s: None,
                 optimizer_steps: None,
+                corpus: opts.corpus.clone(),
             };
             (trainer, state)
         }
@@ -621,7 +630,7 @@ pub fn run(
             eval_time_per_call = Some(t0.elapsed().as_secs_f64());
             let improved =
                 record_eval(&mut state, &rep, &pb, &metrics_path, elapsed(&started), lr)?;
-            last_val = Some(rep);
+            last_val = Some((step, rep));
             if let Err(e) = crate::plot::write_run_curves(&opts.run_dir) {
                 say(&pb, &format!("warning: curves not drawn: {e:#}"));
             }
@@ -753,7 +762,7 @@ pub fn run(
             if last && !interrupted {
                 let rep = evaluate(&trainer)?;
                 record_eval(&mut state, &rep, &pb, &metrics_path, elapsed(&started), lr)?;
-                last_val = Some(rep);
+                last_val = Some((state.step, rep));
             } else {
                 state.val_loss = None;
             }
@@ -769,9 +778,9 @@ pub fn run(
         Ok(path) => println!("curves: {}", path.display()),
         Err(e) => eprintln!("warning: curves not drawn: {e:#}"),
     }
-    let final_val = match last_val {
+    let (final_val_step, final_val) = match last_val {
         Some(v) => v,
-        None => evaluate(&trainer)?,
+        None => (state.step, evaluate(&trainer)?),
     };
     let last_checkpoint = match last_ckpt {
         Some(p) => p,
@@ -796,6 +805,7 @@ pub fn run(
         steps: state.step,
         elapsed_s: elapsed(&started),
         final_val,
+        final_val_step,
         best_val_loss: state.best_val_loss,
         last_checkpoint,
         interrupted,

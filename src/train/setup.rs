@@ -6,10 +6,11 @@
 //! written into a directory that is not a run's own: a new run needs a new or empty
 //! directory, a resume needs a run directory (see `checkpoint::is_run_dir`).
 
+use super::checkpoint::CorpusRecord;
 use super::checkpoint::{self, Loaded, RunLock};
 use super::config::TrainConfig;
 use super::memory::{self, MemoryEstimate, StepKind};
-use crate::data::{read_corpus, split_text, Corpus};
+use crate::data::{read_corpus, split_text, Corpus, DEFAULT_CORPUS};
 use crate::tokenizer::{bpe, Tokenizer};
 use anyhow::Context;
 use candle_core::Device;
@@ -213,8 +214,8 @@ impl Overrides {
 /// What `tinylm train` was asked to do.
 #[derive(Debug, Clone)]
 pub struct TrainRequest {
-    /// The training text.
-    pub data: PathBuf,
+    /// The training text (None: a resume's recorded text, else [`DEFAULT_CORPUS`]).
+    pub data: Option<PathBuf>,
     /// The run directory (new run or fork); default runs/<preset>-<stamp>.
     pub out: Option<PathBuf>,
     /// A preset name (None: `default`; refused on a resume).
@@ -234,6 +235,8 @@ pub struct TrainRequest {
 /// the data and the tokenizer.
 pub struct Prepared {
     pub run_dir: PathBuf,
+    /// The training text read, and what the checkpoints record of it.
+    pub corpus_record: CorpusRecord,
     /// Held for the whole run; released when dropped.
     pub lock: RunLock,
     pub config: TrainConfig,
@@ -262,19 +265,50 @@ enum Mode {
 }
 
 /// The config of a new run: the preset, then the file, then the flags; validated.
-pub fn new_config(req: &TrainRequest) -> anyhow::Result<TrainConfig> {
-    let mut c = TrainConfig::preset(req.preset.as_deref().unwrap_or("default"))?;
-    if let Some(path) = &req.config_file {
-        let bytes =
-            crate::data::read_input(path, "config", super::config_file::MAX_CONFIG_BYTES as u64)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("config {} is not UTF-8 text", path.display()))?;
-        c = super::config_file::config_from_toml(&c, &text)
+/// A new run's config: the preset, the `--config` file over it, the flags over both.
+/// Also returns the vocabulary size the file set, if it set one.
+pub fn new_config(req: &TrainRequest) -> anyhow::Result<(TrainConfig, Option<i64>)> {
+    let text = match &req.config_file {
+        None => None,
+        Some(path) => {
+            let bytes = crate::data::read_input(
+                path,
+                "config",
+                super::config_file::MAX_CONFIG_BYTES as u64,
+            )?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("config {} is not UTF-8 text", path.display()))?;
+            Some((path, text))
+        }
+    };
+    // A config's `preset` (a run's stored config.toml has one) is the preset its other
+    // fields override, so that it names what the run is rather than only labelling it.
+    let file_preset = match &text {
+        Some((path, text)) => super::config_file::preset_of(text)
+            .with_context(|| format!("config {}", path.display()))?,
+        None => None,
+    };
+    if let (Some(name), Some((path, _))) = (&file_preset, &text) {
+        TrainConfig::preset(name).with_context(|| format!("config {}", path.display()))?;
+    }
+    let preset = match (&req.preset, &file_preset) {
+        (Some(flag), Some(file)) if flag != file => anyhow::bail!(
+            "--preset {flag} and the config's preset = \"{file}\" disagree: give one of them"
+        ),
+        (Some(name), _) | (None, Some(name)) => name.as_str(),
+        (None, None) => "default",
+    };
+    let mut c = TrainConfig::preset(preset)?;
+    if let Some((path, text)) = &text {
+        c = super::config_file::config_from_toml(&c, text)
             .with_context(|| format!("config {}", path.display()))?;
     }
     req.overrides.apply_new(&mut c);
     c.validate()?;
-    Ok(c)
+    let file_vocab = text
+        .as_ref()
+        .and_then(|(_, t)| super::config_file::vocab_size_of(t));
+    Ok((c, file_vocab))
 }
 
 /// What a new run (or a fork) finds at its directory.
@@ -401,9 +435,11 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
     super::faults::check_env()?;
     let mut notes = Vec::new();
     // ---- which run, which config
+    let mut file_vocab = None;
     let (mode, run_dir, mut config, resume) = match &req.resume {
         None => {
-            let config = new_config(req)?;
+            let (config, vocab) = new_config(req)?;
+            file_vocab = vocab;
             let run_dir = req.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!(
                     "{}-{}",
@@ -493,7 +529,10 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
 
     // ---- data and tokenizer (a BPE's vocabulary is bounded by what it was asked for,
     // so the memory check can run before it is trained)
-    let text = read_corpus(&req.data)?;
+    let (corpus_record, text) = read_recorded_corpus(
+        req.data.as_deref(),
+        resume.as_ref().map(|l| (&l.dir, l.state.corpus.as_ref())),
+    )?;
     let split = split_text(&text, config.val_fraction, config.seed)?;
     let spec = match (&resume, &req.tokenizer) {
         (_, Some(spec)) => Some(spec.clone()),
@@ -528,6 +567,13 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
             if let Some(spec) = &req.tokenizer {
                 config.tokenizer = spec.clone();
             }
+            if let Some(v) = file_vocab.filter(|&v| v != tokenizer.vocab_size() as i64) {
+                notes.push(format!(
+                    "the config's vocab_size = {v} is replaced by the tokenizer's {} tokens \
+                     (a model's vocabulary is its tokenizer's; choose it with --tokenizer)",
+                    tokenizer.vocab_size()
+                ));
+            }
             config.model.vocab_size = tokenizer.vocab_size();
             config.validate()?;
         }
@@ -552,6 +598,20 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
             "removed {tidied} leftovers of an interrupted checkpoint write"
         ));
     }
+    if let (Mode::Resume, Some(loaded)) = (&mode, &resume) {
+        let (dropped, cut) = trim_metrics(&run_dir.join("metrics.jsonl"), loaded.state.step)?;
+        if dropped > 0 {
+            notes.push(format!(
+                "metrics.jsonl: dropped {dropped} record{} after step {}, where the run \
+                 went on past the checkpoint it resumes from",
+                if dropped == 1 { "" } else { "s" },
+                loaded.state.step
+            ));
+        }
+        if cut {
+            notes.push("metrics.jsonl: dropped a cut last line (a write interrupted)".into());
+        }
+    }
     if !matches!(mode, Mode::Resume) && checkpoint::list(&run_dir).is_empty() {
         // A run that stopped before its first checkpoint: its records would mix with
         // this run's, so they go (only the files a run writes, by name).
@@ -573,6 +633,7 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
     write_config(&run_dir, &config, resume.as_ref(), &mut notes)?;
     Ok(Prepared {
         run_dir,
+        corpus_record,
         lock,
         config,
         corpus,
@@ -583,6 +644,81 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
         split,
         notes,
     })
+}
+
+/// Reads the training text of a run: `given` (a --data flag), else the text the
+/// checkpoint (`dir`, its record) says it was trained on, else [`DEFAULT_CORPUS`]. A
+/// text that is not the recorded one (size and checksum) is refused: a resumed run, or
+/// an evaluation split as the run split it, must see the same text.
+pub fn read_recorded_corpus(
+    given: Option<&Path>,
+    checkpoint: Option<(&PathBuf, Option<&CorpusRecord>)>,
+) -> anyhow::Result<(CorpusRecord, Vec<u8>)> {
+    let recorded = checkpoint.and_then(|(dir, r)| Some((dir, r?)));
+    let path = match (given, recorded) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, Some((_, r))) => r.path.clone(),
+        (None, None) => PathBuf::from(DEFAULT_CORPUS),
+    };
+    let text = read_corpus(&path).map_err(|e| match (given, recorded) {
+        (None, Some((dir, _))) => e.context(format!(
+            "checkpoint {} was trained on {}; if the text moved, give its new path \
+             with --data",
+            dir.display(),
+            path.display()
+        )),
+        _ => e,
+    })?;
+    let record = CorpusRecord::of(&path, &text);
+    if let Some((dir, r)) = recorded {
+        anyhow::ensure!(
+            r.same_text(&record),
+            "{} is not the text checkpoint {} was trained on ({}: {} bytes, xxh64 {}; \
+             this file: {} bytes, xxh64 {}): it must be the same text",
+            path.display(),
+            dir.display(),
+            r.path.display(),
+            r.bytes,
+            r.xxh64,
+            record.bytes,
+            record.xxh64
+        );
+    }
+    Ok((record, text))
+}
+
+/// Makes a resumed run's metrics.jsonl end where its checkpoint does: drops the
+/// records of steps after `step` (the run went on past its last checkpoint before it
+/// stopped, and will log those steps again) and a last line cut short by an interrupted
+/// write, so that the next record starts on a line of its own. Lines that are not
+/// records of ours are kept. Returns (records dropped, whether a cut line was).
+fn trim_metrics(path: &Path, step: usize) -> anyhow::Result<(usize, bool)> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, false)),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    let cut = !text.is_empty() && !text.ends_with(b"\n");
+    let mut kept = Vec::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") {
+            continue; // the cut last line
+        }
+        let later = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step")?.as_u64())
+            .is_some_and(|s| s > step as u64);
+        if later {
+            dropped += 1;
+        } else {
+            kept.extend_from_slice(line);
+        }
+    }
+    if dropped > 0 || cut {
+        checkpoint::write_atomic(path, &kept)?;
+    }
+    Ok((dropped, cut))
 }
 
 /// Writes config.toml, except over a file the user edited (one that no longer says
