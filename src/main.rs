@@ -847,7 +847,7 @@ fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     if let (Some(rep), Some(path)) = (&text_report, &a.text) {
         println!(
-            "{}: {} tokens, {} bytes, {} characters ({:.2} bytes/token)\nloss {:.4} nats/token | {:.4} bits/byte | {:.4} bits/char | perplexity {:.3}",
+            "{}: {} tokens scored, after the first (which has no prediction): {} bytes, {} characters ({:.2} bytes/token)\nloss {:.4} nats/token | {:.4} bits/byte | {:.4} bits/char | perplexity {:.3}",
             path.display(),
             rep.tokens,
             rep.bytes,

@@ -533,6 +533,16 @@ pub fn prepare(req: &TrainRequest, device: &Device) -> anyhow::Result<Prepared> 
         req.data.as_deref(),
         resume.as_ref().map(|l| (&l.dir, l.state.corpus.as_ref())),
     )?;
+    if let Err(e) = std::str::from_utf8(&text) {
+        // Bytes train a byte-level model all the same, but bits per character count
+        // UTF-8 lead bytes, which means nothing for other text: say so.
+        notes.push(format!(
+            "warning: {} is not UTF-8 text (first invalid byte at offset {}): bits per \
+             character count its UTF-8 lead bytes, not characters",
+            corpus_record.path.display(),
+            e.valid_up_to()
+        ));
+    }
     let split = split_text(&text, config.val_fraction, config.seed)?;
     let spec = match (&resume, &req.tokenizer) {
         (_, Some(spec)) => Some(spec.clone()),
