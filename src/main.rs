@@ -153,7 +153,8 @@ struct TrainArgs {
     /// Training wall-clock budget in seconds.
     #[arg(long)]
     time_budget: Option<f64>,
-    /// Seeds the initialisation, the train/validation split and the batch sampler.
+    /// Seeds the initialisation, the train/validation split and the batch sampler
+    /// (0 to 2^63 - 1: config.toml stores it as a TOML integer).
     #[arg(long)]
     seed: Option<u64>,
     /// Layers (L).
@@ -486,6 +487,9 @@ fn train_request(a: &TrainArgs) -> train::setup::TrainRequest {
 }
 
 fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    if let Some(seed) = a.seed {
+        tinylm::limits::check_train_seed(seed)?;
+    }
     tinylm::limits::check_range(
         "sample_tokens",
         a.sample_tokens as f64,
