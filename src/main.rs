@@ -280,8 +280,8 @@ struct SampleArgs {
     /// Text to continue.
     #[arg(long, default_value = "")]
     prompt: String,
-    /// Read the prompt from a file instead.
-    #[arg(long)]
+    /// Read the prompt from a file instead (not with --prompt).
+    #[arg(long, conflicts_with = "prompt")]
     prompt_file: Option<PathBuf>,
     #[arg(long, default_value_t = 300)]
     max_new_tokens: usize,

@@ -10,6 +10,19 @@
 mod bin_util;
 use bin_util::*;
 
+/// Runs expecting clap's usage error: exit 2, one line naming `want`.
+fn usage_error(args: &[&str], want: &str) {
+    let o = cmd(args).output().unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains(want),
+        "{args:?}: {err}"
+    );
+    println!("-> {}", err.trim_end());
+}
+
 #[test]
 fn train_seed_above_i64_max_is_refused_before_any_work() {
     let root = tempfile::tempdir().unwrap();
@@ -55,5 +68,25 @@ fn train_seed_above_i64_max_is_refused_before_any_work() {
     .output()
     .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn sample_prompt_and_prompt_file_conflict() {
+    let root = tempfile::tempdir().unwrap();
+    let f = root.path().join("p.txt");
+    std::fs::write(&f, "床前").unwrap();
+    // Refused while parsing, before the checkpoint is even looked for.
+    usage_error(
+        &[
+            "sample",
+            "--checkpoint",
+            "nope",
+            "--prompt",
+            "X",
+            "--prompt-file",
+            f.to_str().unwrap(),
+        ],
+        "--prompt-file",
+    );
 }
 
