@@ -289,7 +289,9 @@ struct SampleArgs {
     sampling: SamplingArgs,
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
-    /// Recompute the whole window for every token instead of using the KV cache.
+    /// Recompute the whole window for every token instead of using the KV cache: the
+    /// same tokens, slower. Both see the same window: the tokens since it last filled
+    /// the context T; when it fills, it restarts from the last T/2 tokens.
     #[arg(long)]
     no_cache: bool,
     /// Stop where the poem ends: at the first blank line after its body has begun (as

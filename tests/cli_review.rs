@@ -7,6 +7,8 @@
 //! - `bench --filter` that matches no case is an error naming the cases;
 //! - a BPE smaller than asked says so.
 
+use std::path::Path;
+
 mod bin_util;
 use bin_util::*;
 
@@ -88,5 +90,55 @@ fn sample_prompt_and_prompt_file_conflict() {
         ],
         "--prompt-file",
     );
+}
+
+/// A 3-step model of context 32: enough to sample from.
+fn tiny_run(root: &Path) -> std::path::PathBuf {
+    let run = root.join("run");
+    run_ok(
+        &train_args(
+            &run,
+            &["--max-steps", "3", "--form-samples", "0", "--threads", "1"],
+        ),
+        &[],
+    );
+    run
+}
+
+#[test]
+fn sample_no_cache_gives_the_cached_tokens_past_the_context() {
+    let root = tempfile::tempdir().unwrap();
+    let run = tiny_run(root.path());
+    let sample = |n: &str, no_cache: bool| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--prompt",
+            "床前",
+            "--max-new-tokens",
+            n,
+            "--seed",
+            "7",
+            "--threads",
+            "1",
+        ];
+        if no_cache {
+            args.push("--no-cache");
+        }
+        let o = cmd(&args).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        o.stdout
+    };
+    // Context 32: 100 and 150 new tokens restart the window several times.
+    for n in ["20", "100", "150"] {
+        let (cached, full) = (sample(n, false), sample(n, true));
+        assert!(cached.len() > 6 + 20, "{n}: short sample");
+        assert_eq!(
+            text(&cached),
+            text(&full),
+            "--no-cache differs with {n} tokens"
+        );
+    }
 }
 
