@@ -698,11 +698,7 @@ fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
             use tinylm::limits::check_range;
             check_range("bpe_vocab_size", vocab_size as f64, &vocab_size.to_string())?;
             check_range("han_piece", han_piece as f64, &han_piece.to_string())?;
-            anyhow::ensure!(
-                force || !out.exists(),
-                "{} exists: pass --force to replace it, or choose another --out",
-                out.display()
-            );
+            tinylm::tokenizer::check_out_path(&out, force)?;
             let text = read_corpus(&data)?;
             let text = std::str::from_utf8(&text).map_err(|e| {
                 anyhow::anyhow!(

@@ -12,6 +12,10 @@ use std::path::Path;
 mod bin_util;
 use bin_util::*;
 
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 /// Runs expecting clap's usage error: exit 2, one line naming `want`.
 fn usage_error(args: &[&str], want: &str) {
     let o = cmd(args).output().unwrap();
@@ -140,5 +144,55 @@ fn sample_no_cache_gives_the_cached_tokens_past_the_context() {
             "--no-cache differs with {n} tokens"
         );
     }
+}
+
+#[test]
+fn tokenizer_train_refuses_an_unwritable_out_before_training() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path();
+    // A corpus that would take minutes to train were training to come first: the
+    // refusal must come before it is read (a missing --data here proves that too).
+    let missing = d.join("missing.txt");
+    let train = |out: &Path, force: bool| {
+        let mut a = strs(&[
+            "tokenizer",
+            "train",
+            "--data",
+            missing.to_str().unwrap(),
+            "--vocab-size",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if force {
+            a.push("--force".into());
+        }
+        run_fails(&a, &[])
+    };
+    let e = train(&d.join("nodir").join("x.json"), false);
+    assert!(e.contains("nodir") && e.contains("does not exist"), "{e}");
+    let file = d.join("file");
+    std::fs::write(&file, "keep").unwrap();
+    let e = train(&file.join("x.json"), false);
+    assert!(e.contains("is not a directory"), "{e}");
+    let dir = d.join("existing_dir.json");
+    std::fs::create_dir(&dir).unwrap();
+    for force in [false, true] {
+        let e = train(&dir, force);
+        assert!(e.contains("is a directory"), "--force {force}: {e}");
+    }
+    let e = train(&file, false);
+    assert!(e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    // Nothing was left behind (no probe file).
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["existing_dir.json", "file"]);
+    // A writable --out still gets past the check (to the missing corpus).
+    let e = train(&d.join("ok.json"), false);
+    assert!(e.contains("missing.txt"), "{e}");
 }
 
