@@ -196,3 +196,28 @@ fn tokenizer_train_refuses_an_unwritable_out_before_training() {
     assert!(e.contains("missing.txt"), "{e}");
 }
 
+#[test]
+fn bench_filter_that_matches_nothing_is_an_error() {
+    for (what, some_case) in [
+        ("loss", "ce_fwd_512x256"),
+        ("attention", "attn_fwd_2x2x128x32"),
+        ("train", "bench-ref"),
+    ] {
+        let args = strs(&[
+            "bench",
+            what,
+            "--quick",
+            "--json",
+            "--threads",
+            "1",
+            "--filter",
+            "zzz",
+        ]);
+        let e = run_fails(&args, &[]);
+        assert!(
+            e.contains("--filter zzz matches no case; cases are: ") && e.contains(some_case),
+            "{what}: {e}"
+        );
+    }
+}
+
