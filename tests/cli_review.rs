@@ -221,3 +221,50 @@ fn bench_filter_that_matches_nothing_is_an_error() {
     }
 }
 
+#[test]
+fn a_bpe_smaller_than_asked_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path();
+    let one = d.join("one-byte.txt");
+    std::fs::write(&one, "a").unwrap();
+    let out = d.join("t.json");
+    let o = cmd(&[
+        "tokenizer",
+        "train",
+        "--data",
+        one.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let (so, se) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{se}");
+    assert!(so.contains("trained bpe:256"), "{so}");
+    let notes: Vec<&str> = se.lines().collect();
+    assert_eq!(notes.len(), 1, "{se}");
+    assert!(
+        notes[0].starts_with("note: ")
+            && notes[0].contains("256 tokens, fewer than the 300 asked")
+            && notes[0].contains("no more pairs to merge"),
+        "{se}"
+    );
+    // A vocabulary the text can fill: no note.
+    let o = cmd(&[
+        "tokenizer",
+        "train",
+        "--data",
+        "data/zh_tiny.txt",
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+}
