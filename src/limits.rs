@@ -120,6 +120,21 @@ pub fn check_threads(threads: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `train --seed`: at most i64::MAX, because the run's config.toml stores it as a TOML
+/// integer (an i64). `sample` and `eval` seed only a sampler, never stored: any u64.
+pub const MAX_TRAIN_SEED: u64 = i64::MAX as u64;
+
+/// Checks `train --seed` against [0, [`MAX_TRAIN_SEED`]] (exact, as an integer: an f64
+/// cannot tell 2^63 - 1 from 2^63).
+pub fn check_train_seed(seed: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        seed <= MAX_TRAIN_SEED,
+        "--seed must be in [0, {MAX_TRAIN_SEED}] (config.toml stores it as a TOML \
+         integer), got {seed}"
+    );
+    Ok(())
+}
+
 /// The README's table of ranges (a test keeps the README in step with [`RANGES`]).
 pub fn ranges_markdown() -> String {
     let mut out = String::from("| field | flag | range |\n| --- | --- | --- |\n");
@@ -149,6 +164,7 @@ pub fn ranges_markdown() -> String {
     }
     out += &format!(
         "| threads | `--threads` | [1, cores x {THREADS_PER_CORE}] |\n\
+         | seed | `train --seed` | [0, {MAX_TRAIN_SEED}] (`sample`, `eval`: any u64) |\n\
          | tokens a step | batch x accumulation x context | [1, {MAX_TOKENS_PER_STEP}] |\n\
          | `lr x weight_decay` | | [0, 1) |\n"
     );

@@ -155,7 +155,8 @@ struct TrainArgs {
     /// Training wall-clock budget in seconds.
     #[arg(long)]
     time_budget: Option<f64>,
-    /// Seeds the initialisation, the train/validation split and the batch sampler.
+    /// Seeds the initialisation, the train/validation split and the batch sampler
+    /// (0 to 2^63 - 1: config.toml stores it as a TOML integer).
     #[arg(long)]
     seed: Option<u64>,
     /// Layers (L).
@@ -281,8 +282,8 @@ struct SampleArgs {
     /// Text to continue.
     #[arg(long, default_value = "")]
     prompt: String,
-    /// Read the prompt from a file instead.
-    #[arg(long)]
+    /// Read the prompt from a file instead (not with --prompt).
+    #[arg(long, conflicts_with = "prompt")]
     prompt_file: Option<PathBuf>,
     #[arg(long, default_value_t = 300)]
     max_new_tokens: usize,
@@ -290,7 +291,9 @@ struct SampleArgs {
     sampling: SamplingArgs,
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
-    /// Recompute the whole window for every token instead of using the KV cache.
+    /// Recompute the whole window for every token instead of using the KV cache: the
+    /// same tokens, slower. Both see the same window: the tokens since it last filled
+    /// the context T; when it fills, it restarts from the last T/2 tokens.
     #[arg(long)]
     no_cache: bool,
     /// Stop where the poem ends: at the first blank line after its body has begun (as
@@ -489,6 +492,9 @@ fn train_request(a: &TrainArgs) -> train::setup::TrainRequest {
 }
 
 fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    if let Some(seed) = a.seed {
+        tinylm::limits::check_train_seed(seed)?;
+    }
     tinylm::limits::check_range(
         "sample_tokens",
         a.sample_tokens as f64,
@@ -701,11 +707,7 @@ fn cmd_tokenizer(cmd: TokenizerCmd) -> anyhow::Result<()> {
             use tinylm::limits::check_range;
             check_range("bpe_vocab_size", vocab_size as f64, &vocab_size.to_string())?;
             check_range("han_piece", han_piece as f64, &han_piece.to_string())?;
-            anyhow::ensure!(
-                force || !out.exists(),
-                "{} exists: pass --force to replace it, or choose another --out",
-                out.display()
-            );
+            tinylm::tokenizer::check_out_path(&out, force)?;
             let text = read_corpus(&data)?;
             let text = std::str::from_utf8(&text).map_err(|e| {
                 anyhow::anyhow!(

@@ -150,7 +150,9 @@ pub fn pick(logits: &[f32], recent: &[u32], o: &SamplingOptions, rng: &mut ChaCh
 /// Generates `max_new` tokens after `prompt` (ids), calling `on_token` with each new id.
 /// With `use_cache`, keys and values are cached so each new token costs one position;
 /// without, the whole window is recomputed every step (the reference the cached path is
-/// tested against). Beyond the context, the cache is rebuilt from the last T/2 tokens.
+/// tested against). Both see the same window, so both give the same tokens: the tokens
+/// since the window last filled the context T; when it would pass T, it restarts from
+/// the last T/2 tokens (at least one).
 pub fn generate(
     model: &Gpt,
     prompt: &[u32],
@@ -192,19 +194,24 @@ pub fn generate_until(
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut ids: Vec<u32> = prompt.to_vec();
     let mut cache = KvCache::new();
-    let mut fed = 0; // ids[..fed] are in the cache
+    // Restarting from T/2 tokens rather than sliding by one lets the cache be rebuilt
+    // once per T/2 new tokens instead of every token; the uncached path follows the same
+    // window so that it stays the cached path's reference.
+    let keep = (t_max / 2).max(1);
+    let mut start = 0; // ids[start..] is the window the model sees
+    let mut fed = 0; // ids[start..fed] are in the cache
     for _ in 0..max_new {
+        if ids.len() - start > t_max {
+            start = ids.len() - keep;
+            cache.clear();
+            fed = start;
+        }
         let logits = if use_cache {
-            if cache.len() + (ids.len() - fed) > t_max {
-                cache.clear();
-                fed = ids.len().saturating_sub(t_max / 2);
-            }
             let new = Tensor::new(&ids[fed..], device)?.unsqueeze(0)?; // [1, Tnew]
             let l = model.forward_cached(&new, &mut cache)?; // [1, V]
             fed = ids.len();
             l
         } else {
-            let start = ids.len().saturating_sub(t_max);
             let x = Tensor::new(&ids[start..], device)?.unsqueeze(0)?; // [1, T]
             let all = model.logits(&x)?; // [1, T, V]
             all.narrow(1, x.dim(1)? - 1, 1)?.squeeze(1)? // [1, V]
@@ -272,6 +279,46 @@ mod tests {
         let mut far = vec![1u32];
         far.extend(std::iter::repeat_n(2u32, REPETITION_WINDOW));
         assert_eq!(greedy(2.0, &far), 1);
+    }
+
+    #[test]
+    fn no_cache_gives_the_cached_tokens_past_the_context() {
+        // T = 1 keeps a window of one token (T/2 would be none).
+        for (block_size, positions) in [
+            (16, crate::model::Positions::Learned),
+            (16, crate::model::Positions::Rotary),
+            (1, crate::model::Positions::Rotary),
+        ] {
+            let cfg = crate::model::GptConfig {
+                vocab_size: 256,
+                block_size,
+                n_layer: 1,
+                n_head: 2,
+                n_embd: 16,
+                positions,
+            };
+            let model = Gpt::new(&cfg, 5, &Device::Cpu).unwrap();
+            for temperature in [0.0, 1.0] {
+                let o = SamplingOptions {
+                    temperature,
+                    seed: 7,
+                    ..Default::default()
+                };
+                // A prompt longer than T, then 4·T + 3 tokens: the window restarts
+                // several times.
+                let prompt: Vec<u32> = (0..block_size as u32 + 3).map(|i| 40 + i).collect();
+                let n = 4 * block_size + 3;
+                let run = |cached| {
+                    generate(&model, &prompt, n, &o, cached, &Device::Cpu, |_| {}).unwrap()
+                };
+                let (cached, full) = (run(true), run(false));
+                assert_eq!(cached.len(), n);
+                assert_eq!(
+                    cached, full,
+                    "T {block_size}, {positions:?}, temperature {temperature}"
+                );
+            }
+        }
     }
 
     #[test]

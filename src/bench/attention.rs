@@ -190,10 +190,43 @@ fn measure(
 /// Runs the cases (all, or those whose name contains `args.filter`) and returns the
 /// records; prints a table line per record as it goes unless `quiet`.
 pub fn collect(args: &BenchArgs, quiet: bool) -> anyhow::Result<Vec<Record>> {
+    let plan = plan(args.quick);
+    let names: Vec<String> = plan
+        .iter()
+        .flat_map(|&(s, causal, _)| [false, true].map(|fwdbwd| case_name(s, fwdbwd, causal)))
+        .collect();
+    super::check_filter(args, &names, selects)?;
+    let mut out = Vec::new();
+    for (s, causal, imps) in plan {
+        for fwdbwd in [false, true] {
+            let name = case_name(s, fwdbwd, causal);
+            if args.filter.as_deref().is_some_and(|f| !selects(f, &name)) {
+                continue;
+            }
+            for r in measure(s, fwdbwd, causal, &imps, args)? {
+                if !quiet {
+                    println!(
+                        "{:<34} {:<9} {:>10.3} ms {:>8.2} GFLOP/s {:>12} B extra",
+                        r.case, r.imp, r.median_ms, r.gflops, r.peak_extra_bytes
+                    );
+                }
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--filter`: the cases whose name contains one of its comma-separated parts.
+fn selects(filter: &str, name: &str) -> bool {
+    filter.split(',').any(|part| name.contains(part))
+}
+
+/// The cases: (shape, causal, implementations), each run forward and forward+backward.
+fn plan(quick: bool) -> Vec<(Shape, bool, Vec<Imp>)> {
     let both = [Imp::Reference, Imp::Fused, Imp::FusedNative];
-    // (shape, causal, implementations)
     let mut plan: Vec<(Shape, bool, Vec<Imp>)> = Vec::new();
-    if args.quick {
+    if quick {
         plan.push((
             Shape {
                 b: 2,
@@ -224,28 +257,7 @@ pub fn collect(args: &BenchArgs, quiet: bool) -> anyhow::Result<Vec<Record>> {
             plan.push((s, false, vec![Imp::Fused, Imp::FusedNative]));
         }
     }
-    let mut out = Vec::new();
-    for (s, causal, imps) in plan {
-        for fwdbwd in [false, true] {
-            let name = case_name(s, fwdbwd, causal);
-            // The filter may list several comma-separated substrings.
-            if let Some(f) = &args.filter {
-                if !f.split(',').any(|part| name.contains(part)) {
-                    continue;
-                }
-            }
-            for r in measure(s, fwdbwd, causal, &imps, args)? {
-                if !quiet {
-                    println!(
-                        "{:<34} {:<9} {:>10.3} ms {:>8.2} GFLOP/s {:>12} B extra",
-                        r.case, r.imp, r.median_ms, r.gflops, r.peak_extra_bytes
-                    );
-                }
-                out.push(r);
-            }
-        }
-    }
-    Ok(out)
+    plan
 }
 
 /// Runs the attention bench cases: a table, or with `--json` a JSON array of records

@@ -179,14 +179,9 @@ fn ce_cases(
     threads: usize,
     out: &mut Vec<Record>,
 ) -> anyhow::Result<()> {
-    let shapes: &[(usize, usize)] = if args.quick {
-        &[(512, 256), (64, 8192)]
-    } else {
-        &[(16384, 256), (8192, 8192), (4096, 32768), (4096, 50304)]
-    };
     let o = CrossEntropyOptions::default();
-    let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
-    for &(n, v) in shapes {
+    let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| selects(f, name));
+    for &(n, v) in ce_shapes(args.quick) {
         let (x, t) = inputs(n, v)?;
         let big = n * v >= 100_000_000;
         let (warmup, rounds) = if args.quick {
@@ -196,7 +191,7 @@ fn ce_cases(
         } else {
             (2, 9)
         };
-        let fwd = format!("ce_fwd_{n}x{v}");
+        let fwd = ce_name("fwd", n, v);
         if wanted(&fwd) {
             let mut impls: Vec<(&str, BoxFn)> = vec![
                 (
@@ -219,7 +214,7 @@ fn ce_cases(
                 out.push(ce_record(&fwd, n, floor, r));
             }
         }
-        let fb = format!("ce_fwdbwd_{n}x{v}");
+        let fb = ce_name("fwdbwd", n, v);
         if wanted(&fb) {
             let var = Var::from_tensor(&x)?;
             let mut buf = vec![0f32; n * v];
@@ -274,9 +269,9 @@ fn ce_cases(
                 out.push(ce_record(&fb, n, floor, r));
             }
         }
-        if v >= 8192 {
+        if has_half_cases(v) {
             for dt in [DType::BF16, DType::F16] {
-                let case = format!("ce_fwdbwd_{}_{n}x{v}", dtype_name(dt));
+                let case = ce_name(&format!("fwdbwd_{}", dtype_name(dt)), n, v);
                 if wanted(&case) {
                     let rounds = (warmup, rounds);
                     half_case(&case, (n, v), dt, (&x, &t), &o, rounds, bw, threads, out)?;
@@ -285,6 +280,59 @@ fn ce_cases(
         }
     }
     Ok(())
+}
+
+/// The (N, V) of the cross-entropy cases.
+fn ce_shapes(quick: bool) -> &'static [(usize, usize)] {
+    if quick {
+        &[(512, 256), (64, 8192)]
+    } else {
+        &[(16384, 256), (8192, 8192), (4096, 32768), (4096, 50304)]
+    }
+}
+
+/// 16-bit logits matter at large vocabularies only.
+fn has_half_cases(v: usize) -> bool {
+    v >= 8192
+}
+
+/// `ce_{pass}_{N}x{V}`, e.g. `ce_fwdbwd_bf16_64x8192`.
+fn ce_name(pass: &str, n: usize, v: usize) -> String {
+    format!("ce_{pass}_{n}x{v}")
+}
+
+/// The (N, V, D) of the linear + cross-entropy case.
+fn linear_shape(quick: bool) -> (usize, usize, usize) {
+    if quick {
+        (256, 4096, 64)
+    } else {
+        (4096, 50304, 512)
+    }
+}
+
+fn linear_name((n, v, d): (usize, usize, usize)) -> String {
+    format!("linear_ce_fwdbwd_{n}x{v}_d{d}")
+}
+
+/// Every case name, in run order.
+pub fn case_names(quick: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    for &(n, v) in ce_shapes(quick) {
+        names.push(ce_name("fwd", n, v));
+        names.push(ce_name("fwdbwd", n, v));
+        if has_half_cases(v) {
+            for dt in [DType::BF16, DType::F16] {
+                names.push(ce_name(&format!("fwdbwd_{}", dtype_name(dt)), n, v));
+            }
+        }
+    }
+    names.push(linear_name(linear_shape(quick)));
+    names
+}
+
+/// `--filter`: the cases whose name contains it.
+fn selects(filter: &str, name: &str) -> bool {
+    name.contains(filter)
 }
 
 fn dtype_name(dt: DType) -> &'static str {
@@ -365,13 +413,9 @@ fn half_case(
 }
 
 fn linear_case(args: &BenchArgs, threads: usize, out: &mut Vec<Record>) -> anyhow::Result<()> {
-    let (n, v, d) = if args.quick {
-        (256, 4096, 64)
-    } else {
-        (4096, 50304, 512)
-    };
-    let case = format!("linear_ce_fwdbwd_{n}x{v}_d{d}");
-    if !args.filter.as_deref().is_none_or(|f| case.contains(f)) {
+    let (n, v, d) = linear_shape(args.quick);
+    let case = linear_name((n, v, d));
+    if !args.filter.as_deref().is_none_or(|f| selects(f, &case)) {
         return Ok(());
     }
     let (h0, t) = inputs(n, d)?;
@@ -444,6 +488,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Runs the cases and returns the records; prints the table unless `args.json`.
 pub fn collect(args: &BenchArgs) -> anyhow::Result<Vec<Record>> {
+    super::check_filter(args, &case_names(args.quick), selects)?;
     if !alloc::installed() {
         eprintln!("note: the counting allocator is not installed; peak_extra_bytes will read 0");
     }

@@ -21,6 +21,24 @@ pub struct BenchArgs {
     pub quick: bool,
 }
 
+/// Fails when `args.filter` selects none of `cases` (by the bench's own rule,
+/// `selects`), naming them all: a mistyped filter must not give an empty table and
+/// exit 0. Called before any measurement.
+pub fn check_filter(
+    args: &BenchArgs,
+    cases: &[String],
+    selects: impl Fn(&str, &str) -> bool,
+) -> anyhow::Result<()> {
+    if let Some(f) = &args.filter {
+        anyhow::ensure!(
+            cases.iter().any(|c| selects(f, c)),
+            "--filter {f} matches no case; cases are: {}",
+            cases.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Median of a set of timings (ms). Panics on an empty slice.
 pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));

@@ -171,15 +171,20 @@ fn measure_in_child(preset: &str, quick: bool) -> anyhow::Result<Record> {
         .ok_or_else(|| anyhow::anyhow!("bench train for {preset} printed no record"))
 }
 
+/// `--filter`: the presets whose name contains it, or all when the case name
+/// `gpt_step` contains it.
+fn selects(filter: &str, preset: &str) -> bool {
+    preset.contains(filter) || "gpt_step".contains(filter)
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
+    let names: Vec<String> = PRESETS.iter().map(|p| p.0.to_string()).collect();
+    super::check_filter(args, &names, selects)?;
     let presets: Vec<&str> = PRESETS
         .iter()
         .map(|p| p.0)
-        .filter(|p| match &args.filter {
-            Some(f) => p.contains(f.as_str()) || "gpt_step".contains(f.as_str()),
-            None => true,
-        })
+        .filter(|p| args.filter.as_deref().is_none_or(|f| selects(f, p)))
         .collect();
     // Only the `tinylm` binary can be re-invoked as `bench train`.
     let is_cli = std::env::current_exe()

@@ -171,6 +171,16 @@ pub fn train_bpe_from_text(text: &str, opts: &BpeTrainOptions) -> anyhow::Result
             .map_err(|e| anyhow!("BPE training failed: {e}"))
     })?;
     let tok = BpeTokenizer::from_inner(tk)?;
+    // The trainer stops early, without a word, when no pair is left to merge: say so,
+    // since the model's V and the run's tokenizer name change with it.
+    if tok.vocab_size() < opts.vocab_size {
+        eprintln!(
+            "note: the BPE has {} tokens, fewer than the {} asked: the text has no more \
+             pairs to merge within its pre-tokens",
+            tok.vocab_size(),
+            opts.vocab_size
+        );
+    }
     if opts.progress {
         eprintln!(
             "bpe: trained vocabulary of {} tokens (asked {}) in {:.2} s",

@@ -100,6 +100,53 @@ impl Tokenizer {
     }
 }
 
+/// Checks, before any training, that a tokenizer can be saved at `out`: it names a file
+/// (not a directory) in a directory that exists and takes new files, and an existing
+/// file is replaced only with `force`. Training a large corpus takes minutes: a path
+/// that cannot be written must fail before them, not after.
+pub fn check_out_path(out: &Path, force: bool) -> anyhow::Result<()> {
+    let shown = out.display();
+    anyhow::ensure!(
+        !out.is_dir(),
+        "--out {shown} is a directory: give a file path, e.g. {}",
+        out.join("tokenizer.json").display()
+    );
+    anyhow::ensure!(out.file_name().is_some(), "--out {shown:?} names no file");
+    anyhow::ensure!(
+        force || !out.exists(),
+        "{shown} exists: pass --force to replace it, or choose another --out"
+    );
+    // A bare file name has the empty parent "": the current directory.
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    anyhow::ensure!(
+        dir.is_dir(),
+        "cannot write {shown}: {} is not a directory{}",
+        dir.display(),
+        if dir.exists() {
+            ""
+        } else {
+            " (it does not exist)"
+        }
+    );
+    // The save writes a temporary file beside `out` and renames it: that directory must
+    // take new files (not read-only, not someone else's).
+    let probe = dir.join(format!(
+        ".{}.probe-{}",
+        out.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| anyhow::anyhow!("cannot write {shown}: {e}"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
