@@ -751,6 +751,64 @@ mod tests {
         assert!(c[0].series.iter().all(Vec::is_empty));
     }
 
+    /// Runs `f` on a thread of its own, failing (not hanging) if it takes over a minute.
+    pub(super) fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("drawing hung (or panicked)")
+    }
+
+    /// The review's hang: a series from 1e308 to -1e308 (max − min overflows), in every
+    /// field on the axis that shows it, and the x extremes, in SVG and PNG.
+    #[test]
+    fn values_spanning_all_of_f64_draw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cases: Vec<(String, XAxis)> =
+            ["train_loss", "lr", "grad_norm", "tok_per_s", "val_bpb"]
+                .iter()
+                .map(|f| {
+                    let m =
+                        format!("{{\"step\":1,\"{f}\":1e308}}\n{{\"step\":2,\"{f}\":-1e308}}\n");
+                    (m, XAxis::Step)
+                })
+                .collect();
+        let max = "1.7976931348623157e308";
+        cases.extend([
+            (
+                "{\"step\":1,\"tokens\":1e308,\"train_loss\":1}\n\
+                 {\"step\":2,\"tokens\":-1e308,\"train_loss\":2}\n"
+                    .to_string(),
+                XAxis::Tokens,
+            ),
+            (
+                format!(
+                    "{{\"step\":1,\"elapsed_s\":-{max},\"train_loss\":1}}\n\
+                     {{\"step\":2,\"elapsed_s\":{max},\"train_loss\":2}}\n"
+                ),
+                XAxis::Time,
+            ),
+            (
+                format!("{{\"step\":0,\"train_loss\":1}}\n{{\"step\":{max},\"train_loss\":2}}\n"),
+                XAxis::Step,
+            ),
+        ]);
+        for (i, (metrics, x)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.jsonl"));
+            std::fs::write(&path, &metrics).unwrap();
+            for ext in ["svg", "png"] {
+                let out = dir.path().join(format!("{i}.{ext}"));
+                let (p, o) = (path.clone(), out.clone());
+                within_a_minute(move || plot_runs(&[p], &o, x, "t"))
+                    .unwrap_or_else(|e| panic!("{metrics}: {e:#}"));
+                if ext == "svg" {
+                    let svg = std::fs::read_to_string(&out).unwrap();
+                    assert_eq!(svg.matches("stroke-width=\"2\"").count(), 1, "{metrics}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn formats_go_by_extension() {
         assert_eq!(Format::of(Path::new("a/b.SVG")).unwrap(), Format::Svg);
