@@ -337,6 +337,12 @@ fn damaged_metrics_still_give_a_figure() {
     let err = plot_ok(&[s(&r), "--out", s(&out)]);
     assert!(err.contains("skipped 1 unreadable line"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // The warning names the file read.
+    let read = r.join("metrics.jsonl");
+    assert!(
+        err.starts_with(&format!("warning: {}: ", read.display())),
+        "{err}"
+    );
     assert!(texts(&read_svg(&out)).iter().any(|l| l == "killed"));
 
     // NaN: tinylm writes null; a hand-written NaN is not JSON and is skipped.
@@ -347,6 +353,15 @@ fn damaged_metrics_still_give_a_figure() {
     let err = plot_ok(&[s(&r), "--out", s(&out)]);
     assert!(err.contains("skipped 1 unreadable line"), "{err}");
     read_svg(&out);
+    // A metrics file of another name, named directly: the warning names it.
+    let named = dir.path().join("nan/nan.jsonl");
+    std::fs::write(&named, &nan).unwrap();
+    let err = plot_ok(&[s(&named), "--out", s(&out)]);
+    assert!(
+        err.starts_with(&format!("warning: {}: skipped 1 ", named.display())),
+        "{err}"
+    );
+    assert!(!err.contains("metrics.jsonl"), "{err}");
 
     // Empty, binary and over-long-line files.
     let r = write_run(&dir.path().join("empty"), "", None);

@@ -69,6 +69,8 @@ impl Row {
 pub struct Run {
     /// The run directory's name (the preset and start time for default names).
     pub name: String,
+    /// The metrics file read (as given, or `<dir>/metrics.jsonl`): warnings name it.
+    pub metrics: PathBuf,
     pub preset: Option<String>,
     pub tokenizer: Option<String>,
     /// B·T·k from config.toml: tokens per step, for metrics written before `tokens` was.
@@ -169,6 +171,7 @@ pub fn read_run(path: &Path) -> anyhow::Result<Run> {
     let preset = get("preset").or_else(|| preset_from_name(&name));
     Ok(Run {
         name,
+        metrics,
         preset,
         tokenizer: get("tokenizer"),
         tokens_per_step,
@@ -441,8 +444,8 @@ pub fn plot_runs(paths: &[PathBuf], out: &Path, x: XAxis, title: &str) -> anyhow
     for run in &runs {
         if run.skipped > 0 {
             eprintln!(
-                "warning: run {}: skipped {} unreadable line(s) of {} in metrics.jsonl (first: line {}; a killed run cuts its last line)",
-                run.name,
+                "warning: {}: skipped {} unreadable line(s) of {} (first: line {}; a killed run cuts its last line)",
+                run.metrics.display(),
                 run.skipped,
                 run.lines,
                 run.first_skipped.unwrap_or(0)
@@ -693,6 +696,7 @@ mod tests {
     fn run_of(rows: Vec<Row>, tokenizer: Option<&str>, tps: Option<f64>) -> Run {
         Run {
             name: "r".into(),
+            metrics: PathBuf::from("r/metrics.jsonl"),
             preset: None,
             tokenizer: tokenizer.map(str::to_string),
             tokens_per_step: tps,
