@@ -323,6 +323,7 @@ fn damaged_metrics_still_give_a_figure() {
         .collect();
     assert!(!no_val.contains("bytes_per_token\":3"), "{no_val}");
     let r = write_run(&dir.path().join("noval"), &no_val, None);
+    // The figures after this one replace it: --force.
     plot_ok(&[s(&r), "--out", s(&out)]);
     let svg = read_svg(&out);
     let p = panels(&svg);
@@ -334,9 +335,15 @@ fn damaged_metrics_still_give_a_figure() {
     let full = metrics(100, 50, 5.0);
     let cut = &full[..full.len() - 40];
     let r = write_run(&dir.path().join("killed"), cut, None);
-    let err = plot_ok(&[s(&r), "--out", s(&out)]);
+    let err = plot_ok(&[s(&r), "--out", s(&out), "--force"]);
     assert!(err.contains("skipped 1 unreadable line"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // The warning names the file read.
+    let read = r.join("metrics.jsonl");
+    assert!(
+        err.starts_with(&format!("warning: {}: ", read.display())),
+        "{err}"
+    );
     assert!(texts(&read_svg(&out)).iter().any(|l| l == "killed"));
 
     // NaN: tinylm writes null; a hand-written NaN is not JSON and is skipped.
@@ -344,17 +351,26 @@ fn damaged_metrics_still_give_a_figure() {
         + "{\"step\":110,\"elapsed_s\":11.0,\"train_loss\":NaN,\"lr\":0.001}\n"
         + "{\"step\":120,\"elapsed_s\":12.0,\"train_loss\":1e300,\"lr\":-1e300,\"grad_norm\":0}\n";
     let r = write_run(&dir.path().join("nan"), &nan, None);
-    let err = plot_ok(&[s(&r), "--out", s(&out)]);
+    let err = plot_ok(&[s(&r), "--out", s(&out), "--force"]);
     assert!(err.contains("skipped 1 unreadable line"), "{err}");
     read_svg(&out);
+    // A metrics file of another name, named directly: the warning names it.
+    let named = dir.path().join("nan/nan.jsonl");
+    std::fs::write(&named, &nan).unwrap();
+    let err = plot_ok(&[s(&named), "--out", s(&out), "--force"]);
+    assert!(
+        err.starts_with(&format!("warning: {}: skipped 1 ", named.display())),
+        "{err}"
+    );
+    assert!(!err.contains("metrics.jsonl"), "{err}");
 
     // Empty, binary and over-long-line files.
     let r = write_run(&dir.path().join("empty"), "", None);
-    plot_ok(&[s(&r), "--out", s(&out)]);
+    plot_ok(&[s(&r), "--out", s(&out), "--force"]);
     assert!(texts(&read_svg(&out)).iter().any(|l| l == "no data yet"));
     let junk: Vec<u8> = (0..100_000u32).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(dir.path().join("empty/metrics.jsonl"), &junk).unwrap();
-    plot_ok(&[s(&r), "--out", s(&out)]);
+    plot_ok(&[s(&r), "--out", s(&out), "--force"]);
     read_svg(&out);
     let long = format!(
         "{{\"step\":1,\"x\":\"{}\"}}\n{}",
@@ -362,13 +378,13 @@ fn damaged_metrics_still_give_a_figure() {
         metrics(20, 10, 5.0)
     );
     std::fs::write(dir.path().join("empty/metrics.jsonl"), long).unwrap();
-    let err = plot_ok(&[s(&r), "--out", s(&out)]);
+    let err = plot_ok(&[s(&r), "--out", s(&out), "--force"]);
     assert!(err.contains("skipped 1 unreadable line"), "{err}");
     assert_eq!(panels(&read_svg(&out))[0].0.len(), 1);
 
     // A metrics file named directly; odd characters in the run's name.
     let odd = write_run(&dir.path().join("a&b<c> 春"), &full, None);
-    plot_ok(&[s(&odd.join("metrics.jsonl")), "--out", s(&out)]);
+    plot_ok(&[s(&odd.join("metrics.jsonl")), "--out", s(&out), "--force"]);
     assert!(texts(&read_svg(&out)).iter().any(|l| l == "a&b<c> 春"));
     let png = dir.path().join("f.png");
     plot_ok(&[s(&odd), "--out", s(&png)]);
@@ -420,6 +436,82 @@ fn bad_input_is_a_one_line_error() {
     assert_eq!(text(&o.stderr).trim_end().lines().count(), 1);
     let o = tinylm(&["plot"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// Whatever is at --out is refused, before any metrics are read (a missing run is not
+/// what the error is about), and left as it was; --force replaces a regular file only.
+#[test]
+fn an_existing_out_is_kept_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_run(&dir.path().join("good"), &metrics(20, 10, 5.0), None);
+    let missing = dir.path().join("missing");
+    let mine = dir.path().join("my.svg");
+    std::fs::write(&mine, "precious").unwrap();
+    for run in [&good, &missing] {
+        for watch in [&[][..], &["--watch", "--watch-checks", "1"][..]] {
+            let e = plot_err(&[&[s(run), "--out", s(&mine)][..], watch].concat());
+            assert!(e.contains(s(&mine)) && e.contains("--force"), "{e}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "precious");
+    plot_ok(&[s(&good), "--out", s(&mine), "--force"]);
+    read_svg(&mine);
+
+    // The default --out, curves.svg in the current directory.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::write(cwd.join("curves.svg"), "precious").unwrap();
+    let o = bin_util::cmd(&["plot", s(&good)])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let e = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.starts_with("error: curves.svg exists") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cwd.join("curves.svg")).unwrap(),
+        "precious"
+    );
+}
+
+/// What is not a regular file at --out is refused even with --force, and left as it
+/// was: a symbolic link (and its target), a FIFO (never opened), a directory.
+#[cfg(unix)]
+#[test]
+fn special_files_at_out_are_refused_even_forced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_run(&dir.path().join("good"), &metrics(20, 10, 5.0), None);
+    let target = dir.path().join("target.svg");
+    std::fs::write(&target, "precious").unwrap();
+    let link = dir.path().join("link.svg");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = dir.path().join("fifo.svg");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let folder = dir.path().join("folder.svg");
+    std::fs::create_dir(&folder).unwrap();
+    for (path, kind) in [
+        (&link, "a symbolic link"),
+        (&fifo, "not a regular file"),
+        (&folder, "a directory"),
+    ] {
+        for force in [&[][..], &["--force"][..]] {
+            let e = plot_err(&[&[s(&good), "--out", s(path)][..], force].concat());
+            assert!(e.contains(s(path)) && e.contains(kind), "{e}");
+            assert!(e.contains("--force"), "{e}");
+        }
+    }
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
 }
 
 /// Waits (bounded) for a line of `lines` that satisfies `want`.
@@ -492,13 +584,14 @@ fn watch_waits_for_a_run_then_redraws_as_it_grows() {
     assert_eq!(evals(), 3);
     child.kill().unwrap();
     child.wait().unwrap();
-    // --watch-checks ends it by itself.
+    // --watch-checks ends it by itself; --force lets it replace the figure above.
     let o = tinylm(&[
         "plot",
         "--watch",
         s(&run),
         "--out",
         s(&out),
+        "--force",
         "--interval",
         "0.05",
         "--watch-checks",

@@ -2,6 +2,8 @@
 
 use super::{Curves, Metric, XAxis};
 use ab_glyph::Font;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -71,7 +73,7 @@ fn printable(s: &str, png: bool, max_chars: usize) -> String {
     out
 }
 
-/// Tick labels short enough for a narrow axis: 12k, 3.4M, 2e-4, 0.25.
+/// Tick labels short enough for a narrow axis: 12k, 3.4M, 2e-4, 1.72e308, 0.25.
 pub fn tick(v: f64) -> String {
     fn trim(s: String) -> String {
         if s.contains('.') && !s.contains('e') {
@@ -80,11 +82,19 @@ pub fn tick(v: f64) -> String {
             s
         }
     }
+    // "2.000e-4" reads as "2e-4", "1.720e308" as "1.72e308".
+    let sci = |v: f64| {
+        let s = format!("{v:.3e}");
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        format!("{}e{e}", trim(m.to_string()))
+    };
     let a = v.abs();
     if !v.is_finite() {
         format!("{v}")
     } else if a == 0.0 {
         "0".to_string()
+    } else if a >= 1e12 {
+        sci(v)
     } else if a >= 1e9 {
         trim(format!("{:.2}", v / 1e9)) + "G"
     } else if a >= 1e6 {
@@ -92,16 +102,15 @@ pub fn tick(v: f64) -> String {
     } else if a >= 1e4 {
         trim(format!("{:.1}", v / 1e3)) + "k"
     } else if a < 1e-2 {
-        let s = format!("{v:.1e}");
-        // "2.0e-4" reads as "2e-4".
-        s.replace(".0e", "e")
+        sci(v)
     } else {
         trim(format!("{v:.3}"))
     }
 }
 
 /// (low, high) of the values, widened so that a flat or empty series still has a
-/// range and no point sits on the frame.
+/// range and no point sits on the frame. Both ends are finite for any finite values;
+/// high − low may still overflow (values near ±f64::MAX), which [`Axis`] handles.
 fn range(vals: impl Iterator<Item = f64>, pad: bool) -> (f64, f64) {
     let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
@@ -109,10 +118,11 @@ fn range(vals: impl Iterator<Item = f64>, pad: bool) -> (f64, f64) {
     if lo > hi {
         return (0.0, 1.0);
     }
-    let span = hi - lo;
-    let margin = if span > 0.0 {
+    // Half the span: finite even when the span itself is not.
+    let half = hi / 2.0 - lo / 2.0;
+    let margin = if half > 0.0 {
         if pad {
-            0.05 * span
+            0.1 * half
         } else {
             0.0
         }
@@ -121,15 +131,140 @@ fn range(vals: impl Iterator<Item = f64>, pad: bool) -> (f64, f64) {
     } else {
         1.0
     };
-    let (mut a, b) = (lo - margin, hi + margin);
-    // Never below zero for values that cannot be negative (losses, norms, rates).
-    if lo >= 0.0 && a < 0.0 {
-        a = 0.0;
+    let widen = |m: f64| {
+        let a = (lo - m).max(-f64::MAX);
+        let b = (hi + m).min(f64::MAX);
+        // Never below zero for values that cannot be negative (losses, norms, rates).
+        (if lo >= 0.0 && a < 0.0 { 0.0 } else { a }, b)
+    };
+    match widen(margin) {
+        // A flat series so close to zero that its margin underflowed.
+        (a, b) if a >= b => widen(1.0),
+        r => r,
     }
-    if a.is_finite() && b.is_finite() && a < b {
-        (a, b)
-    } else {
-        (lo, hi.max(lo + 1.0))
+}
+
+/// At most this many labelled ticks on an axis.
+const TICKS: usize = 6;
+
+/// The multiples of `step` in [lo, hi], at most `max` of them: a bounded loop whatever
+/// the floats (plotters' own tick search never ends when hi − lo overflows).
+fn multiples(lo: f64, hi: f64, step: f64, max: usize) -> Vec<f64> {
+    if !(step.is_finite() && step > 0.0) {
+        return Vec::new();
+    }
+    let first = (lo / step).ceil();
+    let n = (hi / step).floor() - first + 1.0;
+    if n.is_nan() || n < 1.0 {
+        return Vec::new();
+    }
+    let mut out: Vec<f64> = (0..n.min(max as f64) as usize)
+        .map(|i| (first + i as f64) * step)
+        .filter(|v| v.is_finite() && lo <= *v && *v <= hi)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Tick values for [lo, hi] (finite, lo < hi): the multiples of the smallest round step
+/// (1, 2 or 5 × 10^k) that gives at most `max` of them, and that step; the two ends
+/// when no round step fits in f64.
+fn ticks(lo: f64, hi: f64, max: usize) -> (Vec<f64>, f64) {
+    // The step that would give `max` ticks, from half the span (which cannot overflow).
+    let raw = (hi / 2.0 - lo / 2.0) * (2.0 / max as f64);
+    let mag = 10f64.powf(raw.log10().floor());
+    for e in [0.1, 1.0, 10.0, 100.0] {
+        for m in [1.0, 2.0, 5.0] {
+            let step = m * mag * e;
+            let n = (hi / step).floor() - (lo / step).ceil() + 1.0;
+            if step.is_finite() && step > 0.0 && n <= max as f64 {
+                let t = multiples(lo, hi, step, max);
+                if !t.is_empty() {
+                    return (t, step);
+                }
+            }
+        }
+    }
+    (vec![lo, hi], f64::NAN)
+}
+
+/// plotters' linear f64 coordinate with the ticks given, never those of its own search.
+struct Linear {
+    range: RangedCoordf64,
+    bold: Vec<f64>,
+    light: Vec<f64>,
+}
+
+impl Ranged for Linear {
+    // Labels come from our formatter; this only makes plotters' mesh accept the axis.
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        self.range.map(v, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            self.light.clone()
+        } else {
+            self.bold.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.range()
+    }
+}
+
+/// One axis: its range and ticks in the values' units, and the factor that takes values
+/// to drawing units.
+struct Axis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+    /// Light grid lines: half steps.
+    light: Vec<f64>,
+    /// 1, or 2^-8 when hi − lo overflows: plotters maps a point by (v − lo) / (hi − lo),
+    /// which must be finite. A power of two, so that scaling and unscaling are exact.
+    shrink: f64,
+}
+
+impl Axis {
+    fn new(vals: impl Iterator<Item = f64>, pad: bool) -> Axis {
+        let (lo, hi) = range(vals, pad);
+        let (ticks, step) = ticks(lo, hi, TICKS);
+        Axis {
+            lo,
+            hi,
+            light: multiples(lo, hi, step / 2.0, 2 * TICKS + 1),
+            ticks,
+            shrink: if (hi - lo).is_finite() {
+                1.0
+            } else {
+                1.0 / 256.0
+            },
+        }
+    }
+
+    /// The value `v` in drawing units.
+    fn at(&self, v: f64) -> f64 {
+        v * self.shrink
+    }
+
+    /// plotters' coordinate, in drawing units.
+    fn coord(&self) -> Linear {
+        let s = self.shrink;
+        Linear {
+            range: RangedCoordf64::from(self.lo * s..self.hi * s),
+            bold: self.ticks.iter().map(|t| t * s).collect(),
+            light: self.light.iter().map(|t| t * s).collect(),
+        }
+    }
+
+    /// The label of a tick given in drawing units.
+    fn label(&self, v: f64) -> String {
+        tick(v / self.shrink)
     }
 }
 
@@ -164,8 +299,8 @@ fn draw_figure<DB: DrawingBackend>(
         XAxis::Tokens => (1.0, "training tokens seen"),
         XAxis::Bytes => (1.0, "training bytes seen (tokens × validation bytes/token)"),
     };
-    // One x range for every panel, so that a step lines up across them.
-    let xr = range(
+    // One x axis for every panel, so that a step lines up across them.
+    let xa = Axis::new(
         fig.runs
             .iter()
             .flat_map(|r| r.series.iter().flatten())
@@ -173,7 +308,7 @@ fn draw_figure<DB: DrawingBackend>(
         false,
     );
     for (k, (metric, cell)) in Metric::ALL.iter().zip(&cells).enumerate() {
-        panel(cell, fig, k, *metric, (x_scale, x_desc), xr)?;
+        panel(cell, fig, k, *metric, (x_scale, x_desc), &xa)?;
     }
     legend(&cells[5], fig, png)
 }
@@ -184,35 +319,43 @@ fn panel<DB: DrawingBackend>(
     k: usize,
     metric: Metric,
     (x_scale, x_desc): (f64, &str),
-    xr: (f64, f64),
+    xa: &Axis,
 ) -> DrawResult<DB> {
+    let ya = Axis::new(
+        fig.runs
+            .iter()
+            .flat_map(|r| r.series[k].iter().map(|p| p.1)),
+        true,
+    );
+    // In drawing units.
     let series: Vec<Vec<(f64, f64)>> = fig
         .runs
         .iter()
-        .map(|r| r.series[k].iter().map(|&(x, y)| (x * x_scale, y)).collect())
+        .map(|r| {
+            r.series[k]
+                .iter()
+                .map(|&(x, y)| (xa.at(x * x_scale), ya.at(y)))
+                .collect()
+        })
         .collect();
     let all = || series.iter().flatten();
-    let yr = range(all().map(|p| p.1), true);
     let mut chart = ChartBuilder::on(area)
         .caption(metric.title(), bold(17.0))
         .margin(10)
         .margin_right(24)
         .x_label_area_size(42)
         .y_label_area_size(68)
-        .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
+        .build_cartesian_2d(xa.coord(), ya.coord())?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(metric.unit())
-        .x_labels(6)
-        .y_labels(6)
-        .x_label_formatter(&|v| tick(*v))
-        .y_label_formatter(&|v| tick(*v))
+        .x_label_formatter(&|v| xa.label(*v))
+        .y_label_formatter(&|v| ya.label(*v))
         .label_style(style(13.0))
         .axis_desc_style(style(14.0))
         .bold_line_style(RGBColor(210, 210, 210))
         .light_line_style(RGBColor(240, 240, 240))
-        .max_light_lines(2)
         .draw()?;
     for (i, pts) in series.iter().enumerate() {
         if pts.is_empty() {
@@ -294,6 +437,7 @@ pub fn png(fig: &Figure, path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plot::tests::within_a_minute;
 
     #[test]
     fn ticks_are_short() {
@@ -309,6 +453,10 @@ mod tests {
             (2e-4, "2e-4"),
             (1.5e-3, "1.5e-3"),
             (-0.5, "-0.5"),
+            (1e12, "1e12"),
+            (-1e308, "-1e308"),
+            (1.72e308, "1.72e308"),
+            (1.2341e-7, "1.234e-7"),
         ] {
             assert_eq!(tick(v), want, "{v}");
         }
@@ -322,8 +470,97 @@ mod tests {
         assert_eq!(range([0.0].into_iter(), true), (0.0, 1.0));
         // No padding below zero for non-negative values.
         assert_eq!(range([0.0, 10.0].into_iter(), true), (0.0, 10.5));
-        let (a, b) = range([-1e308, 1e308].into_iter(), true);
-        assert!(a.is_finite() && b.is_finite() && a < b);
+        for vals in [
+            vec![-1e308, 1e308],
+            vec![-f64::MAX, f64::MAX],
+            vec![f64::MAX],
+            vec![-f64::MAX],
+            vec![5e-324],
+            vec![0.0, f64::MAX],
+        ] {
+            for pad in [false, true] {
+                let (a, b) = range(vals.iter().copied(), pad);
+                assert!(a.is_finite() && b.is_finite() && a < b, "{vals:?}: {a} {b}");
+                assert!(
+                    vals.iter().all(|v| (a..=b).contains(v)),
+                    "{vals:?}: {a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ticks_are_round_bounded_and_inside() {
+        assert_eq!(
+            ticks(0.0, 2560.0, 6).0,
+            [0.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0]
+        );
+        assert_eq!(ticks(0.0, 30720.0, 6).0, [0.0, 1e4, 2e4, 3e4]);
+        assert_eq!(
+            ticks(-1e308, 1e308, 6).0,
+            [-1e308, -5e307, 0.0, 5e307, 1e308]
+        );
+        // Spans that overflow, ulp-wide ones, subnormal ones: never more than `max`, never
+        // outside, ascending (plotters' own search never returns on the first ones).
+        let m = f64::MAX;
+        for (lo, hi) in [
+            (-m, m),
+            (0.0, m),
+            (m * 0.95, m),
+            (1.0, 1.0 + f64::EPSILON),
+            (1e300, 1e300 * (1.0 + 4.0 * f64::EPSILON)),
+            (0.0, 5e-324),
+            (-1e-310, 1e-310),
+            (-3.0, -2.0),
+        ] {
+            let (t, _) = ticks(lo, hi, TICKS);
+            assert!((1..=TICKS).contains(&t.len()), "{lo} {hi}: {t:?}");
+            assert!(t.windows(2).all(|w| w[0] < w[1]), "{lo} {hi}: {t:?}");
+            assert!(t.iter().all(|v| (lo..=hi).contains(v)), "{lo} {hi}: {t:?}");
+            assert!(multiples(lo, hi, f64::MIN_POSITIVE, 100).len() <= 100);
+        }
+    }
+
+    #[test]
+    fn an_axis_beyond_f64_is_drawn_shrunk_and_labelled_unshrunk() {
+        let a = Axis::new([-1e308, 1e308].into_iter(), true);
+        assert!(a.shrink < 1.0);
+        let c = a.coord();
+        assert!((c.range.range().end - c.range.range().start).is_finite());
+        let labels: Vec<String> = c.bold.iter().map(|v| a.label(*v)).collect();
+        assert_eq!(labels, ["-1e308", "-5e307", "0", "5e307", "1e308"]);
+        assert_eq!(Axis::new([0.0, 10.0].into_iter(), true).shrink, 1.0);
+    }
+
+    #[test]
+    fn a_figure_of_values_near_f64_max_draws() {
+        let m = f64::MAX;
+        let series: Vec<Vec<(f64, f64)>> = vec![
+            vec![(1.0, 1e308), (2.0, -1e308)],
+            vec![(0.0, m), (m, m)],
+            vec![(-m, -m), (m, m)],
+            vec![(-1e308, 5e-324), (1e308, 1e-310)],
+            vec![(0.0, 1.0), (1e308, 2.0)],
+        ];
+        let fig = || Figure {
+            title: "t".into(),
+            x: XAxis::Tokens,
+            runs: vec![Curves {
+                label: "r".into(),
+                details: "d".into(),
+                series: series.clone(),
+            }],
+        };
+        let f = fig();
+        let svg = within_a_minute(move || svg(&f).unwrap());
+        // Every panel's series drawn: five 2-px polylines.
+        assert_eq!(svg.matches("stroke-width=\"2\"").count(), 5, "{svg}");
+        assert!(svg.contains("-1e308"), "{svg}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.png");
+        let (f, p) = (fig(), path.clone());
+        within_a_minute(move || png(&f, &p).unwrap());
+        assert_eq!(&std::fs::read(&path).unwrap()[..4], b"\x89PNG");
     }
 
     #[test]

@@ -69,6 +69,8 @@ impl Row {
 pub struct Run {
     /// The run directory's name (the preset and start time for default names).
     pub name: String,
+    /// The metrics file read (as given, or `<dir>/metrics.jsonl`): warnings name it.
+    pub metrics: PathBuf,
     pub preset: Option<String>,
     pub tokenizer: Option<String>,
     /// B·T·k from config.toml: tokens per step, for metrics written before `tokens` was.
@@ -169,6 +171,7 @@ pub fn read_run(path: &Path) -> anyhow::Result<Run> {
     let preset = get("preset").or_else(|| preset_from_name(&name));
     Ok(Run {
         name,
+        metrics,
         preset,
         tokenizer: get("tokenizer"),
         tokens_per_step,
@@ -429,9 +432,17 @@ impl Format {
     }
 }
 
-/// Draws `runs` into `out` (SVG or PNG by its extension), replacing it atomically: a
-/// viewer or `--watch` never sees half a file. Warns on stderr about skipped lines.
-pub fn plot_runs(paths: &[PathBuf], out: &Path, x: XAxis, title: &str) -> anyhow::Result<()> {
+/// Draws `runs` into `out` (SVG or PNG by its extension) through a temporary file
+/// beside it, so that a viewer or `--watch` never sees half a file. Unless `replace`,
+/// nothing already at `out` is touched: the figure only appears where nothing is.
+/// Warns on stderr about skipped lines.
+pub fn plot_runs(
+    paths: &[PathBuf],
+    out: &Path,
+    x: XAxis,
+    title: &str,
+    replace: bool,
+) -> anyhow::Result<()> {
     let format = Format::of(out)?;
     let runs = paths
         .iter()
@@ -441,8 +452,8 @@ pub fn plot_runs(paths: &[PathBuf], out: &Path, x: XAxis, title: &str) -> anyhow
     for run in &runs {
         if run.skipped > 0 {
             eprintln!(
-                "warning: run {}: skipped {} unreadable line(s) of {} in metrics.jsonl (first: line {}; a killed run cuts its last line)",
-                run.name,
+                "warning: {}: skipped {} unreadable line(s) of {} (first: line {}; a killed run cuts its last line)",
+                run.metrics.display(),
                 run.skipped,
                 run.lines,
                 run.first_skipped.unwrap_or(0)
@@ -459,23 +470,78 @@ pub fn plot_runs(paths: &[PathBuf], out: &Path, x: XAxis, title: &str) -> anyhow
         .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Beside the output (a rename does not cross file systems); it keeps the
-    // extension, which the PNG encoder goes by.
+    // Beside the output (a rename does not cross file systems), and new, so that no one
+    // else's file is written over; it keeps the extension, which the PNG encoder goes by.
     let ext = if format == Format::Svg { "svg" } else { "png" };
     let tmp = out.with_file_name(format!(".{stem}.tmp-{}.{ext}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     let written = match format {
         Format::Svg => draw::svg(&fig).and_then(|s| {
             std::fs::write(&tmp, s).with_context(|| format!("cannot write {}", tmp.display()))
         }),
         Format::Png => draw::png(&fig, &tmp),
     };
-    let renamed = written.and_then(|_| {
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
-    });
-    if renamed.is_err() {
+    let published = written.and_then(|_| publish(&tmp, out, replace));
+    if published.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    renamed
+    published
+}
+
+fn exists_error(out: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} exists: pass --force to replace it, or choose another --out",
+        out.display()
+    )
+}
+
+/// Moves the finished `tmp` to `out`: a rename when replacing; otherwise a hard link,
+/// which fails rather than replace whatever appeared at `out` since the check at start
+/// (or, on a file system without hard links, a rename after a fresh check).
+fn publish(tmp: &Path, out: &Path, replace: bool) -> anyhow::Result<()> {
+    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", out.display());
+    if replace {
+        return std::fs::rename(tmp, out).map_err(cannot);
+    }
+    match std::fs::hard_link(tmp, out) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(tmp);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists_error(out)),
+        Err(_) => {
+            if std::fs::symlink_metadata(out).is_ok() {
+                return Err(exists_error(out));
+            }
+            std::fs::rename(tmp, out).map_err(cannot)
+        }
+    }
+}
+
+/// Refuses, before any work, whatever is at `out`: anything without `force`; with it,
+/// all but a regular file (a directory, a symbolic link, never followed, a FIFO, ...).
+fn check_out(out: &Path, force: bool) -> anyhow::Result<()> {
+    let kind = match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot write {}: {e}", out.display()),
+        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_dir() => Some("a directory"),
+        Ok(m) if m.is_symlink() => Some("a symbolic link"),
+        Ok(_) => Some("not a regular file"),
+    };
+    match kind {
+        None if force => Ok(()),
+        None => Err(exists_error(out)),
+        Some(k) => anyhow::bail!(
+            "{} exists and is {k}: plot replaces only a regular file, even with --force; \
+             choose another --out",
+            out.display()
+        ),
+    }
 }
 
 /// Runs named alike (`a/run`, `b/run`) are told apart by the paths they were given as.
@@ -499,6 +565,8 @@ pub fn write_run_curves(run_dir: &Path) -> anyhow::Result<PathBuf> {
         &out,
         XAxis::Step,
         &format!("tinylm run {name}"),
+        // The run's own figure, redrawn all through training.
+        true,
     )?;
     Ok(out)
 }
@@ -518,13 +586,18 @@ pub struct PlotArgs {
     /// Run directories (or their metrics.jsonl files), one colour each.
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
-    /// The figure: .svg or .png.
+    /// The figure: .svg or .png. Refused if the path exists, unless --force.
     #[arg(long, default_value = "curves.svg")]
     pub out: PathBuf,
+    /// Replace --out if it is a regular file. Anything else there (a directory, a
+    /// symbolic link, a FIFO) is refused all the same: a link is never followed.
+    #[arg(long)]
+    pub force: bool,
     /// Horizontal axis: optimizer steps, seconds, tokens or bytes of training text seen.
     #[arg(long, value_enum, default_value_t = XAxis::Step)]
     pub x: XAxis,
-    /// Redraw whenever a run's metrics.jsonl changes, until Ctrl-C.
+    /// Redraw whenever a run's metrics.jsonl changes, until Ctrl-C. --out is checked
+    /// once, at start: later redraws replace the figure this command drew.
     #[arg(long)]
     pub watch: bool,
     /// Seconds between checks of the metrics files in --watch mode (0.05 to 3600).
@@ -562,9 +635,10 @@ pub fn cmd_plot(a: &PlotArgs) -> anyhow::Result<()> {
         a.out.display(),
         dir.display()
     );
+    check_out(&a.out, a.force)?;
     let title = plot_title(a.runs.len());
     if !a.watch {
-        plot_runs(&a.runs, &a.out, a.x, &title)?;
+        plot_runs(&a.runs, &a.out, a.x, &title, a.force)?;
         println!("{}", a.out.display());
         return Ok(());
     }
@@ -584,7 +658,9 @@ fn fingerprint(runs: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
 
 /// Polls the metrics files and redraws when one changes. A run that has not started
 /// yet is waited for; a failed draw is a warning, and the next change tries again.
+/// Once drawn, the figure is its own to replace.
 fn watch(a: &PlotArgs, title: &str) -> anyhow::Result<()> {
+    let mut replace = a.force;
     let mut last = None;
     let mut checks = 0u64;
     println!(
@@ -605,8 +681,11 @@ fn watch(a: &PlotArgs, title: &str) -> anyhow::Result<()> {
                     .collect();
                 println!("waiting for metrics of {}", missing.join(", "));
             } else {
-                match plot_runs(&a.runs, &a.out, a.x, title) {
-                    Ok(()) => println!("drew {}", a.out.display()),
+                match plot_runs(&a.runs, &a.out, a.x, title, replace) {
+                    Ok(()) => {
+                        replace = true;
+                        println!("drew {}", a.out.display());
+                    }
                     Err(e) => eprintln!("warning: {e:#}"),
                 }
             }
@@ -693,6 +772,7 @@ mod tests {
     fn run_of(rows: Vec<Row>, tokenizer: Option<&str>, tps: Option<f64>) -> Run {
         Run {
             name: "r".into(),
+            metrics: PathBuf::from("r/metrics.jsonl"),
             preset: None,
             tokenizer: tokenizer.map(str::to_string),
             tokens_per_step: tps,
@@ -749,6 +829,85 @@ mod tests {
         // Time is missing from every row: no points, no error.
         let c = curves(&[run_of(vec![row(1.0, false)], None, None)], XAxis::Time).unwrap();
         assert!(c[0].series.iter().all(Vec::is_empty));
+    }
+
+    /// Runs `f` on a thread of its own, failing (not hanging) if it takes over a minute.
+    pub(super) fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("drawing hung (or panicked)")
+    }
+
+    /// The review's hang: a series from 1e308 to -1e308 (max − min overflows), in every
+    /// field on the axis that shows it, and the x extremes, in SVG and PNG.
+    #[test]
+    fn values_spanning_all_of_f64_draw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cases: Vec<(String, XAxis)> =
+            ["train_loss", "lr", "grad_norm", "tok_per_s", "val_bpb"]
+                .iter()
+                .map(|f| {
+                    let m =
+                        format!("{{\"step\":1,\"{f}\":1e308}}\n{{\"step\":2,\"{f}\":-1e308}}\n");
+                    (m, XAxis::Step)
+                })
+                .collect();
+        let max = "1.7976931348623157e308";
+        cases.extend([
+            (
+                "{\"step\":1,\"tokens\":1e308,\"train_loss\":1}\n\
+                 {\"step\":2,\"tokens\":-1e308,\"train_loss\":2}\n"
+                    .to_string(),
+                XAxis::Tokens,
+            ),
+            (
+                format!(
+                    "{{\"step\":1,\"elapsed_s\":-{max},\"train_loss\":1}}\n\
+                     {{\"step\":2,\"elapsed_s\":{max},\"train_loss\":2}}\n"
+                ),
+                XAxis::Time,
+            ),
+            (
+                format!("{{\"step\":0,\"train_loss\":1}}\n{{\"step\":{max},\"train_loss\":2}}\n"),
+                XAxis::Step,
+            ),
+        ]);
+        for (i, (metrics, x)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.jsonl"));
+            std::fs::write(&path, &metrics).unwrap();
+            for ext in ["svg", "png"] {
+                let out = dir.path().join(format!("{i}.{ext}"));
+                let (p, o) = (path.clone(), out.clone());
+                within_a_minute(move || plot_runs(&[p], &o, x, "t", true))
+                    .unwrap_or_else(|e| panic!("{metrics}: {e:#}"));
+                if ext == "svg" {
+                    let svg = std::fs::read_to_string(&out).unwrap();
+                    assert_eq!(svg.matches("stroke-width=\"2\"").count(), 1, "{metrics}");
+                }
+            }
+        }
+    }
+
+    /// Without `replace`, a file that appeared at `out` after the check at start (as one
+    /// may while `--watch` waits for a run) is kept, and nothing is left beside it.
+    #[test]
+    fn a_first_draw_never_replaces_what_appeared_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = [dir.path().join("m.jsonl")];
+        std::fs::write(&runs[0], "{\"step\":1,\"train_loss\":2}\n").unwrap();
+        let out = dir.path().join("f.svg");
+        plot_runs(&runs, &out, XAxis::Step, "t", false).unwrap();
+        assert!(std::fs::read_to_string(&out).unwrap().starts_with("<svg"));
+        std::fs::write(&out, "precious").unwrap();
+        let e = plot_runs(&runs, &out, XAxis::Step, "t", false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious");
+        let names = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(names(), 2);
+        plot_runs(&runs, &out, XAxis::Step, "t", true).unwrap();
+        assert!(std::fs::read_to_string(&out).unwrap().starts_with("<svg"));
+        assert_eq!(names(), 2);
     }
 
     #[test]
