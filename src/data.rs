@@ -22,6 +22,14 @@ pub struct Corpus {
     pub val_docs: usize,
 }
 
+/// The directory a file path lies in: its parent, or "." for a bare file name (whose
+/// parent is "", which cannot be opened, listed or fsynced).
+pub fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// The corpus `tinylm train` reads when none is given (the sample shipped in `data/`).
 pub const DEFAULT_CORPUS: &str = "data/zh_corpus.txt";
 

@@ -12,10 +12,6 @@ use std::path::Path;
 mod bin_util;
 use bin_util::*;
 
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// Runs expecting clap's usage error: exit 2, one line naming `want`.
 fn usage_error(args: &[&str], want: &str) {
     let o = cmd(args).output().unwrap();

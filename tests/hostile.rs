@@ -30,10 +30,6 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// A directory of files that look like a run's leftovers but are not a run's.
 fn foreign_dir(root: &Path) -> PathBuf {
     let d = root.join("home");

@@ -95,11 +95,7 @@ fn locate(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         );
         Ok((m, path.to_path_buf()))
     } else {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Ok((path.to_path_buf(), dir.to_path_buf()))
+        Ok((path.to_path_buf(), crate::data::dir_of(path).to_path_buf()))
     }
 }
 
@@ -624,11 +620,7 @@ pub fn cmd_plot(a: &PlotArgs) -> anyhow::Result<()> {
     if let Some(n) = a.watch_checks {
         anyhow::ensure!(n > 0, "--watch-checks must be at least 1");
     }
-    let dir = a
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::data::dir_of(&a.out);
     anyhow::ensure!(
         dir.is_dir(),
         "cannot write {}: directory {} not found",

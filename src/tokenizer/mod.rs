@@ -116,11 +116,7 @@ pub fn check_out_path(out: &Path, force: bool) -> anyhow::Result<()> {
         force || !out.exists(),
         "{shown} exists: pass --force to replace it, or choose another --out"
     );
-    // A bare file name has the empty parent "": the current directory.
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::data::dir_of(out);
     anyhow::ensure!(
         dir.is_dir(),
         "cannot write {shown}: {} is not a directory{}",

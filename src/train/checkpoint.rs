@@ -217,11 +217,7 @@ fn write_file_synced(path: &Path, bytes: &[u8], budget: &mut Option<u64>) -> std
 
 /// Writes bytes to `path` atomically (temporary file, fsync, rename, fsync directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    // A bare file name has the empty parent "", which cannot be opened to fsync.
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::data::dir_of(path);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),

@@ -288,17 +288,18 @@ pub fn new_config(req: &TrainRequest) -> anyhow::Result<(TrainConfig, Option<i64
             .with_context(|| format!("config {}", path.display()))?,
         None => None,
     };
-    if let (Some(name), Some((path, _))) = (&file_preset, &text) {
-        TrainConfig::preset(name).with_context(|| format!("config {}", path.display()))?;
-    }
-    let preset = match (&req.preset, &file_preset) {
-        (Some(flag), Some(file)) if flag != file => anyhow::bail!(
-            "--preset {flag} and the config's preset = \"{file}\" disagree: give one of them"
-        ),
-        (Some(name), _) | (None, Some(name)) => name.as_str(),
-        (None, None) => "default",
+    let mut c = match (&file_preset, &text) {
+        (Some(name), Some((path, _))) => {
+            TrainConfig::preset(name).with_context(|| format!("config {}", path.display()))?
+        }
+        _ => TrainConfig::preset(req.preset.as_deref().unwrap_or("default"))?,
     };
-    let mut c = TrainConfig::preset(preset)?;
+    if let (Some(flag), Some(file)) = (&req.preset, &file_preset) {
+        anyhow::ensure!(
+            flag == file,
+            "--preset {flag} and the config's preset = \"{file}\" disagree: give one of them"
+        );
+    }
     if let Some((path, text)) = &text {
         c = super::config_file::config_from_toml(&c, text)
             .with_context(|| format!("config {}", path.display()))?;

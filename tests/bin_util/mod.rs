@@ -18,6 +18,11 @@ pub fn cmd(args: &[&str]) -> Command {
     c
 }
 
+/// Owned arguments, as `run_ok` / `run_fails` take them.
+pub fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
