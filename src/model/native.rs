@@ -260,16 +260,34 @@ pub(crate) fn gemm_into_threads(
     (m, n, k): (usize, usize, usize),
     dst: &mut [MaybeUninit<f32>],
     acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+) {
+    gemm_into_strided(threads, (m, n, k), (dst, n), acc, a, b)
+}
+
+/// [`gemm_into_threads`] into a block of a wider matrix: dst row r starts at
+/// `r * dst_rs` (`dst_rs` ≥ n); entries between the rows are neither read nor written.
+pub(crate) fn gemm_into_strided(
+    threads: usize,
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (&mut [MaybeUninit<f32>], usize),
+    acc: bool,
     (a, a_rs, a_cs): (&[f32], usize, usize),
     (b, b_rs, b_cs): (&[f32], usize, usize),
 ) {
-    assert!(dst.len() >= m * n, "gemm: destination too small");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n,
+        "gemm: destination too small"
+    );
     if k == 0 {
         if !acc {
-            dst[..m * n].fill(MaybeUninit::new(0.0));
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(MaybeUninit::new(0.0));
+            }
         }
         return;
     }
@@ -292,7 +310,7 @@ pub(crate) fn gemm_into_threads(
             k,
             dst.as_mut_ptr() as *mut f32,
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             a.as_ptr(),
             a_cs as isize,

@@ -13,7 +13,7 @@
 //! matrices (Muon) and everything else (AdamW) alike.
 
 use crate::cpu::as_uninit;
-use crate::model::native::gemm_into_threads;
+use crate::model::native::{gemm_into_strided, gemm_into_threads};
 
 /// μ, the momentum of the speedrun and of Moonshot's runs.
 pub const MOMENTUM: f32 = 0.95;
@@ -36,6 +36,46 @@ fn gemm_1(
     b: (&[f32], usize, usize),
 ) {
     gemm_into_threads(1, shape, dst, acc, a, b)
+}
+
+/// Rows of a block of a symmetric product ([`gemm_sym`]): of its NB x NB blocks
+/// (NB = ⌈S / 64⌉) only the diagonal and upper ones are computed, (NB + 1) / (2·NB)
+/// of the full product's FLOPs. A multiple of 16, the gemm kernel's width.
+const SYM_BLOCK: usize = 64;
+
+/// dst (S, S) = A (S, K) · B (K, S), for a product known to be symmetric: the
+/// Newton–Schulz iteration's Gram matrix X·Xᵀ and every product of two polynomials in
+/// it (they commute). Computes the diagonal and upper blocks of `h` rows on the
+/// calling thread and mirrors the rest, so dst is symmetric outside its diagonal
+/// blocks. h ≥ S is the full product.
+fn gemm_sym(
+    (s, k, h): (usize, usize, usize),
+    dst: &mut [f32],
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+) {
+    assert!(dst.len() == s * s, "gemm_sym: dst is not {s} x {s}");
+    let h = h.max(1);
+    let mut i0 = 0;
+    while i0 < s {
+        let i1 = (i0 + h).min(s);
+        // dst[i0..i1, i0..S] = A[i0..i1, :] · B[:, i0..S]
+        gemm_into_strided(
+            1,
+            (i1 - i0, s - i0, k),
+            (as_uninit(&mut dst[i0 * s + i0..]), s),
+            false,
+            (&a[i0 * a_rs..], a_rs, a_cs),
+            (&b[i0 * b_cs..], b_rs, b_cs),
+        );
+        // dst[i0..i1, 0..i0] from the blocks above the diagonal, computed earlier.
+        for r in i0..i1 {
+            for c in 0..i0 {
+                dst[r * s + c] = dst[c * s + r];
+            }
+        }
+        i0 = i1;
+    }
 }
 
 /// RMS-matching factor of the update: 0.2·sqrt(max(R, K)).
@@ -62,29 +102,34 @@ pub fn orthogonalize(x: &mut [f32], rows: usize, cols: usize) {
     let inv = (1.0 / (norm + 1e-7)) as f32;
     x.iter_mut().for_each(|v| *v *= inv);
     if gram_is_cheaper(rows, cols) {
-        iterate_on_gram(x, rows, cols)
+        iterate_on_gram(x, rows, cols, SYM_BLOCK)
     } else {
-        iterate_on_x(x, rows, cols)
+        iterate_on_x(x, rows, cols, SYM_BLOCK)
     }
 }
 
-/// FLOPs: on X, 5·(4·L·S² + 2·S³); on the Gram matrix, 4·L·S² + 34·S³ (X is read
-/// at the start and written at the end only). The Gram way wins when L > 1.5·S (the
-/// MLP's (4C, C) matrices: 50·S³ against 90·S³); square matrices stay on X.
+/// FLOPs, with f = (NB + 1) / (2·NB) the share of a symmetric product computed
+/// ([`gemm_sym`]): on X, 5·(2·f·L·S² + 2·L·S² + 2·f·S³); on the Gram matrix,
+/// 2·f·L·S² + 2·L·S² + 17·2·f·S³ (X is read at the start and written at the end only).
+/// At NB = 4 the Gram way wins from L ≈ 1.15·S (the MLP's (4C, C) matrices: 34·S³
+/// against 71·S³; q/k/v's (3C, C): 31 against 55); square matrices stay on X
+/// (22.5·S³ against 24.5).
 fn gram_is_cheaper(rows: usize, cols: usize) -> bool {
     let (l, s) = (rows.max(cols) as f64, rows.min(cols) as f64);
-    let steps = NS_STEPS as f64;
-    let on_x = steps * (4.0 * l * s * s + 2.0 * s.powi(3));
-    let on_gram = 4.0 * l * s * s + (6.0 * steps + 4.0) * s.powi(3);
+    let (steps, nb) = (NS_STEPS as f64, (s / SYM_BLOCK as f64).ceil());
+    let f = (nb + 1.0) / (2.0 * nb);
+    let gram = 2.0 * f * l * s * s;
+    let on_x = steps * (gram + 2.0 * l * s * s + 2.0 * f * s.powi(3));
+    let on_gram = gram + 2.0 * l * s * s + (4.0 * steps - 3.0) * 2.0 * f * s.powi(3);
     on_gram < on_x
 }
 
 /// A (S, S) = X·Xᵀ when R ≤ K (wide), Xᵀ·X otherwise (tall).
-fn gram(x: &[f32], (r, k): (usize, usize), a: &mut [f32]) {
+fn gram(x: &[f32], (r, k): (usize, usize), a: &mut [f32], h: usize) {
     if r <= k {
-        gemm_1((r, r, k), as_uninit(a), false, (x, k, 1), (x, 1, k));
+        gemm_sym((r, k, h), a, (x, k, 1), (x, 1, k));
     } else {
-        gemm_1((k, k, r), as_uninit(a), false, (x, 1, k), (x, k, 1));
+        gemm_sym((k, r, h), a, (x, 1, k), (x, k, 1));
     }
 }
 
@@ -98,7 +143,7 @@ fn poly(a: &[f32], a2: &[f32], s: usize, p: &mut [f32]) {
 }
 
 /// The textbook iteration: X ← P(A)·X (wide) or X·P(A) (tall), A recomputed from X.
-fn iterate_on_x(x: &mut [f32], r: usize, k: usize) {
+fn iterate_on_x(x: &mut [f32], r: usize, k: usize, h: usize) {
     let s = r.min(k);
     let (mut y, mut a, mut a2, mut p) = (
         vec![0f32; r * k],
@@ -108,8 +153,8 @@ fn iterate_on_x(x: &mut [f32], r: usize, k: usize) {
     );
     let (mut cur, mut next): (&mut [f32], &mut [f32]) = (x, &mut y);
     for _ in 0..NS_STEPS {
-        gram(cur, (r, k), &mut a);
-        gemm_1((s, s, s), as_uninit(&mut a2), false, (&a, s, 1), (&a, s, 1));
+        gram(cur, (r, k), &mut a, h);
+        gemm_sym((s, s, h), &mut a2, (&a, s, 1), (&a, s, 1));
         poly(&a, &a2, s, &mut p);
         if r <= k {
             gemm_1((r, k, r), as_uninit(next), false, (&p, r, 1), (cur, k, 1));
@@ -128,7 +173,7 @@ fn iterate_on_x(x: &mut [f32], r: usize, k: usize) {
 /// X is P_t·X, so the next A is P_t·A_t·P_t, and the last X is P_4···P_0·X_0. Every
 /// P_t is a polynomial in A_0, so they commute and the product is taken in any order
 /// (and applies on the right of a tall X the same way).
-fn iterate_on_gram(x: &mut [f32], r: usize, k: usize) {
+fn iterate_on_gram(x: &mut [f32], r: usize, k: usize, h: usize) {
     let s = r.min(k);
     let (mut a, mut a2, mut p, mut q, mut t) = (
         vec![0f32; s * s],
@@ -137,19 +182,19 @@ fn iterate_on_gram(x: &mut [f32], r: usize, k: usize) {
         vec![0f32; s * s],
         vec![0f32; s * s],
     );
-    gram(x, (r, k), &mut a);
+    gram(x, (r, k), &mut a, h);
     for step in 0..NS_STEPS {
-        gemm_1((s, s, s), as_uninit(&mut a2), false, (&a, s, 1), (&a, s, 1));
+        gemm_sym((s, s, h), &mut a2, (&a, s, 1), (&a, s, 1));
         poly(&a, &a2, s, &mut p);
         if step + 1 < NS_STEPS {
-            // A ← P·A·P (t = P·A, then t·P)
-            gemm_1((s, s, s), as_uninit(&mut t), false, (&p, s, 1), (&a, s, 1));
-            gemm_1((s, s, s), as_uninit(&mut a), false, (&t, s, 1), (&p, s, 1));
+            // A ← P·A·P (t = P·A, then t·P; both symmetric, as P and A commute)
+            gemm_sym((s, s, h), &mut t, (&p, s, 1), (&a, s, 1));
+            gemm_sym((s, s, h), &mut a, (&t, s, 1), (&p, s, 1));
         }
         if step == 0 {
             q.copy_from_slice(&p);
         } else {
-            gemm_1((s, s, s), as_uninit(&mut t), false, (&p, s, 1), (&q, s, 1));
+            gemm_sym((s, s, h), &mut t, (&p, s, 1), (&q, s, 1));
             std::mem::swap(&mut q, &mut t);
         }
     }
@@ -268,7 +313,16 @@ mod tests {
 
     #[test]
     fn orthogonalize_matches_an_f64_reference_on_odd_shapes() {
-        for (rows, cols) in [(7, 13), (13, 7), (9, 9), (1, 5), (33, 17)] {
+        // (45, 70) and (70, 45): Gram matrices of three 16-row blocks and a tail.
+        for (rows, cols) in [
+            (7, 13),
+            (13, 7),
+            (9, 9),
+            (1, 5),
+            (33, 17),
+            (45, 70),
+            (70, 45),
+        ] {
             let x0 = random(rows, cols, (rows * 100 + cols) as u64);
             let mut x = x0.clone();
             orthogonalize(&mut x, rows, cols);
@@ -282,6 +336,87 @@ mod tests {
         }
     }
 
+    /// The symmetric product equals the full one (an f64 reference) at every block
+    /// count, on odd sizes, for a Gram matrix (strided operands) and for the product
+    /// of two commuting symmetric matrices; and it is exactly symmetric outside the
+    /// diagonal blocks.
+    #[test]
+    fn symmetric_product_equals_the_full_one() {
+        for (s, k) in [(1, 3), (17, 5), (45, 33), (70, 9)] {
+            let x = random(s, k, (s * 7 + k) as u64);
+            // G = X·Xᵀ and its square G·G, in f64.
+            let g64: Vec<f64> = (0..s * s)
+                .map(|e| {
+                    (0..k)
+                        .map(|t| x[e / s * k + t] as f64 * x[e % s * k + t] as f64)
+                        .sum()
+                })
+                .collect();
+            let gg64: Vec<f64> = (0..s * s)
+                .map(|e| {
+                    (0..s)
+                        .map(|t| g64[e / s * s + t] * g64[t * s + e % s])
+                        .sum()
+                })
+                .collect();
+            for h in [1, 7, 16, 64] {
+                let (mut g, mut gg) = (vec![f32::NAN; s * s], vec![f32::NAN; s * s]);
+                gemm_sym((s, k, h), &mut g, (&x, k, 1), (&x, 1, k));
+                gemm_sym((s, s, h), &mut gg, (&g, s, 1), (&g, s, 1));
+                for (got, want) in [(&g, &g64), (&gg, &gg64)] {
+                    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                    let err = got
+                        .iter()
+                        .zip(want.iter())
+                        .map(|(&a, &b)| (a as f64 - b).abs())
+                        .fold(0f64, f64::max);
+                    assert!(err <= 1e-5 * scale, "s {s} k {k} h {h}: error {err:.2e}");
+                }
+                for r in 0..s {
+                    for c in 0..s {
+                        if r / h != c / h {
+                            assert_eq!(g[r * s + c], g[c * s + r], "s {s} h {h} ({r}, {c})");
+                            assert_eq!(gg[r * s + c], gg[c * s + r], "s {s} h {h} ({r}, {c})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Probe, not a check: single-thread time of `orthogonalize` at the default
+    /// preset's and bench-gpt2s's shapes, full products (h 4096) against symmetric ones of h rows.
+    /// `cargo test --release --lib -- --ignored --nocapture muon_block_timing`
+    #[test]
+    #[ignore]
+    fn muon_block_timing() {
+        let shapes = [
+            (768, 256),
+            (256, 256),
+            (1024, 256),
+            (256, 1024),
+            (2304, 768),
+            (768, 768),
+        ];
+        for round in 0..3 {
+            for &(rows, cols) in &shapes {
+                let x0 = random(rows, cols, 1);
+                let mut line = format!("r{round} {rows}x{cols}");
+                for h in [4096, 64, 96, 128, 4096, 64, 96, 128] {
+                    let mut x = x0.clone();
+                    let t = std::time::Instant::now();
+                    if gram_is_cheaper(rows, cols) {
+                        iterate_on_gram(&mut x, rows, cols, h)
+                    } else {
+                        iterate_on_x(&mut x, rows, cols, h)
+                    }
+                    line += &format!("  h{h} {:.1}", t.elapsed().as_secs_f64() * 1e3);
+                }
+                println!("{line}");
+            }
+        }
+    }
+
     /// The two iterations are the same map: equal up to rounding on every shape.
     #[test]
     fn gram_iteration_equals_the_textbook_one() {
@@ -290,8 +425,8 @@ mod tests {
             let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
             x.iter_mut().for_each(|v| *v /= norm);
             let (mut on_x, mut on_gram) = (x.clone(), x);
-            iterate_on_x(&mut on_x, rows, cols);
-            iterate_on_gram(&mut on_gram, rows, cols);
+            iterate_on_x(&mut on_x, rows, cols, SYM_BLOCK);
+            iterate_on_gram(&mut on_gram, rows, cols, SYM_BLOCK);
             let err = on_x
                 .iter()
                 .zip(&on_gram)
