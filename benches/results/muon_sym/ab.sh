@@ -1,7 +1,9 @@
 #!/bin/bash
 # A B / B A: `bench train` of one preset with two binaries, tinylm-X and tinylm-Y in $BIN
 # (X, Y default A, B). A: main at 78d6a2f, full Newton–Schulz products; B: 85c72b7,
-# symmetric ones; C: B with the vectorised norm, polynomial and mirror.
+# symmetric ones; C: 424a281, B with the vectorised norm, polynomial and mirror.
+# The B-against-C sitting ran as `ab.sh 8 default B C`; its B records were renamed
+# default-Bc-*.json afterwards, as they had overwritten the A-against-B sitting's.
 # Usage: ab.sh ROUNDS PRESET [X Y]
 set -euo pipefail
 cd "$(dirname "$0")"
