@@ -1,5 +1,7 @@
 //! Criterion benches of the layer kernels at the reference GPT's shapes (N = 16·256
-//! rows, C = 256, 4·C = 1024): fused vs composed reference, forward + backward.
+//! rows, C = 256, 4·C = 1024): fused vs composed reference, forward + backward; and
+//! Muon's Newton–Schulz orthogonalisation of the default's matrices, with symmetric
+//! products in blocks against whole products.
 //! Interleaved A/B medians for BENCHMARKS.md come from `examples/bench_kernels.rs`.
 
 use candle_core::{Device, Tensor, Var};
@@ -52,9 +54,29 @@ fn gelu(c: &mut Criterion) {
     group.finish();
 }
 
+/// One matrix's Newton–Schulz on one thread (the trainer runs one matrix per thread):
+/// the default's (3C, C), (C, C) and (4C, C) matrices, C = 256.
+fn muon(c: &mut Criterion) {
+    use tinylm::train::muon::{orthogonalize_in_blocks, SYM_BLOCK};
+    for (rows, cols) in [(768, 256), (256, 256), (1024, 256)] {
+        let x0: Vec<f32> = randn(&[rows * cols]).to_vec1().unwrap();
+        let mut group = c.benchmark_group(format!("muon_orthogonalize_{rows}x{cols}"));
+        for (name, h) in [("whole_products", usize::MAX), ("blocks", SYM_BLOCK)] {
+            group.bench_function(name, |bench| {
+                bench.iter(|| {
+                    let mut x = x0.clone();
+                    orthogonalize_in_blocks(&mut x, rows, cols, h);
+                    x
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = layer_norm, gelu
+    targets = layer_norm, gelu, muon
 }
 criterion_main!(benches);

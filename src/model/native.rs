@@ -241,10 +241,11 @@ fn gemm_into(
     gemm_into_threads(rayon::current_num_threads(), shape, dst, acc, a, b)
 }
 
-/// FLOPs (2·m·n·k a product) done by every [`gemm_into_threads`] call of this process.
+/// FLOPs (2·m·n·k a product) done by every [`gemm_into_strided`] call of this process
+/// (every product goes through it: [`gemm_into_threads`] and Muon's symmetric blocks).
 static GEMM_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// FLOPs every [`gemm_into_threads`] call of this process has executed so far: the
+/// FLOPs every [`gemm_into_strided`] call of this process has executed so far: the
 /// step's forward, backward and head products, Muon's Newton–Schulz products, and any
 /// other caller (the MFU ceiling's measurement, evaluation). A difference across a
 /// call counts that call's products only when nothing else runs meanwhile; it backs

@@ -38,10 +38,20 @@ fn gemm_1(
     gemm_into_threads(1, shape, dst, acc, a, b)
 }
 
-/// Rows of a block of a symmetric product ([`gemm_sym`]): of its NB x NB blocks
-/// (NB = ⌈S / 64⌉) only the diagonal and upper ones are computed, (NB + 1) / (2·NB)
-/// of the full product's FLOPs. A multiple of 16, the gemm kernel's width.
-const SYM_BLOCK: usize = 64;
+/// Rows of a block of a symmetric product ([`gemm_sym`]): only the diagonal and upper
+/// blocks are computed, [`sym_share`] of the full product's FLOPs (5/8 at S = 256).
+/// Smaller blocks skip more FLOPs but run the gemm on thinner products; 64 was the
+/// best of 64, 96 and 128 at the default's and bench-gpt2s's shapes (BENCHMARKS.md,
+/// "Muon's symmetric products").
+pub const SYM_BLOCK: usize = 64;
+
+/// The share of a full S x S product's FLOPs that [`gemm_sym`] runs with blocks of
+/// `h` rows: block row [i0, i1) computes columns i0..S.
+fn sym_share(s: usize, h: usize) -> f64 {
+    let h = h.max(1);
+    let done: usize = (0..s).step_by(h).map(|i0| h.min(s - i0) * (s - i0)).sum();
+    done as f64 / (s * s).max(1) as f64
+}
 
 /// dst (S, S) = A (S, K) · B (K, S), for a product known to be symmetric: the
 /// Newton–Schulz iteration's Gram matrix X·Xᵀ and every product of two polynomials in
@@ -58,7 +68,7 @@ fn gemm_sym(
     let h = h.max(1);
     let mut i0 = 0;
     while i0 < s {
-        let i1 = (i0 + h).min(s);
+        let i1 = i0.saturating_add(h).min(s);
         // dst[i0..i1, i0..S] = A[i0..i1, :] · B[:, i0..S]
         gemm_into_strided(
             1,
@@ -91,6 +101,12 @@ pub fn update_scale(rows: usize, cols: usize) -> f64 {
 /// small side's Gram matrix (S = min(R, K), L = max(R, K)), by whichever of the two
 /// equal iterations below costs fewer FLOPs.
 pub fn orthogonalize(x: &mut [f32], rows: usize, cols: usize) {
+    orthogonalize_in_blocks(x, rows, cols, SYM_BLOCK)
+}
+
+/// [`orthogonalize`] with the symmetric products in blocks of `h` rows ([`SYM_BLOCK`]
+/// in training; h ≥ min(R, K): whole products): for benchmarks of the block height.
+pub fn orthogonalize_in_blocks(x: &mut [f32], rows: usize, cols: usize, h: usize) {
     assert_eq!(
         x.len(),
         rows * cols,
@@ -107,23 +123,22 @@ pub fn orthogonalize(x: &mut [f32], rows: usize, cols: usize) {
     let norm = lanes.iter().sum::<f64>().sqrt();
     let inv = (1.0 / (norm + 1e-7)) as f32;
     x.iter_mut().for_each(|v| *v *= inv);
-    if gram_is_cheaper(rows, cols) {
-        iterate_on_gram(x, rows, cols, SYM_BLOCK)
+    if gram_is_cheaper(rows, cols, h) {
+        iterate_on_gram(x, rows, cols, h)
     } else {
-        iterate_on_x(x, rows, cols, SYM_BLOCK)
+        iterate_on_x(x, rows, cols, h)
     }
 }
 
-/// FLOPs, with f = (NB + 1) / (2·NB) the share of a symmetric product computed
-/// ([`gemm_sym`]): on X, 5·(2·f·L·S² + 2·L·S² + 2·f·S³); on the Gram matrix,
-/// 2·f·L·S² + 2·L·S² + 17·2·f·S³ (X is read at the start and written at the end only).
-/// At NB = 4 the Gram way wins from L ≈ 1.15·S (the MLP's (4C, C) matrices: 34·S³
-/// against 71·S³; q/k/v's (3C, C): 31 against 55); square matrices stay on X
-/// (22.5·S³ against 24.5).
-fn gram_is_cheaper(rows: usize, cols: usize) -> bool {
+/// FLOPs, with f = [`sym_share`] the share of a symmetric product computed: on X,
+/// 5·(2·f·L·S² + 2·L·S² + 2·f·S³); on the Gram matrix, 2·f·L·S² + 2·L·S² + 17·2·f·S³
+/// (X is read at the start and written at the end only). At S = 256 (f = 5/8) the
+/// Gram way wins from L ≈ 1.15·S (the MLP's (4C, C) matrices: 34·S³ against 71·S³;
+/// q/k/v's (3C, C): 31 against 55); square matrices stay on X (22.5·S³ against 24.5).
+fn gram_is_cheaper(rows: usize, cols: usize, h: usize) -> bool {
+    let f = sym_share(rows.min(cols), h);
     let (l, s) = (rows.max(cols) as f64, rows.min(cols) as f64);
-    let (steps, nb) = (NS_STEPS as f64, (s / SYM_BLOCK as f64).ceil());
-    let f = (nb + 1.0) / (2.0 * nb);
+    let steps = NS_STEPS as f64;
     let gram = 2.0 * f * l * s * s;
     let on_x = steps * (gram + 2.0 * l * s * s + 2.0 * f * s.powi(3));
     let on_gram = gram + 2.0 * l * s * s + (4.0 * steps - 3.0) * 2.0 * f * s.powi(3);
@@ -321,15 +336,16 @@ mod tests {
 
     #[test]
     fn orthogonalize_matches_an_f64_reference_on_odd_shapes() {
-        // (45, 70) and (70, 45): Gram matrices of three 16-row blocks and a tail.
+        // (70, 130) and (130, 70): Gram matrices of a 64-row block and a 6-row tail, so
+        // that every symmetric product of the iteration mirrors entries.
         for (rows, cols) in [
             (7, 13),
             (13, 7),
             (9, 9),
             (1, 5),
             (33, 17),
-            (45, 70),
-            (70, 45),
+            (70, 130),
+            (130, 70),
         ] {
             let x0 = random(rows, cols, (rows * 100 + cols) as u64);
             let mut x = x0.clone();
@@ -344,47 +360,64 @@ mod tests {
         }
     }
 
-    /// The symmetric product equals the full one (an f64 reference) at every block
-    /// count, on odd sizes, for a Gram matrix (strided operands) and for the product
-    /// of two commuting symmetric matrices; and it is exactly symmetric outside the
-    /// diagonal blocks.
+    /// f64 product of two f32 views (data, row stride, column stride), (m, k)·(k, n).
+    fn product64(
+        (m, k, n): (usize, usize, usize),
+        (a, a_rs, a_cs): (&[f32], usize, usize),
+        (b, b_rs, b_cs): (&[f32], usize, usize),
+    ) -> Vec<f64> {
+        (0..m * n)
+            .map(|e| {
+                let (i, j) = (e / n, e % n);
+                (0..k)
+                    .map(|t| a[i * a_rs + t * a_cs] as f64 * b[t * b_rs + j * b_cs] as f64)
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// The symmetric product equals the f64 product of the same operands at every
+    /// block height, on odd sizes, for each kind the iteration runs: a wide Gram matrix
+    /// X·Xᵀ and a tall one XᵀX (strided operands), A·A, and P·A with P = a·I + b·A +
+    /// c·A² (two different commuting factors); every entry finite, and the mirrored
+    /// ones (outside the diagonal blocks) exactly symmetric.
     #[test]
     fn symmetric_product_equals_the_full_one() {
         for (s, k) in [(1, 3), (17, 5), (45, 33), (70, 9)] {
-            let x = random(s, k, (s * 7 + k) as u64);
-            // G = X·Xᵀ and its square G·G, in f64.
-            let g64: Vec<f64> = (0..s * s)
-                .map(|e| {
-                    (0..k)
-                        .map(|t| x[e / s * k + t] as f64 * x[e % s * k + t] as f64)
-                        .sum()
-                })
-                .collect();
-            let gg64: Vec<f64> = (0..s * s)
-                .map(|e| {
-                    (0..s)
-                        .map(|t| g64[e / s * s + t] * g64[t * s + e % s])
-                        .sum()
-                })
-                .collect();
+            let x = random(s, k, (s * 7 + k) as u64); // (S, K): wide Gram X·Xᵀ
+            let xt = random(k, s, (s * 5 + k) as u64); // (K, S): tall Gram XᵀX
             for h in [1, 7, 16, 64] {
-                let (mut g, mut gg) = (vec![f32::NAN; s * s], vec![f32::NAN; s * s]);
+                let mut g = vec![f32::NAN; s * s];
+                let mut gt = vec![f32::NAN; s * s];
+                let mut gg = vec![f32::NAN; s * s];
+                let mut p = vec![f32::NAN; s * s];
+                let mut pg = vec![f32::NAN; s * s];
                 gemm_sym((s, k, h), &mut g, (&x, k, 1), (&x, 1, k));
+                gemm_sym((s, k, h), &mut gt, (&xt, 1, s), (&xt, s, 1));
                 gemm_sym((s, s, h), &mut gg, (&g, s, 1), (&g, s, 1));
-                for (got, want) in [(&g, &g64), (&gg, &gg64)] {
+                poly(&g, &gg, s, &mut p);
+                gemm_sym((s, s, h), &mut pg, (&p, s, 1), (&g, s, 1));
+                let cases = [
+                    ("X·Xᵀ", &g, product64((s, k, s), (&x, k, 1), (&x, 1, k))),
+                    ("XᵀX", &gt, product64((s, k, s), (&xt, 1, s), (&xt, s, 1))),
+                    ("A·A", &gg, product64((s, s, s), (&g, s, 1), (&g, s, 1))),
+                    ("P·A", &pg, product64((s, s, s), (&p, s, 1), (&g, s, 1))),
+                ];
+                for (what, got, want) in cases {
                     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-                    let err = got
-                        .iter()
-                        .zip(want.iter())
-                        .map(|(&a, &b)| (a as f64 - b).abs())
-                        .fold(0f64, f64::max);
-                    assert!(err <= 1e-5 * scale, "s {s} k {k} h {h}: error {err:.2e}");
-                }
-                for r in 0..s {
-                    for c in 0..s {
-                        if r / h != c / h {
-                            assert_eq!(g[r * s + c], g[c * s + r], "s {s} h {h} ({r}, {c})");
-                            assert_eq!(gg[r * s + c], gg[c * s + r], "s {s} h {h} ({r}, {c})");
+                    for (e, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                        let err = (a as f64 - b).abs();
+                        assert!(
+                            a.is_finite() && err <= 1e-5 * scale,
+                            "{what} s {s} k {k} h {h} [{e}]: {a} against {b}"
+                        );
+                    }
+                    for r in 0..s {
+                        for c in 0..s {
+                            if r / h != c / h {
+                                let (u, l) = (got[r * s + c], got[c * s + r]);
+                                assert_eq!(u, l, "{what} s {s} h {h} ({r}, {c})");
+                            }
                         }
                     }
                 }
@@ -392,58 +425,33 @@ mod tests {
         }
     }
 
-    /// Probe, not a check: single-thread time of `orthogonalize` at the default
-    /// preset's and bench-gpt2s's shapes, full products (h 4096) against symmetric ones of h rows.
-    /// `cargo test --release --lib -- --ignored --nocapture muon_block_timing`
-    #[test]
-    #[ignore]
-    fn muon_block_timing() {
-        let shapes = [
-            (768, 256),
-            (256, 256),
-            (1024, 256),
-            (256, 1024),
-            (2304, 768),
-            (768, 768),
-        ];
-        for round in 0..3 {
-            for &(rows, cols) in &shapes {
-                let x0 = random(rows, cols, 1);
-                let mut line = format!("r{round} {rows}x{cols}");
-                for h in [4096, 64, 96, 128, 4096, 64, 96, 128] {
-                    let mut x = x0.clone();
-                    let t = std::time::Instant::now();
-                    if gram_is_cheaper(rows, cols) {
-                        iterate_on_gram(&mut x, rows, cols, h)
-                    } else {
-                        iterate_on_x(&mut x, rows, cols, h)
-                    }
-                    line += &format!("  h{h} {:.1}", t.elapsed().as_secs_f64() * 1e3);
-                }
-                println!("{line}");
-            }
-        }
-    }
-
     /// The two iterations are the same map: equal up to rounding on every shape.
     #[test]
     fn gram_iteration_equals_the_textbook_one() {
+        // Block heights 7 and 16 split every shape's symmetric products, the
+        // training one (64) the larger ones, 4096 none.
         for (rows, cols) in [(7, 13), (13, 7), (9, 9), (1, 5), (40, 12), (64, 256)] {
             let mut x = random(rows, cols, 7 + rows as u64);
             let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
             x.iter_mut().for_each(|v| *v /= norm);
-            let (mut on_x, mut on_gram) = (x.clone(), x);
-            iterate_on_x(&mut on_x, rows, cols, SYM_BLOCK);
-            iterate_on_gram(&mut on_gram, rows, cols, SYM_BLOCK);
-            let err = on_x
-                .iter()
-                .zip(&on_gram)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(err < 1e-4, "{rows}x{cols}: {err:.2e}");
+            let mut whole = x.clone();
+            iterate_on_x(&mut whole, rows, cols, 4096);
+            for h in [7, 16, SYM_BLOCK, 4096] {
+                let (mut on_x, mut on_gram) = (x.clone(), x.clone());
+                iterate_on_x(&mut on_x, rows, cols, h);
+                iterate_on_gram(&mut on_gram, rows, cols, h);
+                for (got, what) in [(&on_x, "on X"), (&on_gram, "on the Gram matrix")] {
+                    for (i, (a, b)) in got.iter().zip(&whole).enumerate() {
+                        assert!(
+                            (a - b).abs() < 1e-4,
+                            "{rows}x{cols} h {h} {what}: [{i}] {a} against {b}"
+                        );
+                    }
+                }
+            }
         }
-        assert!(gram_is_cheaper(1024, 256) && gram_is_cheaper(256, 768));
-        assert!(!gram_is_cheaper(256, 256));
+        assert!(gram_is_cheaper(1024, 256, SYM_BLOCK) && gram_is_cheaper(256, 768, SYM_BLOCK));
+        assert!(!gram_is_cheaper(256, 256, SYM_BLOCK));
     }
 
     /// Singular values spread over a decade come out near 1: X·Xᵀ is close to I.
