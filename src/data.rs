@@ -30,6 +30,38 @@ pub fn dir_of(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Refuses, before any work, whatever is at a command's output file `out`: anything
+/// without `force`; with it, all but a regular file (a directory, a symbolic link,
+/// never followed, a FIFO, ...), so that no command replaces what it could not have
+/// written. `cmd` names the command in the message.
+pub fn check_out_file(out: &Path, force: bool, cmd: &str) -> anyhow::Result<()> {
+    let kind = match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot write {}: {e}", out.display()),
+        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_dir() => Some("a directory"),
+        Ok(m) if m.is_symlink() => Some("a symbolic link"),
+        Ok(_) => Some("not a regular file"),
+    };
+    match kind {
+        None if force => Ok(()),
+        None => Err(out_exists_error(out)),
+        Some(k) => anyhow::bail!(
+            "{} exists and is {k}: {cmd} replaces only a regular file, even with --force; \
+             choose another --out",
+            out.display()
+        ),
+    }
+}
+
+/// The refusal of an existing `out` without `--force`.
+pub fn out_exists_error(out: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} exists: pass --force to replace it, or choose another --out",
+        out.display()
+    )
+}
+
 /// The corpus `tinylm train` reads when none is given (the sample shipped in `data/`).
 pub const DEFAULT_CORPUS: &str = "data/zh_corpus.txt";
 

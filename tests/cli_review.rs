@@ -3,7 +3,8 @@
 //! - `train --seed` above i64::MAX is refused before the run directory exists;
 //! - `sample --prompt` with `--prompt-file` is a usage error, not a silent choice;
 //! - `sample --no-cache` gives the cached path's tokens past the context;
-//! - `tokenizer train` refuses an unwritable `--out` before training;
+//! - `tokenizer train` refuses an unwritable `--out` before training, and with
+//!   `--force` replaces only a regular file;
 //! - `bench --filter` that matches no case is an error naming the cases;
 //! - a BPE smaller than asked says so.
 
@@ -190,6 +191,71 @@ fn tokenizer_train_refuses_an_unwritable_out_before_training() {
     // A writable --out still gets past the check (to the missing corpus).
     let e = train(&d.join("ok.json"), false);
     assert!(e.contains("missing.txt"), "{e}");
+}
+
+/// `tokenizer train` follows `plot`'s rule: with `--force` it replaces a regular file
+/// only, never a symbolic link (to a file, or dangling) or a FIFO, and leaves them as
+/// they were; refused before the corpus is read.
+#[cfg(unix)]
+#[test]
+fn tokenizer_train_replaces_only_a_regular_file_even_forced() {
+    use std::os::unix::fs::FileTypeExt;
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path();
+    let missing = d.join("missing.txt");
+    let target = d.join("target.json");
+    std::fs::write(&target, "precious").unwrap();
+    let link = d.join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let dangling = d.join("dangling.json");
+    std::os::unix::fs::symlink(d.join("nowhere.json"), &dangling).unwrap();
+    let fifo = d.join("fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (path, kind) in [
+        (&link, "a symbolic link"),
+        (&dangling, "a symbolic link"),
+        (&fifo, "not a regular file"),
+    ] {
+        for force in [false, true] {
+            let mut a = strs(&[
+                "tokenizer",
+                "train",
+                "--data",
+                missing.to_str().unwrap(),
+                "--vocab-size",
+                "300",
+                "--out",
+                path.to_str().unwrap(),
+            ]);
+            if force {
+                a.push("--force".into());
+            }
+            let e = run_fails(&a, &[]);
+            assert!(
+                e.contains(path.to_str().unwrap()) && e.contains("--force"),
+                "{e}"
+            );
+            if force {
+                assert!(e.contains(kind) && e.contains("only a regular file"), "{e}");
+            }
+            assert!(!e.contains("missing.txt"), "the corpus was read first: {e}");
+        }
+    }
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_link(&dangling).unwrap(),
+        d.join("nowhere.json")
+    );
+    assert!(!d.join("nowhere.json").exists());
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 #[test]

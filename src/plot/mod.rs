@@ -488,13 +488,6 @@ pub fn plot_runs(
     published
 }
 
-fn exists_error(out: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{} exists: pass --force to replace it, or choose another --out",
-        out.display()
-    )
-}
-
 /// Moves the finished `tmp` to `out`: a rename when replacing; otherwise a hard link,
 /// which fails rather than replace whatever appeared at `out` since the check at start
 /// (or, on a file system without hard links, a rename after a fresh check).
@@ -508,35 +501,15 @@ fn publish(tmp: &Path, out: &Path, replace: bool) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(tmp);
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists_error(out)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(crate::data::out_exists_error(out))
+        }
         Err(_) => {
             if std::fs::symlink_metadata(out).is_ok() {
-                return Err(exists_error(out));
+                return Err(crate::data::out_exists_error(out));
             }
             std::fs::rename(tmp, out).map_err(cannot)
         }
-    }
-}
-
-/// Refuses, before any work, whatever is at `out`: anything without `force`; with it,
-/// all but a regular file (a directory, a symbolic link, never followed, a FIFO, ...).
-fn check_out(out: &Path, force: bool) -> anyhow::Result<()> {
-    let kind = match std::fs::symlink_metadata(out) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => anyhow::bail!("cannot write {}: {e}", out.display()),
-        Ok(m) if m.is_file() => None,
-        Ok(m) if m.is_dir() => Some("a directory"),
-        Ok(m) if m.is_symlink() => Some("a symbolic link"),
-        Ok(_) => Some("not a regular file"),
-    };
-    match kind {
-        None if force => Ok(()),
-        None => Err(exists_error(out)),
-        Some(k) => anyhow::bail!(
-            "{} exists and is {k}: plot replaces only a regular file, even with --force; \
-             choose another --out",
-            out.display()
-        ),
     }
 }
 
@@ -627,7 +600,7 @@ pub fn cmd_plot(a: &PlotArgs) -> anyhow::Result<()> {
         a.out.display(),
         dir.display()
     );
-    check_out(&a.out, a.force)?;
+    crate::data::check_out_file(&a.out, a.force, "plot")?;
     let title = plot_title(a.runs.len());
     if !a.watch {
         plot_runs(&a.runs, &a.out, a.x, &title, a.force)?;

@@ -102,7 +102,8 @@ impl Tokenizer {
 
 /// Checks, before any training, that a tokenizer can be saved at `out`: it names a file
 /// (not a directory) in a directory that exists and takes new files, and an existing
-/// file is replaced only with `force`. Training a large corpus takes minutes: a path
+/// regular file is replaced only with `force`, anything else never
+/// ([`crate::data::check_out_file`]). Training a large corpus takes minutes: a path
 /// that cannot be written must fail before them, not after.
 pub fn check_out_path(out: &Path, force: bool) -> anyhow::Result<()> {
     let shown = out.display();
@@ -112,10 +113,6 @@ pub fn check_out_path(out: &Path, force: bool) -> anyhow::Result<()> {
         out.join("tokenizer.json").display()
     );
     anyhow::ensure!(out.file_name().is_some(), "--out {shown:?} names no file");
-    anyhow::ensure!(
-        force || !out.exists(),
-        "{shown} exists: pass --force to replace it, or choose another --out"
-    );
     let dir = crate::data::dir_of(out);
     anyhow::ensure!(
         dir.is_dir(),
@@ -127,6 +124,7 @@ pub fn check_out_path(out: &Path, force: bool) -> anyhow::Result<()> {
             " (it does not exist)"
         }
     );
+    crate::data::check_out_file(out, force, "tokenizer train")?;
     // The save writes a temporary file beside `out` and renames it: that directory must
     // take new files (not read-only, not someone else's).
     let probe = dir.join(format!(
