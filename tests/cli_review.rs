@@ -143,6 +143,24 @@ fn sample_no_cache_gives_the_cached_tokens_past_the_context() {
     }
 }
 
+/// The one-line error of `tokenizer train --data DATA --vocab-size 300 --out OUT`.
+fn tokenizer_train_fails(data: &Path, out: &Path, force: bool) -> String {
+    let mut a = strs(&[
+        "tokenizer",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    if force {
+        a.push("--force".into());
+    }
+    run_fails(&a, &[])
+}
+
 #[test]
 fn tokenizer_train_refuses_an_unwritable_out_before_training() {
     let root = tempfile::tempdir().unwrap();
@@ -150,22 +168,7 @@ fn tokenizer_train_refuses_an_unwritable_out_before_training() {
     // A corpus that would take minutes to train were training to come first: the
     // refusal must come before it is read (a missing --data here proves that too).
     let missing = d.join("missing.txt");
-    let train = |out: &Path, force: bool| {
-        let mut a = strs(&[
-            "tokenizer",
-            "train",
-            "--data",
-            missing.to_str().unwrap(),
-            "--vocab-size",
-            "300",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        if force {
-            a.push("--force".into());
-        }
-        run_fails(&a, &[])
-    };
+    let train = |out: &Path, force: bool| tokenizer_train_fails(&missing, out, force);
     let e = train(&d.join("nodir").join("x.json"), false);
     assert!(e.contains("nodir") && e.contains("does not exist"), "{e}");
     let file = d.join("file");
@@ -221,20 +224,7 @@ fn tokenizer_train_replaces_only_a_regular_file_even_forced() {
         (&fifo, "not a regular file"),
     ] {
         for force in [false, true] {
-            let mut a = strs(&[
-                "tokenizer",
-                "train",
-                "--data",
-                missing.to_str().unwrap(),
-                "--vocab-size",
-                "300",
-                "--out",
-                path.to_str().unwrap(),
-            ]);
-            if force {
-                a.push("--force".into());
-            }
-            let e = run_fails(&a, &[]);
+            let e = tokenizer_train_fails(&missing, path, force);
             assert!(
                 e.contains(path.to_str().unwrap()) && e.contains("--force"),
                 "{e}"
