@@ -91,13 +91,15 @@ enum TokenizerCmd {
         /// Total vocabulary, the 256 byte tokens included.
         #[arg(long)]
         vocab_size: usize,
+        /// The tokenizer file. Refused if the path exists, unless --force.
         #[arg(long, default_value = "tokenizer.json")]
         out: PathBuf,
         /// Longest run of Han characters in one pre-token (runs are cut into pieces of
         /// this many characters before merges are learned).
         #[arg(long, default_value_t = tinylm::tokenizer::bpe::DEFAULT_HAN_PIECE)]
         han_piece: usize,
-        /// Replace --out if it exists.
+        /// Replace --out if it is a regular file. Anything else there (a directory, a
+        /// symbolic link, a FIFO) is refused all the same: a link is never followed.
         #[arg(long)]
         force: bool,
     },

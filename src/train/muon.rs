@@ -40,9 +40,8 @@ fn gemm_1(
 
 /// Rows of a block of a symmetric product ([`gemm_sym`]): only the diagonal and upper
 /// blocks are computed, [`sym_share`] of the full product's FLOPs (5/8 at S = 256).
-/// Smaller blocks skip more FLOPs but run the gemm on thinner products; 64 was the
-/// best of 64, 96 and 128 at the default's and bench-gpt2s's shapes (BENCHMARKS.md,
-/// "Muon's symmetric products").
+/// Smaller blocks skip more FLOPs but run the gemm on thinner products (the heights
+/// compared are in BENCHMARKS.md, "Muon's symmetric products").
 pub const SYM_BLOCK: usize = 64;
 
 /// The share of a full S x S product's FLOPs that [`gemm_sym`] runs with blocks of

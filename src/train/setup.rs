@@ -264,9 +264,9 @@ enum Mode {
     Fork,
 }
 
-/// The config of a new run: the preset, then the file, then the flags; validated.
-/// A new run's config: the preset, the `--config` file over it, the flags over both.
-/// Also returns the vocabulary size the file set, if it set one.
+/// A new run's config, validated: the preset (the `--config` file's own `preset`, else
+/// `--preset`), the file's fields over it, the flags over both. Also returns the
+/// vocabulary size the file set, if it set one.
 pub fn new_config(req: &TrainRequest) -> anyhow::Result<(TrainConfig, Option<i64>)> {
     let text = match &req.config_file {
         None => None,
