@@ -3,6 +3,7 @@
 
 Usage:
   python3 benches/torch_train.py PRESET [--batch B] [--warmup W] [--steps S] [--optimizer O]
+                                        [--autocast bf16]
 
 PRESET is one of `tinylm bench train`'s presets (bench-ref, default, bench-8l,
 bench-gpt2s); the shapes below are theirs. The model is torch_reference.py's
@@ -12,7 +13,10 @@ instead of learned ones for `default`. AdamW(lr, (0.9, 0.95), wd 0.1), 2 threads
 `default`, as tinylm's default, the blocks' matrices take torch.optim.Muon instead
 (momentum 0.95, Nesterov, 5 Newton-Schulz steps, adjust_lr_fn="match_rms_adamw": the
 same update as src/train/muon.rs) and everything else AdamW.
-Token ids are random: a step's time does not depend on them.
+Token ids are random: a step's time does not depend on them. `--autocast bf16` runs the
+forward (and so the backward's products) under `torch.autocast("cpu", dtype=torch.bfloat16)`,
+the CPU mixed precision a PyTorch user reaches for, against `tinylm bench train --dtype bf16`;
+the case is then `gpt_step_sdpa_autocast_bf16`.
 
 Prints one JSON object in the style of torch_reference.py's `gpt_step_*` records:
 median step ms, tokens/s, phase medians, parameter count, and peak-RSS growth
@@ -178,6 +182,8 @@ def main():
     ap.add_argument("--optimizer", choices=["adamw", "muon"],
                     help="the matrices' update rule (default: the preset's; `default --batch 8"
                          " --optimizer adamw` is the default as it was before Muon)")
+    ap.add_argument("--autocast", choices=["bf16"],
+                    help="run the forward under torch.autocast('cpu', dtype=torch.bfloat16)")
     a = ap.parse_args()
     vocab, block, n_layer, n_head, n_embd, batch, positions, lr, warmup, steps, optimizer = (
         PRESETS[a.preset])
@@ -210,7 +216,11 @@ def main():
         t0 = time.perf_counter()
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        if a.autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x, y)
+        else:
+            loss = model(x, y)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -236,7 +246,8 @@ def main():
     toks = batch * block
     med = statistics.median(ts)
     out = {
-        "case": "gpt_step_sdpa_eager", "preset": a.preset,
+        "case": "gpt_step_sdpa_autocast_bf16" if a.autocast else "gpt_step_sdpa_eager",
+        "preset": a.preset,
         "batch_size": batch, "block_size": block, "vocab_size": vocab,
         "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "positions": positions,
         "optimizer": optimizer, "params": nparams, "reference_checked": ref is not None,

@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
         json: false,
         filter: None,
         quick: false,
+        dtype: Default::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {

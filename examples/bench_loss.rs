@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         json: flag("--json"),
         filter: value("--filter"),
         quick: flag("--quick"),
+        dtype: Default::default(),
     };
     tinylm::bench::loss::run(&args)
 }

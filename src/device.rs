@@ -50,20 +50,23 @@ pub fn measure_matmul_flops(device: &candle_core::Device) -> anyhow::Result<f64>
 }
 
 /// The matmul ceiling MFU is measured against, in FLOP/s: the better of candle's rate
-/// on a 1024³ product and, on the CPU, the native step's own GEMM on its largest
-/// product (the MLP's [B·T, C]·[C, 4C]). The better of the two, so that MFU is taken
-/// against the faster path.
+/// on a 1024³ product and, on the CPU, the native step's own GEMM in the step's
+/// precision (`products`) on its largest product (the MLP's [B·T, C]·[C, 4C]). The
+/// better of the two, so that MFU is taken against the faster path: a bf16 step's
+/// MFU is against the bf16 products' rate, not the f32 one.
 pub fn matmul_ceiling(
     device: &candle_core::Device,
     model: &crate::model::GptConfig,
     rows: usize,
+    products: crate::model::Precision,
 ) -> anyhow::Result<f64> {
     let candle = measure_matmul_flops(device)?;
     if !device.is_cpu() {
         return Ok(candle);
     }
     let c = model.n_embd;
-    let native = crate::model::native::gemm_rate(rows.max(1), 4 * c, c, 5, 0.5);
+    let shape = (rows.max(1), 4 * c, c);
+    let native = crate::model::native::gemm_rate_in(products, shape, 5, 0.5);
     Ok(candle.max(native))
 }
 
@@ -88,16 +91,18 @@ impl Ceiling {
     /// Times [`Ceiling::mfu`] measures again in one run.
     pub const REMEASURES: usize = 3;
 
-    /// Measures the ceiling for `model`'s products over `rows` = B·T rows.
+    /// Measures the ceiling for `model`'s products over `rows` = B·T rows, in the
+    /// precision the step runs them (`products`).
     pub fn measure(
         device: &candle_core::Device,
         model: &crate::model::GptConfig,
         rows: usize,
+        products: crate::model::Precision,
     ) -> anyhow::Result<Self> {
-        let flops = matmul_ceiling(device, model, rows)?;
+        let flops = matmul_ceiling(device, model, rows, products)?;
         let flops_per_token = model.flops_per_token();
         let (device, model) = (device.clone(), model.clone());
-        let remeasure = move || matmul_ceiling(&device, &model, rows);
+        let remeasure = move || matmul_ceiling(&device, &model, rows, products);
         Ok(Self::with(flops, flops_per_token, remeasure))
     }
 

@@ -35,7 +35,8 @@ enum Command {
     /// and token, the blocks' matrices and the tied head, not biases, gains or position
     /// embeddings; plus 6·L·C·T for the causal half of attention; recomputation not
     /// counted) a second, over the better of candle's 1024³ matmul rate and the step's
-    /// own GEMM on its MLP product, measured at the start of the run with the same
+    /// own GEMM on its MLP product (in bf16 under `--dtype bf16`: MFU is then against
+    /// the bf16 products' rate), measured at the start of the run with the same
     /// threads. A step that beats it has it measured again (at most 3 times a run); a
     /// step still faster raises it to its own rate, so MFU never reads above 100%.
     /// Muon's Newton–Schulz products are the optimizer's work, not the model's: not
@@ -204,6 +205,12 @@ struct TrainArgs {
     /// muon for default and poet, adamw for the others).
     #[arg(long, value_parser = parse_optimizer)]
     optimizer: Option<train::config::UpdateRule>,
+    /// Precision of the step's matrix products: f32, or bf16 (both factors rounded to
+    /// bf16, sums in f32, through AVX512-BF16; weights, optimizer state, activations
+    /// and the loss stay f32). On a CPU without AVX512-BF16, bf16 says so and runs
+    /// f32 products (default: f32).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<tinylm::model::Precision>,
     /// Steps between validation evaluations.
     #[arg(long)]
     eval_interval: Option<usize>,
@@ -354,6 +361,10 @@ struct BenchCmd {
     /// Small shapes and few repetitions (a smoke run).
     #[arg(long)]
     quick: bool,
+    /// bench train only: the precision of the step's products, f32 or bf16, as
+    /// `train --dtype` (default: f32).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<tinylm::model::Precision>,
     #[command(flatten)]
     common: Common,
 }
@@ -425,6 +436,14 @@ fn parse_positions(s: &str) -> Result<tinylm::model::Positions, String> {
     }
 }
 
+fn parse_dtype(s: &str) -> Result<tinylm::model::Precision, String> {
+    match s {
+        "f32" => Ok(tinylm::model::Precision::F32),
+        "bf16" => Ok(tinylm::model::Precision::Bf16),
+        _ => Err(format!("expected f32 or bf16, got {s:?}")),
+    }
+}
+
 fn parse_optimizer(s: &str) -> Result<train::config::UpdateRule, String> {
     match s {
         "adamw" => Ok(train::config::UpdateRule::AdamW),
@@ -483,6 +502,7 @@ fn train_request(a: &TrainArgs) -> train::setup::TrainRequest {
             weight_decay: a.weight_decay,
             grad_clip: a.grad_clip,
             optimizer: a.optimizer,
+            dtype: a.dtype,
             eval_interval: a.eval_interval,
             eval_batches: a.eval_batches,
             log_interval: a.log_interval,
@@ -871,10 +891,16 @@ fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
 
 fn cmd_bench(a: BenchCmd) -> anyhow::Result<()> {
     setup(&a.common)?;
+    anyhow::ensure!(
+        a.dtype.is_none() || a.what == "train",
+        "--dtype is an option of bench train only (the loss bench measures its 16-bit cases \
+         by name)"
+    );
     let args = tinylm::bench::BenchArgs {
         json: a.json,
         filter: a.filter,
         quick: a.quick,
+        dtype: a.dtype.unwrap_or_default(),
     };
     match a.what.as_str() {
         "loss" => tinylm::bench::loss::run(&args),

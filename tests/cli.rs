@@ -63,6 +63,48 @@ fn train_writes_metrics_checkpoint_and_learns() {
     }
 }
 
+/// `--dtype bf16`: the run says which products it ran, records the choice in its
+/// config, and learns (on a CPU without AVX512-BF16 it says it ran f32 products).
+#[test]
+fn train_with_bf16_products_learns_and_records_its_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = tinylm(&[
+        "train",
+        "--data",
+        "data/zh_tiny.txt",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "60",
+        "--dtype",
+        "bf16",
+        "--out",
+        run.to_str().unwrap(),
+        "--no-progress",
+        "--sample-tokens",
+        "20",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "train failed: {}", text(&out.stderr));
+    let native = tinylm::kernels::gemm_bf16::native();
+    let note = if native {
+        "matrix products in bf16"
+    } else {
+        "no AVX512-BF16"
+    };
+    assert!(stdout.contains(note), "no dtype line ({note}):\n{stdout}");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("dtype = \"bf16\""), "{config}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let vals: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
+        .collect();
+    println!("validation losses: {vals:?}");
+    assert!(vals.last().unwrap() < &(vals[0] - 1.0), "{vals:?}");
+}
+
 #[test]
 fn sample_streams_valid_utf8() {
     let run = trained_run();
@@ -213,6 +255,8 @@ fn bad_inputs_fail_with_one_line() {
     assert!(train(&["--data", "data/zh_tiny.txt", "--batch-size", "0"]).contains("batch_size"));
     assert!(train(&["--data", "data/zh_tiny.txt", "--lr=-1"]).contains("lr"));
     fails(&["train", "--data", "data/zh_tiny.txt", "--context=-5"]);
+    assert!(train(&["--data", "data/zh_tiny.txt", "--dtype", "fp16"]).contains("f32 or bf16"));
+    assert!(fails(&["bench", "loss", "--dtype", "bf16"]).contains("bench train only"));
     fails(&["train", "--data", "data/zh_tiny.txt", "--preset", "huge"]);
     // A BPE is trained on UTF-8 only: a non-UTF-8 corpus is refused, not mangled.
     let latin1 = d("latin1.txt");

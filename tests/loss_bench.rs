@@ -9,6 +9,7 @@ fn quick_bench_records_are_sane() {
         json: true,
         filter: Some("512x256".into()),
         quick: true,
+        dtype: Default::default(),
     };
     let recs = loss::collect(&args).unwrap();
     let names: Vec<_> = recs
@@ -56,6 +57,7 @@ fn quick_half_cases_carry_their_f32_twin_and_ratio() {
         json: true,
         filter: Some("16_64x8192".into()),
         quick: true,
+        dtype: Default::default(),
     };
     let recs = loss::collect(&args).unwrap();
     for dt in ["bf16", "f16"] {

@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use tinylm::loss::CrossEntropyOptions;
-use tinylm::model::native::{loss_and_grad_into, zero_grads};
-use tinylm::model::{Gpt, GptConfig, Positions};
+use tinylm::model::native::{loss_and_grad_into, loss_and_grad_with, zero_grads};
+use tinylm::model::{Gpt, GptConfig, Positions, Precision};
 
 /// Byte windows of the tiny corpus: (inputs, targets), each B·T ids.
 fn windows(b: usize, t: usize, v: usize) -> (Vec<u32>, Vec<u32>) {
@@ -285,4 +285,75 @@ fn non_finite_logits_report_nan_and_bad_input_is_refused() {
     assert!(loss_and_grad_into(&model, &bad_id, &bad_id, (1, 4), &opts, &mut g).is_err());
     let f64_model = model.to_f64_reference().unwrap();
     assert!(loss_and_grad_into(&f64_model, &x, &y, (b, t), &opts, &mut g).is_err());
+}
+
+fn native_bf16(model: &Gpt, x: &[u32], y: &[u32], b: usize, t: usize) -> (f64, Vec<Vec<f32>>) {
+    let mut g = zero_grads(model);
+    let o = CrossEntropyOptions::default();
+    let out = loss_and_grad_with(model, x, y, (b, t), &o, &mut g, Precision::Bf16).unwrap();
+    (out.loss, g)
+}
+
+/// `--dtype bf16`'s step (every product's factors rounded to bf16, f32 sums) against
+/// the f64 reference: each tensor's gradient within bf16's precision (its relative
+/// rounding is 2^-9 a factor, 2^-8 a product; the bound is 5x that), and visibly not
+/// the f32 step's (so the bf16 products ran). The f32 step's errors are ~5e-7; bf16's
+/// were 2e-3..6.4e-3 when this was written.
+#[test]
+fn bf16_step_matches_the_f64_reference_at_bf16_precision() {
+    for positions in [Positions::Learned, Positions::Rotary] {
+        let cfg = GptConfig {
+            positions,
+            ..odd_config()
+        };
+        let (b, t) = (3, 77);
+        let model = Gpt::new(&cfg, 11, &Device::Cpu).unwrap();
+        let (x, y) = windows(b, t, cfg.vocab_size);
+        let (l64, g64) = graph_grads(&model.to_f64_reference().unwrap(), &x, &y, b, t);
+        let (l32, g32) = native(&model, &x, &y, b, t);
+        let (l16, g16) = native_bf16(&model, &x, &y, b, t);
+        println!("--- {positions:?}: loss f64 {l64:.7}  f32 {l32:.7}  bf16 {l16:.7}");
+        assert!((l16 - l64).abs() <= 1e-3 * l64, "loss {l16} vs {l64}");
+        let mut bad = Vec::new();
+        for (i, (name, _)) in model.params().iter().enumerate() {
+            let e32 = rel_err(g32[i].iter().map(|&v| v as f64), &g64[i]);
+            let e16 = rel_err(g16[i].iter().map(|&v| v as f64), &g64[i]);
+            println!("{name:<24} f32 {e32:>10.3e}  bf16 {e16:>10.3e}");
+            if e16.is_nan() || e16 > 2e-2 {
+                bad.push(format!("{name}: bf16 error {e16:.3e}"));
+            }
+        }
+        let e_all: f64 = (0..g64.len())
+            .map(|i| rel_err(g16[i].iter().map(|&v| v as f64), &g64[i]))
+            .fold(0.0, f64::max);
+        assert!(
+            e_all > 1e-4,
+            "bf16 step agrees with f64 to {e_all:e}: not bf16 products"
+        );
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
+}
+
+#[test]
+fn bf16_step_gives_every_parameter_a_finite_nonzero_gradient_and_repeats() {
+    let cfg = tinylm::train::config::TrainConfig::preset("bench-ref")
+        .unwrap()
+        .model;
+    let model = Gpt::new(&cfg, 7, &Device::Cpu).unwrap();
+    let (b, t) = (2, cfg.block_size);
+    let (x, y) = windows(b, t, cfg.vocab_size);
+    let (loss, g) = native_bf16(&model, &x, &y, b, t);
+    let (loss2, g2) = native_bf16(&model, &x, &y, b, t);
+    assert_eq!(loss.to_bits(), loss2.to_bits());
+    assert_eq!(g, g2, "bf16 step repeats bit for bit");
+    let mut bad = Vec::new();
+    for ((name, _), g) in model.params().iter().zip(&g) {
+        let max = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if g.iter().any(|v| !v.is_finite()) {
+            bad.push(format!("{name}: non-finite"));
+        } else if max == 0.0 {
+            bad.push(format!("{name}: all zero"));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
 }

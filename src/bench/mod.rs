@@ -19,6 +19,8 @@ pub struct BenchArgs {
     pub filter: Option<String>,
     /// Fewer repetitions and smaller shapes: a smoke run for tests.
     pub quick: bool,
+    /// `bench train`: the precision of the step's products (`train --dtype`).
+    pub dtype: crate::model::Precision,
 }
 
 /// Fails when `args.filter` selects none of `cases` (by the bench's own rule,

@@ -6,6 +6,7 @@
 //! memory is not hidden by the heap the previous one left behind.
 
 use super::{median, BenchArgs};
+use crate::model::Precision;
 use crate::train::config::TrainConfig;
 use crate::train::Trainer;
 use candle_core::Device;
@@ -36,6 +37,10 @@ struct Record {
     /// The median step ran faster than every measurement: MFU is 1 against its own rate.
     #[serde(default)]
     ceiling_raised: bool,
+    /// The precision the products ran in (bf16 asked on a CPU without AVX512-BF16
+    /// runs, and says, f32); MFU's ceiling is that precision's rate.
+    #[serde(default)]
+    dtype: Precision,
 }
 
 /// (VmRSS, VmHWM) of this process in bytes.
@@ -89,8 +94,10 @@ pub fn synthetic_tokens(v: usize) -> anyhow::Result<Vec<u32>> {
 }
 
 /// One preset's steps, measured in this process.
-fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record> {
+fn measure(preset: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Record> {
+    let quick = args.quick;
     let mut config = preset_as_trained(preset)?;
+    config.dtype = args.dtype;
     if quick {
         config.model.n_layer = 1;
         config.model.block_size = 64;
@@ -126,7 +133,8 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
     // Measured after the steps and the peak: its freed buffers would otherwise stay in
     // the heap and count in the baseline the peak is taken from.
     let rows = config.batch_size * config.model.block_size;
-    let mut ceiling = crate::device::Ceiling::measure(device, &config.model, rows)?;
+    let mut ceiling =
+        crate::device::Ceiling::measure(device, &config.model, rows, trainer.products())?;
     let mfu = ceiling.mfu(tokens_per_s);
     Ok(Record {
         case: "gpt_step".to_string(),
@@ -147,16 +155,20 @@ fn measure(preset: &str, quick: bool, device: &Device) -> anyhow::Result<Record>
         threads: crate::device::threads(),
         matmul_gflops: ceiling.measured() / 1e9,
         ceiling_raised: ceiling.raised(),
+        dtype: trainer.products(),
     })
 }
 
 /// Runs `tinylm bench train --filter <preset> --json` in a child process.
-fn measure_in_child(preset: &str, quick: bool) -> anyhow::Result<Record> {
+fn measure_in_child(preset: &str, args: &BenchArgs) -> anyhow::Result<Record> {
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["bench", "train", "--json", "--filter", preset])
         .args(["--threads", &crate::device::threads().to_string()]);
-    if quick {
+    if args.dtype == Precision::Bf16 {
+        cmd.args(["--dtype", "bf16"]);
+    }
+    if args.quick {
         cmd.arg("--quick");
     }
     let out = cmd.output()?;
@@ -179,6 +191,9 @@ fn selects(filter: &str, preset: &str) -> bool {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
+    if let Some(note) = crate::train::dtype_note(args.dtype) {
+        eprintln!("{note}");
+    }
     let names: Vec<String> = PRESETS.iter().map(|p| p.0.to_string()).collect();
     super::check_filter(args, &names, selects)?;
     let presets: Vec<&str> = PRESETS
@@ -195,9 +210,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| {
             if presets.len() > 1 && is_cli {
-                measure_in_child(p, args.quick)
+                measure_in_child(p, args)
             } else {
-                measure(p, args.quick, &device)
+                measure(p, args, &device)
             }
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -205,11 +220,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&records)?);
     } else {
         println!(
-            "{} threads; MFU (PaLM's convention, the causal half of attention, tinylm train \
+            "{} threads, {} products; MFU (PaLM's convention, the causal half of attention, tinylm train \
              --help) against the better of candle's 1024³ matmul and the step's own GEMM on \
-             its MLP product, measured (ceiling column; * = the step beat it, MFU is against \
+             its MLP product in the step's precision, measured (ceiling column; * = the step beat it, MFU is against \
              the step's own rate)",
-            crate::device::threads()
+            crate::device::threads(),
+            match crate::train::effective_products(args.dtype) {
+                Precision::F32 => "f32",
+                Precision::Bf16 => "bf16",
+            }
         );
         println!(
             "{:<10} {:<12} {:>16} {:>11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>10} {:>12}",

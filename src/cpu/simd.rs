@@ -64,6 +64,20 @@ pub fn has_f16c() -> bool {
     has && level() > Level::Baseline
 }
 
+/// Whether kernels may use AVX512-BF16 (`vdpbf16ps`, the bf16 products of
+/// `--dtype bf16`): the CPU has it and the level is not capped below AVX-512, so that
+/// a capped run checks the portable kernel. Reached through a `#[target_feature]`
+/// function, like F16C.
+#[inline]
+pub fn has_avx512bf16() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    let has = *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bf16"));
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = *DETECTED.get_or_init(|| false);
+    has && level() == Level::Avx512
+}
+
 /// `detected` lowered to the cap `cap` (a `Level` discriminant, or above all of them).
 #[inline]
 fn capped(detected: Level, cap: u8) -> Level {

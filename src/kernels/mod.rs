@@ -1,5 +1,5 @@
-//! Layer kernels of the model other than attention and the loss: LayerNorm, GELU and
-//! rotary positions.
+//! Layer kernels of the model other than attention and the loss: LayerNorm, GELU,
+//! rotary positions, and the bf16 matrix product of `--dtype bf16` training.
 //! Each entry point is differentiable; `reference` holds the composed versions.
 //!
 //! The fused versions (f32 and f64 on the CPU) are candle custom ops with explicit
@@ -8,6 +8,7 @@
 //! devices fall back to `reference`.
 
 pub(crate) mod gelu;
+pub mod gemm_bf16;
 pub(crate) mod layer_norm;
 mod real;
 pub mod reference;

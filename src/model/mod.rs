@@ -38,6 +38,18 @@ pub enum Positions {
     Rotary,
 }
 
+/// The precision of the training step's matrix products (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 products (the gemm crate).
+    #[default]
+    F32,
+    /// Both factors rounded to bf16, products summed in f32
+    /// (`kernels::gemm_bf16`); weights, activations, gradients and the loss stay f32.
+    Bf16,
+}
+
 /// The shape of a GPT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {

@@ -29,11 +29,12 @@
 //! ```
 
 use super::params::{Affine, Block, Params};
-use super::Gpt;
+use super::{Gpt, Precision};
 use crate::attention::kernel as attn;
 use crate::cpu::{as_uninit, assume_init, storage_slice, uninit_vec};
+use crate::kernels::gemm_bf16;
 use crate::kernels::{gelu, layer_norm, rope};
-use crate::loss::head::{tied_head, HeadError};
+use crate::loss::head::{tied_head, HeadError, Operand};
 use crate::loss::{CrossEntropyOptions, Reduction};
 use candle_core::{bail, Result};
 use rayon::prelude::*;
@@ -92,9 +93,26 @@ pub fn loss_and_grad_into(
     model: &Gpt,
     idx: &[u32],
     targets: &[u32],
+    bt: (usize, usize),
+    opts: &CrossEntropyOptions,
+    grads: &mut [Vec<f32>],
+) -> Result<NativeOutcome> {
+    loss_and_grad_with(model, idx, targets, bt, opts, grads, Precision::F32)
+}
+
+/// [`loss_and_grad_into`] with the matrix products (the layers' and the output head's)
+/// in `products`' precision. With [`Precision::Bf16`] each product rounds its two
+/// factors to bf16 and sums in f32 (`kernels::gemm_bf16`: AVX512-BF16 where the CPU
+/// has it, a portable kernel with the same rounding elsewhere); everything else is
+/// as in f32.
+pub fn loss_and_grad_with(
+    model: &Gpt,
+    idx: &[u32],
+    targets: &[u32],
     (b, t): (usize, usize),
     opts: &CrossEntropyOptions,
     grads: &mut [Vec<f32>],
+    products: Precision,
 ) -> Result<NativeOutcome> {
     let cfg = &model.config;
     if !supported(model) {
@@ -138,6 +156,7 @@ pub fn loss_and_grad_into(
     let rope_tables = (cfg.positions == super::Positions::Rotary)
         .then(|| rope::Tables::new(t, cfg.n_embd / cfg.n_head));
     let dm = Dims {
+        products,
         rope: rope_tables.as_ref(),
         b,
         t,
@@ -187,6 +206,8 @@ pub fn loss_and_grad_into(
 
 #[derive(Clone, Copy)]
 struct Dims<'a> {
+    /// The precision of the matrix products.
+    products: Precision,
     /// Rotary positions: q and k rotated after the qkv projection by these angles.
     rope: Option<&'a rope::Tables>,
     b: usize,
@@ -201,19 +222,60 @@ impl Dims<'_> {
     fn d(&self) -> usize {
         self.c / self.h
     }
+
+    /// The step's matrix product ([`product`]) in its precision, on the rayon pool.
+    fn gemm(
+        &self,
+        shape: (usize, usize, usize),
+        dst: &mut [MaybeUninit<f32>],
+        acc: bool,
+        a: Operand,
+        b: Operand,
+    ) {
+        product(
+            self.products,
+            rayon::current_num_threads(),
+            shape,
+            dst,
+            acc,
+            a,
+            b,
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Matrix products: gemm writing (or adding) into its destination.
 
-/// The FLOP/s of this step's own matrix product (`gemm_into`, the threads of the
+/// The FLOP/s of this step's own f32 matrix product ([`product`], the threads of the
 /// current pool) on [m, k]·[k, n]: the best of at least `reps` products and at least
 /// `min_secs` of them, after a warm-up, so that a clock still ramping up or a moment's
 /// contention does not lower the ceiling MFU is measured against.
 pub fn gemm_rate(m: usize, n: usize, k: usize, reps: usize, min_secs: f64) -> f64 {
+    gemm_rate_in(Precision::F32, (m, n, k), reps, min_secs)
+}
+
+/// [`gemm_rate`] of the products in `products`' precision.
+pub fn gemm_rate_in(
+    products: Precision,
+    (m, n, k): (usize, usize, usize),
+    reps: usize,
+    min_secs: f64,
+) -> f64 {
     let a = vec![1.0f32; m * k];
     let b = vec![1.0f32; k * n];
     let mut c = uninit_vec(m * n);
+    let gemm_into = |shape, dst: &mut [MaybeUninit<f32>], acc, a: Operand, b: Operand| {
+        product(
+            products,
+            rayon::current_num_threads(),
+            shape,
+            dst,
+            acc,
+            a,
+            b,
+        )
+    };
     gemm_into((m, n, k), &mut c, false, (&a, k, 1), (&b, n, 1)); // warm-up
     let start = std::time::Instant::now();
     let mut best = f64::INFINITY;
@@ -227,25 +289,12 @@ pub fn gemm_rate(m: usize, n: usize, k: usize, reps: usize, min_secs: f64) -> f6
     2.0 * (m * n * k) as f64 / best
 }
 
-/// dst [m, n] = (dst if `acc` else 0) + A · B, with A [m, k] and B [k, n] given as
-/// (data, row stride, column stride). Parallel over the rayon pool; each entry's k-sum
-/// runs in a fixed order, so results repeat bit for bit at a fixed thread count.
-/// With `acc` false every entry of dst is written and none is read.
-fn gemm_into(
-    shape: (usize, usize, usize),
-    dst: &mut [MaybeUninit<f32>],
-    acc: bool,
-    a: (&[f32], usize, usize),
-    b: (&[f32], usize, usize),
-) {
-    gemm_into_threads(rayon::current_num_threads(), shape, dst, acc, a, b)
-}
-
-/// FLOPs (2·m·n·k a product) done by every [`gemm_into_strided`] call of this process
-/// (every product goes through it: [`gemm_into_threads`] and Muon's symmetric blocks).
+/// FLOPs (2·m·n·k a product) done by every product of this process: each
+/// [`gemm_into_strided`] call (f32: [`gemm_into_threads`] and Muon's symmetric blocks)
+/// and each bf16 product of [`product`].
 static GEMM_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// FLOPs every [`gemm_into_strided`] call of this process has executed so far: the
+/// FLOPs every product of this process (f32 and bf16) has executed so far: the
 /// step's forward, backward and head products, Muon's Newton–Schulz products, and any
 /// other caller (the MFU ceiling's measurement, evaluation). A difference across a
 /// call counts that call's products only when nothing else runs meanwhile; it backs
@@ -254,8 +303,33 @@ pub fn gemm_flops_done() -> u64 {
     GEMM_FLOPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// [`gemm_into`] on at most `threads` threads (1: on the calling thread, for callers
-/// that are already parallel over several products).
+/// dst [m, n] = (dst if `acc` else 0) + A · B, with A [m, k] and B [k, n] given as
+/// (data, row stride, column stride), in `products`' precision: f32 through the gemm
+/// crate, bf16 through `kernels::gemm_bf16`. Parallel over the rayon pool when
+/// `threads` > 1; each entry's k-sum runs in a fixed order, so results repeat bit for
+/// bit at a fixed thread count. With `acc` false every entry of dst is written and
+/// none is read. Both precisions count their FLOPs in [`gemm_flops_done`].
+fn product(
+    products: Precision,
+    threads: usize,
+    shape: (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    acc: bool,
+    a: Operand,
+    b: Operand,
+) {
+    match products {
+        Precision::F32 => gemm_into_threads(threads, shape, dst, acc, a, b),
+        Precision::Bf16 => {
+            let (m, n, k) = shape;
+            GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+            gemm_bf16::gemm(threads, shape, (dst, n), acc, a, b)
+        }
+    }
+}
+
+/// The f32 [`product`] on at most `threads` threads (1: on the calling thread, for
+/// callers that are already parallel over several products).
 pub(crate) fn gemm_into_threads(
     threads: usize,
     (m, n, k): (usize, usize, usize),
@@ -339,20 +413,20 @@ fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
 }
 
 /// dst [m, n] += x [m, k] · wᵀ, w [n, k]: a linear layer's forward onto its bias.
-fn mm_nt_acc(dst: &mut [f32], x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) {
-    gemm_into((m, n, k), as_uninit(dst), true, (x, k, 1), (w, 1, k))
+fn mm_nt_acc(dm: &Dims, dst: &mut [f32], x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) {
+    dm.gemm((m, n, k), as_uninit(dst), true, (x, k, 1), (w, 1, k))
 }
 
 /// dy [m, k] · w [k, n] -> new [m, n]: a linear layer's input gradient.
-fn mm_nn(dy: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+fn mm_nn(dm: &Dims, dy: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
     filled(m * n, |d| {
-        gemm_into((m, n, k), d, false, (dy, k, 1), (w, n, 1))
+        dm.gemm((m, n, k), d, false, (dy, k, 1), (w, n, 1))
     })
 }
 
 /// dst [m, n] += dyᵀ · x with dy [k, m], x [k, n]: a linear layer's weight gradient.
-fn mm_tn_acc(dst: &mut [f32], dy: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
-    gemm_into((m, n, k), as_uninit(dst), true, (dy, 1, m), (x, n, 1))
+fn mm_tn_acc(dm: &Dims, dst: &mut [f32], dy: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
+    dm.gemm((m, n, k), as_uninit(dst), true, (dy, 1, m), (x, n, 1))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -543,7 +617,7 @@ fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f
     let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
     let ln1 = layer_norm::forward(&x, w.ln_1.weight, w.ln_1.bias, LN_EPS); // [N, C]
     let mut qkv_rows = bias_init(w.c_attn.bias, None, n); // [N, 3C]
-    mm_nt_acc(&mut qkv_rows, &ln1.0, w.c_attn.weight, (n, 3 * c, c)); // [N, C] x [C, 3C]
+    mm_nt_acc(dm, &mut qkv_rows, &ln1.0, w.c_attn.weight, (n, 3 * c, c)); // [N, C] x [C, 3C]
     let mut qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
     drop(qkv_rows);
     let part = b * h * t * d;
@@ -554,13 +628,13 @@ fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f
     let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
     let atty = heads_to_rows(dm, &[&att]); // [N, C]
     let mut x2 = bias_init(w.c_proj.bias, Some(&x), n); // [N, C]
-    mm_nt_acc(&mut x2, &atty, w.c_proj.weight, (n, c, c)); // x + [N, C] x [C, C]
+    mm_nt_acc(dm, &mut x2, &atty, w.c_proj.weight, (n, c, c)); // x + [N, C] x [C, C]
     let ln2 = layer_norm::forward(&x2, w.ln_2.weight, w.ln_2.bias, LN_EPS);
     let mut fc = bias_init(w.c_fc.bias, None, n); // [N, 4C]
-    mm_nt_acc(&mut fc, &ln2.0, w.c_fc.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
+    mm_nt_acc(dm, &mut fc, &ln2.0, w.c_fc.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
     let act = gelu::forward(&fc); // [N, 4C]
     let mut out = bias_init(w.mlp_proj.bias, Some(&x2), n); // [N, C]
-    mm_nt_acc(&mut out, &act, w.mlp_proj.weight, (n, c, 4 * c)); // x2 + [N, 4C] x [4C, C]
+    mm_nt_acc(dm, &mut out, &act, w.mlp_proj.weight, (n, c, 4 * c)); // x2 + [N, 4C] x [4C, C]
     let acts = BlockActs {
         x,
         ln1,
@@ -587,24 +661,24 @@ fn block_backward(
     let (n, c) = (dm.n, dm.c);
     let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
     // MLP: out = x2 + act · W_mpᵀ + b_mp
-    mm_tn_acc(g.mlp_proj.weight, &dout, &a.act, (c, 4 * c, n)); // [C, N] x [N, 4C]
+    mm_tn_acc(dm, g.mlp_proj.weight, &dout, &a.act, (c, 4 * c, n)); // [C, N] x [N, 4C]
     add_colsum(g.mlp_proj.bias, &dout);
-    let dact = mm_nn(&dout, w.mlp_proj.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
+    let dact = mm_nn(dm, &dout, w.mlp_proj.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
     drop(a.act);
     let dfc = gelu::backward(&a.fc, &dact); // [N, 4C]
     drop((dact, a.fc));
-    mm_tn_acc(g.c_fc.weight, &dfc, &a.ln2.0, (4 * c, c, n)); // [4C, N] x [N, C]
+    mm_tn_acc(dm, g.c_fc.weight, &dfc, &a.ln2.0, (4 * c, c, n)); // [4C, N] x [N, C]
     add_colsum(g.c_fc.bias, &dfc);
-    let dln2 = mm_nn(&dfc, w.c_fc.weight, (n, c, 4 * c)); // [N, 4C] x [4C, C]
+    let dln2 = mm_nn(dm, &dfc, w.c_fc.weight, (n, c, 4 * c)); // [N, 4C] x [4C, C]
     drop(dfc);
     let stats = (a.ln2.1, a.ln2.2);
     let mut dx2 = ln_backward(&a.x2, &dln2, w.ln_2.weight, &stats, &mut g.ln_2);
     add_into(&mut dx2, &dout); // the residual path
     drop((dout, dln2, a.x2, a.ln2.0));
     // Attention: x2 = x + atty · W_projᵀ + b_proj
-    mm_tn_acc(g.c_proj.weight, &dx2, &a.atty, (c, c, n)); // [C, N] x [N, C]
+    mm_tn_acc(dm, g.c_proj.weight, &dx2, &a.atty, (c, c, n)); // [C, N] x [N, C]
     add_colsum(g.c_proj.bias, &dx2);
-    let datty = mm_nn(&dx2, w.c_proj.weight, (n, c, c)); // [N, C] x [C, C]
+    let datty = mm_nn(dm, &dx2, w.c_proj.weight, (n, c, c)); // [N, C] x [C, C]
     let datt = rows_to_heads(dm, &datty, 1); // [B, H, T, D]
     drop(datty);
     let part = b * h * t * d;
@@ -619,9 +693,9 @@ fn block_backward(
     drop((datt, a.att, a.lse, a.qkv));
     let dqkv = heads_to_rows(dm, &[&dq, &dk, &dv]); // [N, 3C]
     drop((dq, dk, dv));
-    mm_tn_acc(g.c_attn.weight, &dqkv, &a.ln1.0, (3 * c, c, n)); // [3C, N] x [N, C]
+    mm_tn_acc(dm, g.c_attn.weight, &dqkv, &a.ln1.0, (3 * c, c, n)); // [3C, N] x [N, C]
     add_colsum(g.c_attn.bias, &dqkv);
-    let dln1 = mm_nn(&dqkv, w.c_attn.weight, (n, c, 3 * c)); // [N, 3C] x [3C, C]
+    let dln1 = mm_nn(dm, &dqkv, w.c_attn.weight, (n, c, 3 * c)); // [N, 3C] x [3C, C]
     drop(dqkv);
     let stats = (a.ln1.1, a.ln1.2);
     let mut dx = ln_backward(&a.x, &dln1, w.ln_1.weight, &stats, &mut g.ln_1);
@@ -654,5 +728,8 @@ fn head(
     opts: &CrossEntropyOptions,
     dwte: &mut [f32],
 ) -> std::result::Result<(f64, Vec<f32>), HeadError> {
-    tied_head((dm.n, dm.c, dm.v), hs, wte, targets, opts, dwte, gemm_into)
+    let gemm = |shape, dst: &mut [MaybeUninit<f32>], acc, a: Operand, b: Operand| {
+        dm.gemm(shape, dst, acc, a, b)
+    };
+    tied_head((dm.n, dm.c, dm.v), hs, wte, targets, opts, dwte, gemm)
 }

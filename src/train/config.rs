@@ -56,6 +56,12 @@ pub struct TrainConfig {
     /// Absent from configs written before it was a choice (AdamW then).
     #[serde(default)]
     pub optimizer: UpdateRule,
+    /// The precision of the step's matrix products (`--dtype`): f32, or bf16 factors
+    /// with f32 sums where the CPU has AVX512-BF16. Weights, optimizer moments,
+    /// activations and the loss stay f32 either way. Absent from configs written
+    /// before it was a choice (f32 then).
+    #[serde(default)]
+    pub dtype: crate::model::Precision,
     /// Evaluate on the validation split every this many steps (and at the end).
     pub eval_interval: usize,
     /// Batches of batch_size windows per evaluation.
@@ -235,6 +241,7 @@ impl TrainConfig {
             // Muon on the matrices: each step costs more (Newton–Schulz), but it learns
             // more per step than AdamW (BENCHMARKS.md, "Muon").
             optimizer: UpdateRule::Muon,
+            dtype: Default::default(),
             // Three evaluations in a 5-minute run (each costs ~2 s), plus the final one.
             eval_interval: 200,
             // 32 x 4 = 128 windows of 256 tokens (~32k of the ~123k validation tokens);

@@ -15,7 +15,7 @@ pub mod setup;
 use crate::data::{eval_windows, Corpus, WindowSampler};
 use crate::eval::{evaluate_windows, EvalReport};
 use crate::loss::CrossEntropyOptions;
-use crate::model::{native, Gpt};
+use crate::model::{native, Gpt, Precision};
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
@@ -158,10 +158,46 @@ pub fn optimizer_tensors(model: &Gpt, opt: &Optimizer) -> anyhow::Result<HashMap
     Ok(out)
 }
 
+/// The precision a step asked for `dtype` runs its products in: bf16 only where
+/// the CPU has AVX512-BF16 (the portable bf16 kernel is slower than f32's).
+pub fn effective_products(dtype: Precision) -> Precision {
+    match dtype {
+        Precision::Bf16 if crate::kernels::gemm_bf16::native() => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// The line a run prints about its products when `--dtype bf16` was asked for.
+pub fn dtype_note(dtype: Precision) -> Option<&'static str> {
+    match (dtype, effective_products(dtype)) {
+        (Precision::Bf16, Precision::Bf16) => Some(
+            "dtype bf16: matrix products in bf16 (AVX512-BF16) with f32 sums; weights, \
+             optimizer state, activations and the loss in f32",
+        ),
+        (Precision::Bf16, _) => Some(
+            "dtype bf16: this CPU has no AVX512-BF16 (or the SIMD level is capped), so the \
+             products run in f32, as with --dtype f32",
+        ),
+        _ => None,
+    }
+}
+
+/// Refuses `--dtype bf16` where the step is not the native CPU one (candle's graph has
+/// no bf16 products of ours).
+fn check_dtype(model: &Gpt, config: &TrainConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.dtype == Precision::F32 || native::supported(model),
+        "--dtype bf16 runs in the native CPU step only (f32 parameters on the CPU, fused \
+         kernels); this run takes candle's graph: use --dtype f32"
+    );
+    Ok(())
+}
+
 impl Trainer {
     pub fn new(config: &TrainConfig, device: &Device) -> anyhow::Result<Self> {
         config.validate()?;
         let model = Gpt::new(&config.model, config.seed, device)?;
+        check_dtype(&model, config)?;
         let optimizer = optimizer_for(&model, config)?;
         Ok(Self {
             model,
@@ -181,6 +217,7 @@ impl Trainer {
                 loaded.dir.display()
             )
         })?;
+        check_dtype(&model, config)?;
         let mut optimizer = optimizer_for(&model, config)?;
         let moments = model
             .params()
@@ -278,6 +315,12 @@ impl Trainer {
         })
     }
 
+    /// The precision the step's products run in: the config's `dtype`, except that
+    /// bf16 on a CPU without AVX512-BF16 runs f32 ([`dtype_note`] says so).
+    pub fn products(&self) -> Precision {
+        effective_products(self.config.dtype)
+    }
+
     /// The micro-steps through `model::native`: (summed loss, gradients).
     fn native_micro_steps(
         &mut self,
@@ -291,13 +334,14 @@ impl Trainer {
         let mut loss_sum = 0.0;
         for _ in 0..c.grad_accum {
             let batch = self.sampler.next_batch(tokens, b, t);
-            let out = native::loss_and_grad_into(
+            let out = native::loss_and_grad_with(
                 &self.model,
                 &batch.inputs,
                 &batch.targets,
                 (b, t),
                 opts,
                 &mut grads,
+                self.products(),
             )?;
             loss_sum += out.loss;
             times.forward += out.forward_s;
@@ -542,8 +586,11 @@ pub fn run(
         cfg.eval_batches * cfg.batch_size,
         mc.block_size,
     );
-    let mut ceiling =
-        crate::device::Ceiling::measure(&opts.device, mc, cfg.batch_size * mc.block_size)?;
+    if let Some(note) = dtype_note(cfg.dtype) {
+        println!("{note}");
+    }
+    let rows = cfg.batch_size * mc.block_size;
+    let mut ceiling = crate::device::Ceiling::measure(&opts.device, mc, rows, trainer.products())?;
     println!(
         "MFU: {:.1} MFLOP a token over a measured ceiling of {:.0} GFLOP/s (tinylm train --help)",
         mc.flops_per_token() / 1e6,

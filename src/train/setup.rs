@@ -35,6 +35,7 @@ pub struct Overrides {
     pub weight_decay: Option<f64>,
     pub grad_clip: Option<f64>,
     pub optimizer: Option<super::config::UpdateRule>,
+    pub dtype: Option<crate::model::Precision>,
     pub eval_interval: Option<usize>,
     pub eval_batches: Option<usize>,
     pub log_interval: Option<usize>,
@@ -74,6 +75,7 @@ impl Overrides {
             ("--weight-decay", self.weight_decay.is_some()),
             ("--grad-clip", self.grad_clip.is_some()),
             ("--optimizer", self.optimizer.is_some()),
+            ("--dtype", self.dtype.is_some()),
             ("--eval-batches", self.eval_batches.is_some()),
         ]
         .into_iter()
@@ -97,6 +99,7 @@ impl Overrides {
             c.weight_decay => self.weight_decay,
             c.grad_clip => self.grad_clip,
             c.optimizer => self.optimizer,
+            c.dtype => self.dtype,
             c.eval_interval => self.eval_interval,
             c.eval_batches => self.eval_batches,
             c.log_interval => self.log_interval,

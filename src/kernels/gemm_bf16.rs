@@ -1,0 +1,438 @@
+//! The matrix product of `--dtype bf16` training: dst [m, n] = (dst if `acc`, else
+//! 0) plus A [m, k] · B [k, n], with A and B f32 in memory, rounded to bf16 (nearest
+//! even) as they are packed, and every product summed in f32. This is what PyTorch's CPU
+//! autocast does to a linear layer, minus the bf16 output: dst stays f32.
+//!
+//! Why our own: the gemm crate has no bf16 kernel, and AVX512-BF16's `vdpbf16ps`
+//! does 32 multiply-adds a 512-bit instruction where an f32 FMA does 16.
+//!
+//! Layout, BLIS-style. Both operands are packed once a call, in k-pairs, because
+//! `vdpbf16ps` adds the products of two adjacent bf16 pairs into one f32 lane:
+//!
+//! ```text
+//! A packed: strips of MR rows;    strip s, pair p, row i  -> u32 (a[i, 2p], a[i, 2p+1])
+//! B packed: strips of NR columns; strip s, pair p, col j  -> u32 (b[2p, j], b[2p+1, j])
+//! ```
+//!
+//! (low half the even k, zeros past the edges). A micro-tile [MR, NR] then is, per
+//! pair, two 16-lane loads of B, MR broadcasts of A and 2·MR `vdpbf16ps` into 24
+//! accumulators. Tasks are [MC, NC] blocks of dst; each walks k in KC passes, so every
+//! dst entry sums its k in the same order whatever the thread count (same bits).
+//!
+//! CPUs without AVX512-BF16 (and runs capped below AVX-512) take a portable micro-
+//! kernel with the same rounding of the inputs and the same order of sums; only
+//! `vdpbf16ps`'s flush of subnormals to zero can differ.
+
+use crate::cpu::{assume_init, simd, uninit_vec};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Rows of a micro-tile.
+const MR: usize = 12;
+/// Columns of a micro-tile: two vectors of 16 f32 lanes.
+const NR: usize = 32;
+/// k-pairs of one pass: a B strip (KC_PAIRS · NR · 4 bytes = 16 KiB) stays in L1
+/// while the task's A strips stream past it.
+const KC_PAIRS: usize = 128;
+/// Rows and columns of a task: multiples of MR and NR.
+const MC: usize = 8 * MR;
+const NC: usize = 8 * NR;
+
+/// Whether this process runs the AVX512-BF16 micro-kernel (the CPU has it and the
+/// SIMD level is not capped below AVX-512); otherwise the portable one.
+pub fn native() -> bool {
+    simd::has_avx512bf16()
+}
+
+/// f32 -> bf16 bits, rounded to nearest even; NaN stays NaN (quiet).
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits -> f32 (exact).
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// An operand: (data, row stride, column stride).
+pub type Operand<'a> = (&'a [f32], usize, usize);
+
+/// Packs `len` columns (or rows) of an operand into `width`-wide strips of k-pairs:
+/// `out[s][p][j] = (x(s·width + j, 2p), x(s·width + j, 2p + 1))` where
+/// `x(j, kk) = data[j·js + kk·ks]`, zero past `len` and `k`.
+fn pack(
+    (data, js, ks): (&[f32], usize, usize),
+    len: usize,
+    k: usize,
+    width: usize,
+    par: bool,
+) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let strips = len.div_ceil(width);
+    let mut out = uninit_vec::<u32>(strips * pairs * width);
+    let native = native();
+    let pack_strip = |(s, strip): (usize, &mut [MaybeUninit<u32>])| {
+        let src = Strip {
+            data,
+            js,
+            ks,
+            j0: s * width,
+            cols: width.min(len - s * width),
+            k,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if native && (js == 1 || ks == 1) {
+            // SAFETY: `native` only when the CPU has AVX512-BF16 (and AVX-512 F, BW).
+            unsafe { pack_strip_avx512bf16(src, strip) };
+            return;
+        }
+        pack_strip_portable(src, strip);
+    };
+    if par {
+        out.par_chunks_mut(pairs * width)
+            .enumerate()
+            .for_each(pack_strip);
+    } else {
+        out.chunks_mut(pairs * width)
+            .enumerate()
+            .for_each(pack_strip);
+    }
+    // SAFETY: every strip packer writes all pairs · width entries of its strip.
+    unsafe { assume_init(out) }
+}
+
+/// One strip's source: `cols` columns from `j0`, `k` deep; x(j, kk) = data[j·js + kk·ks].
+#[derive(Clone, Copy)]
+struct Strip<'a> {
+    data: &'a [f32],
+    js: usize,
+    ks: usize,
+    j0: usize,
+    cols: usize,
+    k: usize,
+}
+
+impl Strip<'_> {
+    fn at(&self, j: usize, kk: usize) -> f32 {
+        self.data[(self.j0 + j) * self.js + kk * self.ks]
+    }
+}
+
+/// Writes every entry of `out` (pairs x width): the pairs of the strip, zeros past it.
+fn pack_strip_portable(x: Strip, out: &mut [MaybeUninit<u32>]) {
+    let width = out.len() / x.k.div_ceil(2);
+    for (p, row) in out.chunks_exact_mut(width).enumerate() {
+        for (j, o) in row.iter_mut().enumerate() {
+            let v = if j < x.cols {
+                let lo = to_bf16(x.at(j, 2 * p)) as u32;
+                let hi = if 2 * p + 1 < x.k {
+                    to_bf16(x.at(j, 2 * p + 1)) as u32
+                } else {
+                    0
+                };
+                lo | hi << 16
+            } else {
+                0
+            };
+            o.write(v);
+        }
+    }
+}
+
+/// [`pack_strip_portable`] with `vcvtne2ps2bf16`, for a strip whose columns (`js` = 1)
+/// or whose k (`ks` = 1) are contiguous. Rounds as [`to_bf16`] except that subnormal
+/// inputs become zero.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and BF16; `js` = 1 or `ks` = 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_strip_avx512bf16(x: Strip, out: &mut [MaybeUninit<u32>]) {
+    use std::arch::x86_64::*;
+    let pairs = x.k.div_ceil(2);
+    let width = out.len() / pairs;
+    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let o = out.as_mut_ptr() as *mut u32;
+    if x.js == 1 {
+        // Rows of k are contiguous: convert rows 2p and 2p + 1 together, interleave.
+        // Lane j of the result: bf16 index 2j from row 2p, 2j + 1 from row 2p + 1.
+        let idx: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
+        // SAFETY: 32 i16 are one 512-bit vector.
+        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) };
+        for p in 0..pairs {
+            for j in (0..width).step_by(16) {
+                let m = mask(x.cols.saturating_sub(j));
+                let row = |kk: usize| {
+                    if kk < x.k && m != 0 {
+                        let at = x.j0 + j + kk * x.ks;
+                        debug_assert!(at + (m.count_ones() as usize) <= x.data.len());
+                        // SAFETY: the masked lanes are columns j.. of row kk, in data.
+                        unsafe { _mm512_maskz_loadu_ps(m, x.data.as_ptr().add(at)) }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let (lo, hi) = (row(2 * p), row(2 * p + 1));
+                let v = _mm512_permutexvar_epi16(
+                    idx,
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
+                );
+                // SAFETY: lanes j.. of pair p's row of width entries.
+                unsafe {
+                    _mm512_mask_storeu_epi32(o.add(p * width + j) as *mut _, mask(width - j), v)
+                };
+            }
+        }
+    } else {
+        // Each column's k is contiguous: 32 values in memory order are 16 pairs.
+        for j in 0..width {
+            for p in (0..pairs).step_by(16) {
+                let mut tmp = [0u32; 16];
+                if j < x.cols {
+                    let base = (x.j0 + j) * x.js + 2 * p;
+                    let left = x.k - 2 * p;
+                    let (m0, m1) = (mask(left), mask(left.saturating_sub(16)));
+                    // SAFETY: masked to the column's k values, all in data.
+                    let (a, b) = unsafe {
+                        let d = x.data.as_ptr().add(base);
+                        (
+                            _mm512_maskz_loadu_ps(m0, d),
+                            if m1 != 0 {
+                                _mm512_maskz_loadu_ps(m1, d.add(16))
+                            } else {
+                                _mm512_setzero_ps()
+                            },
+                        )
+                    };
+                    let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+                    // SAFETY: tmp is 16 u32.
+                    unsafe { _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, v) };
+                }
+                for (q, &t) in tmp.iter().enumerate().take(pairs - p) {
+                    // SAFETY: pair p + q < pairs, column j < width.
+                    unsafe { *o.add((p + q) * width + j) = t };
+                }
+            }
+        }
+    }
+}
+
+/// A pointer to dst that tasks writing disjoint blocks share.
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+// SAFETY: every task writes only its own [MC, NC] block of dst (see `gemm`).
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+
+impl DstPtr {
+    /// # Safety
+    /// `offset` is inside dst.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps offset inside dst.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// dst [m, n] (row stride `dst_rs`) = (dst if `acc`, else 0) + A · B in bf16 products
+/// with f32 sums: on the rayon pool when `threads` > 1, else on the calling thread. With `acc` false every entry of dst
+/// is written and none is read.
+pub fn gemm(
+    threads: usize,
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (&mut [MaybeUninit<f32>], usize),
+    acc: bool,
+    (a, a_rs, a_cs): Operand,
+    (b, b_rs, b_cs): Operand,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n,
+        "gemm_bf16: destination too small"
+    );
+    if k == 0 {
+        if !acc {
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(MaybeUninit::new(0.0));
+            }
+        }
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(a.len() > last(a_rs, a_cs, m, k), "gemm_bf16: lhs too small");
+    assert!(b.len() > last(b_rs, b_cs, k, n), "gemm_bf16: rhs too small");
+    let par = threads > 1;
+    {
+        // A's rows are its strips' "columns" (stride a_rs), k along a_cs; B's columns
+        // along b_cs, k along b_rs.
+        let ap = pack((a, a_rs, a_cs), m, k, MR, par);
+        let bp = pack((b, b_cs, b_rs), n, k, NR, par);
+        let pairs = k.div_ceil(2);
+        let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
+        let ptr = DstPtr(dst.as_mut_ptr() as *mut f32);
+        let native = native();
+        let task = |task: usize| {
+            let (ib, jb) = (task / nt, task % nt);
+            let (i0, j0) = (ib * MC, jb * NC);
+            let (i1, j1) = ((i0 + MC).min(m), (j0 + NC).min(n));
+            let mut p0 = 0;
+            while p0 < pairs {
+                let kp = KC_PAIRS.min(pairs - p0);
+                let first = p0 == 0 && !acc;
+                for j in (j0..j1).step_by(NR) {
+                    let bs = &bp[(j / NR) * pairs * NR + p0 * NR..][..kp * NR];
+                    for i in (i0..i1).step_by(MR) {
+                        let as_ = &ap[(i / MR) * pairs * MR + p0 * MR..][..kp * MR];
+                        let (rows, cols) = (MR.min(m - i), NR.min(n - j));
+                        let tile = Tile {
+                            // SAFETY: (i, j) is inside dst; the tile's rows and cols
+                            // stay inside it, and inside this task's block.
+                            c: unsafe { ptr.at(i * dst_rs + j) },
+                            rs: dst_rs,
+                            rows,
+                            cols,
+                            first,
+                        };
+                        // SAFETY: `native` only when the CPU has AVX512-BF16; the
+                        // strips hold kp pairs of MR (NR) values.
+                        unsafe {
+                            if native {
+                                #[cfg(target_arch = "x86_64")]
+                                micro_avx512bf16(as_, bs, kp, tile);
+                            } else {
+                                micro_portable(as_, bs, kp, tile);
+                            }
+                        }
+                    }
+                }
+                p0 += kp;
+            }
+        };
+        if par {
+            (0..mt * nt).into_par_iter().for_each(task);
+        } else {
+            (0..mt * nt).for_each(task);
+        }
+    }
+}
+
+/// Where a micro-tile's sums go: `rows` x `cols` entries from `c`, row stride `rs`;
+/// stored when `first`, added to dst otherwise.
+#[derive(Clone, Copy)]
+struct Tile {
+    c: *mut f32,
+    rs: usize,
+    rows: usize,
+    cols: usize,
+    first: bool,
+}
+
+/// The portable micro-kernel: per pair, the odd k's product then the even k's, as
+/// `vdpbf16ps` adds them (bf16 products are exact in f32, so each add rounds once).
+///
+/// # Safety
+/// `a` holds kp·MR and `b` kp·NR values; the tile lies inside dst.
+unsafe fn micro_portable(a: &[u32], b: &[u32], kp: usize, t: Tile) {
+    let mut acc = [[0f32; NR]; MR];
+    for p in 0..kp {
+        let (ar, br) = (&a[p * MR..(p + 1) * MR], &b[p * NR..(p + 1) * NR]);
+        for (row, &ap) in acc.iter_mut().zip(ar) {
+            let (alo, ahi) = (from_bf16(ap as u16), from_bf16((ap >> 16) as u16));
+            for (s, &bp) in row.iter_mut().zip(br) {
+                let (blo, bhi) = (from_bf16(bp as u16), from_bf16((bp >> 16) as u16));
+                *s += ahi * bhi;
+                *s += alo * blo;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(t.rows) {
+        // SAFETY: row i < t.rows of the tile, columns < t.cols.
+        let out = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.rs), t.cols) };
+        for (o, &s) in out.iter_mut().zip(row) {
+            *o = if t.first { s } else { *o + s };
+        }
+    }
+}
+
+/// The AVX512-BF16 micro-kernel: 2·MR accumulators of 16 lanes.
+///
+/// # Safety
+/// The CPU has AVX512-F and AVX512-BF16; as [`micro_portable`] otherwise.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_avx512bf16(a: &[u32], b: &[u32], kp: usize, t: Tile) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
+    let mut acc = [_mm512_setzero_ps(); 2 * MR];
+    let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+    for _ in 0..kp {
+        // SAFETY: pair p's NR values of B and MR values of A are in bounds.
+        let (b0, b1) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp as *const _)),
+                std::mem::transmute::<__m512i, __m512bh>(
+                    _mm512_loadu_si512(bp.add(16) as *const _),
+                ),
+            )
+        };
+        for i in 0..MR {
+            // SAFETY: as above.
+            let x = unsafe { _mm512_set1_epi32(*ap.add(i) as i32) };
+            let x = std::mem::transmute::<__m512i, __m512bh>(x);
+            acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], x, b0);
+            acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], x, b1);
+        }
+        // SAFETY: one past the last pair at most.
+        unsafe {
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+    }
+    let lo = t.cols.min(16);
+    let hi = t.cols.saturating_sub(16);
+    let (m0, m1): (__mmask16, __mmask16) = (
+        ((1u32 << lo) - 1) as __mmask16,
+        ((1u32 << hi) - 1) as __mmask16,
+    );
+    for i in 0..t.rows {
+        // SAFETY: masked to the tile's columns, rows below t.rows.
+        unsafe {
+            let c = t.c.add(i * t.rs);
+            let (mut s0, mut s1) = (acc[2 * i], acc[2 * i + 1]);
+            if !t.first {
+                s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m0, c));
+                s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m1, c.add(16)));
+            }
+            _mm512_mask_storeu_ps(c, m0, s0);
+            _mm512_mask_storeu_ps(c.add(16), m1, s1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even (1.0).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to the even (1 + 2^-6).
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+        for x in [0.1f32, -3.7, 1e-30, 6.5e4] {
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+    }
+}
