@@ -147,8 +147,8 @@ struct TrainArgs {
     config: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint, or a checkpoint
     /// directory (an older one only with --out NEW_DIR: a fork). A resume takes only
-    /// --max-steps, --time-budget, --max-bad-steps and the interval flags, and --data
-    /// where the recorded text moved (it must be the same text).
+    /// --max-steps, --time-budget, --max-bad-steps, the interval flags and --dtype, and
+    /// --data where the recorded text moved (it must be the same text).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Optimizer steps: the cosine schedule runs over them and the run is bit-for-bit
@@ -207,8 +207,8 @@ struct TrainArgs {
     optimizer: Option<train::config::UpdateRule>,
     /// Precision of the step's matrix products: f32, or bf16 (both factors rounded to
     /// bf16, sums in f32, through AVX512-BF16; weights, optimizer state, activations
-    /// and the loss stay f32). On a CPU without AVX512-BF16, bf16 says so and runs
-    /// f32 products (default: f32).
+    /// and the loss stay f32, so a resume may change it). On a CPU without
+    /// AVX512-BF16, bf16 says so and runs f32 products (default: f32).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<tinylm::model::Precision>,
     /// Steps between validation evaluations.

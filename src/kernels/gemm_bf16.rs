@@ -77,33 +77,49 @@ fn pack(
     let strips = len.div_ceil(width);
     let mut out = uninit_vec::<u32>(strips * pairs * width);
     let native = native();
-    let pack_strip = |(s, strip): (usize, &mut [MaybeUninit<u32>])| {
-        let src = Strip {
-            data,
-            js,
-            ks,
-            j0: s * width,
-            cols: width.min(len - s * width),
-            k,
-        };
-        #[cfg(target_arch = "x86_64")]
-        if native && (js == 1 || ks == 1) {
-            // SAFETY: `native` only when the CPU has AVX512-BF16 (and AVX-512 F, BW).
-            unsafe { pack_strip_avx512bf16(src, strip) };
-            return;
+    // A task packs a group of strips (~128 columns), so that the contiguous-columns
+    // path reads whole cache lines of each row once, not a strip's 12 values a visit.
+    let group = (128 / width).max(1);
+    let pack_group = |(g, chunk): (usize, &mut [MaybeUninit<u32>])| {
+        for (i, strip) in chunk.chunks_mut(pairs * width).enumerate() {
+            let j0 = (g * group + i) * width;
+            let src = Strip {
+                data,
+                js,
+                ks,
+                j0,
+                cols: width.min(len - j0),
+                k,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if native && ks == 1 && js != 1 {
+                // SAFETY: `native` only when the CPU has AVX512-BF16 (and AVX-512 F).
+                unsafe { pack_strip_k_contiguous(src, strip) };
+                continue;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if native && js == 1 {
+                continue; // the whole group below, row by row
+            }
+            pack_strip_portable(src, strip);
         }
-        pack_strip_portable(src, strip);
+        #[cfg(target_arch = "x86_64")]
+        if native && js == 1 {
+            let j0 = g * group * width;
+            // SAFETY: as above.
+            unsafe { pack_group_columns_contiguous((data, ks), j0, len - j0, k, width, chunk) };
+        }
     };
     if par {
-        out.par_chunks_mut(pairs * width)
+        out.par_chunks_mut(group * pairs * width)
             .enumerate()
-            .for_each(pack_strip);
+            .for_each(pack_group);
     } else {
-        out.chunks_mut(pairs * width)
+        out.chunks_mut(group * pairs * width)
             .enumerate()
-            .for_each(pack_strip);
+            .for_each(pack_group);
     }
-    // SAFETY: every strip packer writes all pairs · width entries of its strip.
+    // SAFETY: every packer writes all pairs · width entries of each strip it is given.
     unsafe { assume_init(out) }
 }
 
@@ -145,82 +161,146 @@ fn pack_strip_portable(x: Strip, out: &mut [MaybeUninit<u32>]) {
     }
 }
 
-/// [`pack_strip_portable`] with `vcvtne2ps2bf16`, for a strip whose columns (`js` = 1)
-/// or whose k (`ks` = 1) are contiguous. Rounds as [`to_bf16`] except that subnormal
-/// inputs become zero.
+/// The lanes below `n` (at most 16).
+#[cfg(target_arch = "x86_64")]
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// [`pack_strip_portable`] for a group of strips whose columns are contiguous (x(j, kk)
+/// = data[j + kk·ks], from column `j0`, `cols` of them in all): row pair by row pair,
+/// each row's columns converted by `vcvtne2ps2bf16` 16 at a time and interleaved.
+/// Rounds as [`to_bf16`] except that subnormal inputs become zero.
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW and BF16; `js` = 1 or `ks` = 1.
+/// The CPU has AVX-512 F, BW and BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_strip_avx512bf16(x: Strip, out: &mut [MaybeUninit<u32>]) {
+unsafe fn pack_group_columns_contiguous(
+    (data, ks): (&[f32], usize),
+    j0: usize,
+    cols: usize,
+    k: usize,
+    width: usize,
+    out: &mut [MaybeUninit<u32>],
+) {
     use std::arch::x86_64::*;
-    let pairs = x.k.div_ceil(2);
-    let width = out.len() / pairs;
-    let mask = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    let pairs = k.div_ceil(2);
+    let strips = out.len() / (pairs * width);
+    // Lane j of the result: bf16 2j from row 2p, 2j + 1 from row 2p + 1.
+    let idx: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
+    // SAFETY: 32 i16 are one 512-bit vector.
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) };
     let o = out.as_mut_ptr() as *mut u32;
-    if x.js == 1 {
-        // Rows of k are contiguous: convert rows 2p and 2p + 1 together, interleave.
-        // Lane j of the result: bf16 index 2j from row 2p, 2j + 1 from row 2p + 1.
-        let idx: [i16; 32] = std::array::from_fn(|i| (i / 2 + 16 * (i % 2)) as i16);
-        // SAFETY: 32 i16 are one 512-bit vector.
-        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) };
-        for p in 0..pairs {
+    for p in 0..pairs {
+        for s in 0..strips {
             for j in (0..width).step_by(16) {
-                let m = mask(x.cols.saturating_sub(j));
+                let c = s * width + j; // column within the group
+                let m = lanes(cols.saturating_sub(c));
                 let row = |kk: usize| {
-                    if kk < x.k && m != 0 {
-                        let at = x.j0 + j + kk * x.ks;
-                        debug_assert!(at + (m.count_ones() as usize) <= x.data.len());
-                        // SAFETY: the masked lanes are columns j.. of row kk, in data.
-                        unsafe { _mm512_maskz_loadu_ps(m, x.data.as_ptr().add(at)) }
+                    if kk < k && m != 0 {
+                        let at = j0 + c + kk * ks;
+                        debug_assert!(at + m.count_ones() as usize <= data.len());
+                        // SAFETY: the masked lanes are columns of row kk, in data.
+                        unsafe { _mm512_maskz_loadu_ps(m, data.as_ptr().add(at)) }
                     } else {
                         _mm512_setzero_ps()
                     }
                 };
-                let (lo, hi) = (row(2 * p), row(2 * p + 1));
-                let v = _mm512_permutexvar_epi16(
-                    idx,
-                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
-                );
-                // SAFETY: lanes j.. of pair p's row of width entries.
-                unsafe {
-                    _mm512_mask_storeu_epi32(o.add(p * width + j) as *mut _, mask(width - j), v)
-                };
-            }
-        }
-    } else {
-        // Each column's k is contiguous: 32 values in memory order are 16 pairs.
-        for j in 0..width {
-            for p in (0..pairs).step_by(16) {
-                let mut tmp = [0u32; 16];
-                if j < x.cols {
-                    let base = (x.j0 + j) * x.js + 2 * p;
-                    let left = x.k - 2 * p;
-                    let (m0, m1) = (mask(left), mask(left.saturating_sub(16)));
-                    // SAFETY: masked to the column's k values, all in data.
-                    let (a, b) = unsafe {
-                        let d = x.data.as_ptr().add(base);
-                        (
-                            _mm512_maskz_loadu_ps(m0, d),
-                            if m1 != 0 {
-                                _mm512_maskz_loadu_ps(m1, d.add(16))
-                            } else {
-                                _mm512_setzero_ps()
-                            },
-                        )
-                    };
-                    let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
-                    // SAFETY: tmp is 16 u32.
-                    unsafe { _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, v) };
-                }
-                for (q, &t) in tmp.iter().enumerate().take(pairs - p) {
-                    // SAFETY: pair p + q < pairs, column j < width.
-                    unsafe { *o.add((p + q) * width + j) = t };
-                }
+                let bh = _mm512_cvtne2ps_pbh(row(2 * p + 1), row(2 * p));
+                let v = _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(bh));
+                let at = (s * pairs + p) * width + j;
+                // SAFETY: lanes j.. of pair p's row of strip s, inside out.
+                unsafe { _mm512_mask_storeu_epi32(o.add(at) as *mut _, lanes(width - j), v) };
             }
         }
     }
+}
+
+/// [`pack_strip_portable`] for a strip whose columns each hold their k contiguously
+/// (`ks` = 1): 16 columns x 16 pairs at a time, 32 values of a column converted by
+/// `vcvtne2ps2bf16` into its 16 pairs, then a 16 x 16 transpose so that each pair's
+/// columns are stored together. Rounds as [`to_bf16`] except that subnormal inputs
+/// become zero.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16; `x.ks` = 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_strip_k_contiguous(x: Strip, out: &mut [MaybeUninit<u32>]) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(x.ks, 1);
+    let pairs = x.k.div_ceil(2);
+    let width = out.len() / pairs;
+    let o = out.as_mut_ptr() as *mut u32;
+    for jb in (0..width).step_by(16) {
+        for p in (0..pairs).step_by(16) {
+            let left = x.k - 2 * p;
+            let (m0, m1) = (lanes(left), lanes(left.saturating_sub(16)));
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (q, r) in r.iter_mut().enumerate() {
+                let j = jb + q;
+                if j < x.cols {
+                    // SAFETY: masked to the column's k values, all in data.
+                    let (a, b) = unsafe {
+                        let d = x.data.as_ptr().add((x.j0 + j) * x.js + 2 * p);
+                        (
+                            _mm512_maskz_loadu_ps(m0, d),
+                            _mm512_maskz_loadu_ps(m1, d.add(16)),
+                        )
+                    };
+                    *r = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+                }
+            }
+            let t = transpose16(r);
+            let store = lanes(width - jb);
+            for (q, v) in t.iter().enumerate().take(pairs - p) {
+                // SAFETY: pair p + q < pairs; lanes jb.. of its row of width entries.
+                unsafe {
+                    _mm512_mask_storeu_epi32(o.add((p + q) * width + jb) as *mut _, store, *v)
+                };
+            }
+        }
+    }
+}
+
+/// Transposes 16 x 16 u32: lane j of result i is lane i of input j.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // Pairs of rows interleaved by 32 bits, then by 64, then 128-bit lanes twice.
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        u[4 * i] = _mm512_unpacklo_epi64(a, c);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(a, c);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(b, d);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(b, d);
+    }
+    // Now u[4i + m] holds, in each 128-bit lane L, elements (row 4i..4i+4, column 4L + m).
+    let mut v = [_mm512_setzero_si512(); 16];
+    for i in 0..2 {
+        for m in 0..4 {
+            let (a, b) = (u[8 * i + m], u[8 * i + 4 + m]);
+            v[8 * i + m] = _mm512_shuffle_i32x4::<0x88>(a, b);
+            v[8 * i + 4 + m] = _mm512_shuffle_i32x4::<0xdd>(a, b);
+        }
+    }
+    // v[8i + m] holds rows 8i..8i+8 of columns m and m + 8; one more 128-bit shuffle
+    // puts rows 0..16 of each column together.
+    let mut w = [_mm512_setzero_si512(); 16];
+    for m in 0..8 {
+        let (a, b) = (v[m], v[8 + m]);
+        w[m] = _mm512_shuffle_i32x4::<0x88>(a, b);
+        w[8 + m] = _mm512_shuffle_i32x4::<0xdd>(a, b);
+    }
+    w
 }
 
 /// A pointer to dst that tasks writing disjoint blocks share.

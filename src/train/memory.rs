@@ -126,7 +126,17 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
                 // The head's [rows, V] chunk, as `loss::linear::chunk_rows` sizes it: about
                 // 2^24 values, but never fewer than 8 rows.
                 let chunk = ((16_777_216.0 / v).floor().max(8.0) / 8.0).floor() * 8.0;
-                f * (n * (l * (20.0 * c + h + 4.0) + 12.0 * c) + 2.0 * chunk.min(n) * v)
+                // `--dtype bf16` packs both factors of a product as bf16 (2 bytes a
+                // value) while it runs: at most the MLP's [4C, N]·[N, C] weight
+                // gradient, or a head chunk's [V, rows]·[rows, C] and Wᵀ.
+                let packed = match config.dtype {
+                    crate::model::Precision::F32 => 0.0,
+                    crate::model::Precision::Bf16 => {
+                        let rows = chunk.min(n);
+                        2.0 * (5.0 * n * c).max(rows * v + v * c + rows * c)
+                    }
+                };
+                f * (n * (l * (20.0 * c + h + 4.0) + 12.0 * c) + 2.0 * chunk.min(n) * v) + packed
             }
             StepKind::Graph => f * b * t * (l * (48.0 * c + 12.0 * h * t) + 4.0 * v + 4.0 * c),
         },

@@ -43,10 +43,11 @@ pub struct Overrides {
     pub max_bad_steps: Option<usize>,
 }
 
-/// The flags a resume takes: when and how the run ends and how often it reports.
+/// The flags a resume takes: when and how the run ends, how often it reports, and the
+/// precision of its products (the weights and optimizer state are f32 either way).
 /// Everything else (the model, the optimizer, the data order) is the checkpoint's.
 pub const RESUME_FLAGS: &str = "--max-steps, --time-budget, --max-bad-steps, \
-     --eval-interval, --log-interval, --checkpoint-interval";
+     --eval-interval, --log-interval, --checkpoint-interval, --dtype";
 
 /// `set!(field => option, ...)`: each field takes its option's value when it was given.
 macro_rules! set {
@@ -75,7 +76,6 @@ impl Overrides {
             ("--weight-decay", self.weight_decay.is_some()),
             ("--grad-clip", self.grad_clip.is_some()),
             ("--optimizer", self.optimizer.is_some()),
-            ("--dtype", self.dtype.is_some()),
             ("--eval-batches", self.eval_batches.is_some()),
         ]
         .into_iter()
@@ -163,6 +163,7 @@ impl Overrides {
             c.eval_interval => self.eval_interval,
             c.log_interval => self.log_interval,
             c.checkpoint_interval => self.checkpoint_interval,
+            c.dtype => self.dtype,
         );
         let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
         let mut changed = Vec::new();
@@ -196,6 +197,11 @@ impl Overrides {
                 "checkpoint_interval",
                 before.checkpoint_interval.to_string(),
                 c.checkpoint_interval.to_string(),
+            ),
+            (
+                "dtype",
+                format!("{:?}", before.dtype).to_lowercase(),
+                format!("{:?}", c.dtype).to_lowercase(),
             ),
         ];
         for (name, old, new) in fields {
@@ -766,6 +772,23 @@ mod tests {
     use super::{parse_bpe_spec, Overrides};
 
     /// The optimizer is the checkpoint's: --optimizer on a resume is refused by name.
+    #[test]
+    fn a_resume_takes_another_dtype() {
+        let mut c = crate::train::config::TrainConfig::preset("default").unwrap();
+        let o = Overrides {
+            dtype: Some(crate::model::Precision::Bf16),
+            ..Default::default()
+        };
+        let changed = o.apply_resume(&mut c, 10, 1.0).unwrap();
+        assert_eq!(c.dtype, crate::model::Precision::Bf16);
+        assert!(
+            changed
+                .iter()
+                .any(|l| l.contains("dtype") && l.contains("bf16")),
+            "{changed:?}"
+        );
+    }
+
     #[test]
     fn a_resume_refuses_another_optimizer() {
         let mut c = crate::train::config::TrainConfig::preset("default").unwrap();
