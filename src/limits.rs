@@ -166,7 +166,8 @@ pub fn ranges_markdown() -> String {
         "| threads | `--threads` | [1, cores x {THREADS_PER_CORE}] |\n\
          | seed | `train --seed` | [0, {MAX_TRAIN_SEED}] (`sample`, `eval`: any u64) |\n\
          | tokens a step | batch x accumulation x context | [1, {MAX_TOKENS_PER_STEP}] |\n\
-         | `lr x weight_decay` | | [0, 1) |\n"
+         | `lr x weight_decay` | | [0, 1) |\n\
+         | `dtype` | `--dtype` | f32 or bf16 |\n"
     );
     out
 }

@@ -205,8 +205,9 @@ struct TrainArgs {
     /// muon for default and poet, adamw for the others).
     #[arg(long, value_parser = parse_optimizer)]
     optimizer: Option<train::config::UpdateRule>,
-    /// Precision of the step's matrix products: f32, or bf16 (both factors rounded to
-    /// bf16, sums in f32, through AVX512-BF16; weights, optimizer state, activations
+    /// Precision of the step's matrix products (the layers' and the tied head's;
+    /// attention and Muon's Newton–Schulz stay f32): f32, or bf16 (both factors rounded
+    /// to bf16, sums in f32, through AVX512-BF16; weights, optimizer state, activations
     /// and the loss stay f32, so a resume may change it). On a CPU without
     /// AVX512-BF16, bf16 says so and runs f32 products (default: f32).
     #[arg(long, value_parser = parse_dtype)]
@@ -892,7 +893,7 @@ fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
 fn cmd_bench(a: BenchCmd) -> anyhow::Result<()> {
     setup(&a.common)?;
     anyhow::ensure!(
-        a.dtype.is_none() || a.what == "train",
+        a.dtype.is_none() || !matches!(a.what.as_str(), "loss" | "attention"),
         "--dtype is an option of bench train only (the loss bench measures its 16-bit cases \
          by name)"
     );

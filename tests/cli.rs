@@ -64,7 +64,8 @@ fn train_writes_metrics_checkpoint_and_learns() {
 }
 
 /// `--dtype bf16`: the run says which products it ran, records the choice in its
-/// config, and learns (on a CPU without AVX512-BF16 it says it ran f32 products).
+/// config, and learns (on a CPU without AVX512-BF16 it says it ran f32 products); a
+/// resume may switch it back to f32.
 #[test]
 fn train_with_bf16_products_learns_and_records_its_dtype() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,6 +104,27 @@ fn train_with_bf16_products_learns_and_records_its_dtype() {
         .collect();
     println!("validation losses: {vals:?}");
     assert!(vals.last().unwrap() < &(vals[0] - 1.0), "{vals:?}");
+    // A resume may change the products' precision, and says so.
+    let out = tinylm(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "70",
+        "--dtype",
+        "f32",
+        "--no-progress",
+        "--sample-tokens",
+        "0",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "resume failed: {}", text(&out.stderr));
+    assert!(
+        stdout.contains("resume changes dtype: bf16 -> f32"),
+        "{stdout}"
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("dtype = \"f32\""), "{config}");
 }
 
 #[test]

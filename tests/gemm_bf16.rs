@@ -9,6 +9,10 @@ use std::mem::MaybeUninit;
 use tinylm::cpu::simd;
 use tinylm::kernels::gemm_bf16::{self, from_bf16, to_bf16};
 
+/// Held by every test: one of them caps the SIMD level process-wide, and the others
+/// must not run the portable kernel meanwhile without knowing it.
+static CAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn uniform(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }
@@ -110,6 +114,7 @@ const SHAPES: [(usize, usize, usize); 7] = [
 
 #[test]
 fn matches_the_f64_product_of_the_rounded_inputs_on_every_layout() {
+    let _cap = CAP.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for &shape in &SHAPES {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -133,6 +138,7 @@ fn matches_the_f64_product_of_the_rounded_inputs_on_every_layout() {
 
 #[test]
 fn rounds_the_inputs_to_bf16() {
+    let _cap = CAP.lock().unwrap_or_else(|e| e.into_inner());
     // 1 + 2^-9 rounds to 1 in bf16: the product of [1 + 2^-9] and [1] is exactly 1.
     let a = [1.0 + 1.0 / 512.0f32];
     let b = [1.0f32];
@@ -142,8 +148,29 @@ fn rounds_the_inputs_to_bf16() {
     assert_eq!(unsafe { dst[0].assume_init() }, 1.0);
 }
 
+/// k = 0: a fresh product is all zeros, an accumulated one leaves dst as it was.
+#[test]
+fn an_empty_k_writes_zeros_or_nothing() {
+    let _cap = CAP.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, b): (Vec<f32>, Vec<f32>) = (vec![], vec![]);
+    for acc in [false, true] {
+        let mut dst = vec![MaybeUninit::new(7f32); 3 * 5];
+        gemm_bf16::gemm(2, (3, 4, 0), (&mut dst, 5), acc, (&a, 0, 1), (&b, 4, 1));
+        // SAFETY: every entry was initialised above.
+        let dst: Vec<f32> = dst
+            .into_iter()
+            .map(|x| unsafe { x.assume_init() })
+            .collect();
+        for (e, &d) in dst.iter().enumerate() {
+            let want = if acc || e % 5 == 4 { 7.0 } else { 0.0 };
+            assert_eq!(d, want, "acc={acc} entry {e}");
+        }
+    }
+}
+
 #[test]
 fn same_bits_at_any_thread_count() {
+    let _cap = CAP.lock().unwrap_or_else(|e| e.into_inner());
     let shape = (110, 270, 259);
     let one = run(
         &mut ChaCha8Rng::seed_from_u64(3),
@@ -174,17 +201,21 @@ fn same_bits_at_any_thread_count() {
 
 #[test]
 fn the_avx512bf16_kernel_gives_the_portable_kernels_bits() {
+    let _cap = CAP.lock().unwrap_or_else(|e| e.into_inner());
     if !gemm_bf16::native() {
         eprintln!("skipped: this CPU has no AVX512-BF16; the portable kernel ran everywhere");
         return;
     }
     for &shape in &SHAPES {
         for layout in [(false, false), (false, true), (true, false), (true, true)] {
-            let native = run(&mut ChaCha8Rng::seed_from_u64(5), 2, shape, layout, 2, true);
-            simd::set_cap(Some(simd::Level::Avx2));
-            let portable = run(&mut ChaCha8Rng::seed_from_u64(5), 2, shape, layout, 2, true);
-            simd::set_cap(None);
-            assert_eq!(native.dst, portable.dst, "{shape:?} {layout:?}");
+            for (pad, acc) in [(0, false), (2, true)] {
+                let seed = ChaCha8Rng::seed_from_u64(5);
+                let native = run(&mut seed.clone(), 2, shape, layout, pad, acc);
+                simd::set_cap(Some(simd::Level::Avx2));
+                let portable = run(&mut seed.clone(), 2, shape, layout, pad, acc);
+                simd::set_cap(None);
+                assert_eq!(native.dst, portable.dst, "{shape:?} {layout:?} acc={acc}");
+            }
         }
     }
 }

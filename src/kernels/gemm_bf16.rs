@@ -19,9 +19,12 @@
 //! accumulators. Tasks are [MC, NC] blocks of dst; each walks k in KC passes, so every
 //! dst entry sums its k in the same order whatever the thread count (same bits).
 //!
-//! CPUs without AVX512-BF16 (and runs capped below AVX-512) take a portable micro-
-//! kernel with the same rounding of the inputs and the same order of sums; only
-//! `vdpbf16ps`'s flush of subnormals to zero can differ.
+//! CPUs without AVX512-BF16 (and runs capped below AVX-512) take a portable packer
+//! and micro-kernel with the same rounding of the inputs and the order of sums Intel
+//! documents for `vdpbf16ps` (the odd k's product added first, each add rounded once).
+//! They agree bit for bit where tested (tests/gemm_bf16.rs, on the AVX512-BF16 host
+//! the tests run on); subnormal inputs and sums, which the instructions flush to zero,
+//! can differ.
 
 use crate::cpu::{assume_init, simd, uninit_vec};
 use rayon::prelude::*;
@@ -246,7 +249,7 @@ unsafe fn pack_strip_k_contiguous(x: Strip, out: &mut [MaybeUninit<u32>]) {
                         let d = x.data.as_ptr().add((x.j0 + j) * x.js + 2 * p);
                         (
                             _mm512_maskz_loadu_ps(m0, d),
-                            _mm512_maskz_loadu_ps(m1, d.add(16)),
+                            _mm512_maskz_loadu_ps(m1, d.wrapping_add(16)),
                         )
                     };
                     *r = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
@@ -433,10 +436,13 @@ unsafe fn micro_portable(a: &[u32], b: &[u32], kp: usize, t: Tile) {
         }
     }
     for (i, row) in acc.iter().enumerate().take(t.rows) {
-        // SAFETY: row i < t.rows of the tile, columns < t.cols.
-        let out = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.rs), t.cols) };
-        for (o, &s) in out.iter_mut().zip(row) {
-            *o = if t.first { s } else { *o + s };
+        for (j, &s) in row.iter().enumerate().take(t.cols) {
+            // SAFETY: row i < t.rows and column j < t.cols of the tile, inside dst; on
+            // the first pass the entry is written, not read (it may be uninitialised).
+            unsafe {
+                let o = t.c.add(i * t.rs + j);
+                o.write(if t.first { s } else { o.read() + s });
+            }
         }
     }
 }
@@ -488,10 +494,10 @@ unsafe fn micro_avx512bf16(a: &[u32], b: &[u32], kp: usize, t: Tile) {
             let (mut s0, mut s1) = (acc[2 * i], acc[2 * i + 1]);
             if !t.first {
                 s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m0, c));
-                s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m1, c.add(16)));
+                s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m1, c.wrapping_add(16)));
             }
             _mm512_mask_storeu_ps(c, m0, s0);
-            _mm512_mask_storeu_ps(c.add(16), m1, s1);
+            _mm512_mask_storeu_ps(c.wrapping_add(16), m1, s1);
         }
     }
 }

@@ -327,7 +327,8 @@ impl TrainConfig {
     }
 
     /// True when `other` trains the same way: equal but for the fields a resume may
-    /// change (the end, the bad-step limit and the reporting intervals).
+    /// change (the end, the bad-step limit, the reporting intervals and the products'
+    /// precision).
     pub fn same_training(&self, other: &TrainConfig) -> bool {
         let strip = |c: &TrainConfig| TrainConfig {
             max_steps: None,
@@ -336,6 +337,7 @@ impl TrainConfig {
             eval_interval: 1,
             log_interval: 1,
             checkpoint_interval: 1,
+            dtype: Default::default(),
             ..c.clone()
         };
         strip(self) == strip(other)

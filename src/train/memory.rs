@@ -126,14 +126,15 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
                 // The head's [rows, V] chunk, as `loss::linear::chunk_rows` sizes it: about
                 // 2^24 values, but never fewer than 8 rows.
                 let chunk = ((16_777_216.0 / v).floor().max(8.0) / 8.0).floor() * 8.0;
-                // `--dtype bf16` packs both factors of a product as bf16 (2 bytes a
-                // value) while it runs: at most the MLP's [4C, N]·[N, C] weight
-                // gradient, or a head chunk's [V, rows]·[rows, C] and Wᵀ.
-                let packed = match config.dtype {
+                // bf16 products pack both factors as bf16 (2 bytes a value) while
+                // they run: at most an MLP product ([N, 4C] with [4C, C], or [4C, N]
+                // with [N, C]), or the head's Wᵀ with a chunk's rows.
+                let packed = match super::effective_products(config.dtype) {
                     crate::model::Precision::F32 => 0.0,
                     crate::model::Precision::Bf16 => {
                         let rows = chunk.min(n);
-                        2.0 * (5.0 * n * c).max(rows * v + v * c + rows * c)
+                        let mlp = 4.0 * n * c + (n * c).max(4.0 * c * c);
+                        2.0 * mlp.max(rows * v + v * c + rows * c)
                     }
                 };
                 f * (n * (l * (20.0 * c + h + 4.0) + 12.0 * c) + 2.0 * chunk.min(n) * v) + packed

@@ -217,7 +217,6 @@ impl Trainer {
                 loaded.dir.display()
             )
         })?;
-        check_dtype(&model, config)?;
         let mut optimizer = optimizer_for(&model, config)?;
         let moments = model
             .params()
@@ -579,6 +578,7 @@ pub fn run(
         }
     };
     let cfg = state.config.clone();
+    check_dtype(&trainer.model, &cfg)?;
     trainer.config = cfg.clone();
     let mc = &cfg.model;
     let windows = eval_windows(

@@ -771,7 +771,8 @@ fn write_config(
 mod tests {
     use super::{parse_bpe_spec, Overrides};
 
-    /// The optimizer is the checkpoint's: --optimizer on a resume is refused by name.
+    /// The products' precision may change on a resume (the state is f32 either way),
+    /// and the resumed config still trains the same way.
     #[test]
     fn a_resume_takes_another_dtype() {
         let mut c = crate::train::config::TrainConfig::preset("default").unwrap();

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The bf16 sitting's table: per shape and round, tinylm f32 / bf16 and PyTorch eager /
-autocast-bf16 tokens/s, and the medians (with ranges) of the ratios issue 19 asks for."""
-import glob, json, os, re, statistics
-here = os.path.dirname(os.path.abspath(__file__))
+autocast-bf16 tokens/s, and the medians (with ranges) of the ratios issue 19 asks for.
+Usage: summarize.py [DIR] (default: this folder; first_packing/ holds rounds 1-3)."""
+import glob, json, os, re, statistics, sys
+here = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 runs = {}
 for f in glob.glob(os.path.join(here, "*_*_*_*.json")):
     who, dt, shape, rnd = re.match(r"(tinylm|torch)_(f32|bf16)_(.+)_(\d+)\.json", os.path.basename(f)).groups()
