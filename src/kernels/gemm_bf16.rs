@@ -306,6 +306,40 @@ fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m51
     w
 }
 
+/// What every matrix product (this one and `model::native`'s f32 one) checks before
+/// any work: dst holds m rows of n at row stride `dst_rs`, and A [m, k] and B [k, n]
+/// hold their last entries (panics naming `name` otherwise: a caller's bug, never
+/// user input). Returns false when nothing is left to compute: m, n or k is 0 (with
+/// k = 0 a fresh dst is then all zeros, an accumulated one unchanged).
+pub(crate) fn checked_product(
+    name: &str,
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (&mut [MaybeUninit<f32>], usize),
+    acc: bool,
+    (a, a_rs, a_cs): Operand,
+    (b, b_rs, b_cs): Operand,
+) -> bool {
+    if m == 0 || n == 0 {
+        return false;
+    }
+    assert!(
+        dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n,
+        "{name}: destination too small"
+    );
+    if k == 0 {
+        if !acc {
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(MaybeUninit::new(0.0));
+            }
+        }
+        return false;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(a.len() > last(a_rs, a_cs, m, k), "{name}: lhs too small");
+    assert!(b.len() > last(b_rs, b_cs, k, n), "{name}: rhs too small");
+    true
+}
+
 /// A pointer to dst that tasks writing disjoint blocks share.
 #[derive(Clone, Copy)]
 struct DstPtr(*mut f32);
@@ -333,24 +367,16 @@ pub fn gemm(
     (a, a_rs, a_cs): Operand,
     (b, b_rs, b_cs): Operand,
 ) {
-    if m == 0 || n == 0 {
+    if !checked_product(
+        "gemm_bf16",
+        (m, n, k),
+        (dst, dst_rs),
+        acc,
+        (a, a_rs, a_cs),
+        (b, b_rs, b_cs),
+    ) {
         return;
     }
-    assert!(
-        dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n,
-        "gemm_bf16: destination too small"
-    );
-    if k == 0 {
-        if !acc {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(MaybeUninit::new(0.0));
-            }
-        }
-        return;
-    }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-    assert!(a.len() > last(a_rs, a_cs, m, k), "gemm_bf16: lhs too small");
-    assert!(b.len() > last(b_rs, b_cs, k, n), "gemm_bf16: rhs too small");
     let par = threads > 1;
     {
         // A's rows are its strips' "columns" (stride a_rs), k along a_cs; B's columns

@@ -351,25 +351,18 @@ pub(crate) fn gemm_into_strided(
     (a, a_rs, a_cs): (&[f32], usize, usize),
     (b, b_rs, b_cs): (&[f32], usize, usize),
 ) {
-    if m == 0 || n == 0 {
+    let operands = ((a, a_rs, a_cs), (b, b_rs, b_cs));
+    if !gemm_bf16::checked_product(
+        "gemm",
+        (m, n, k),
+        (dst, dst_rs),
+        acc,
+        operands.0,
+        operands.1,
+    ) {
         return;
     }
-    assert!(
-        dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n,
-        "gemm: destination too small"
-    );
-    if k == 0 {
-        if !acc {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(MaybeUninit::new(0.0));
-            }
-        }
-        return;
-    }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
     GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
-    assert!(a.len() > last(a_rs, a_cs, m, k), "gemm: lhs too small");
-    assert!(b.len() > last(b_rs, b_cs, k, n), "gemm: rhs too small");
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

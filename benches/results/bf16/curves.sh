@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=${1:?usage: curves.sh OUTDIR}
+mkdir -p "$out"
 . benches/results/timed.sh
 i=0
 for seed in 1337 7; do
