@@ -438,11 +438,11 @@ fn parse_positions(s: &str) -> Result<tinylm::model::Positions, String> {
 }
 
 fn parse_dtype(s: &str) -> Result<tinylm::model::Precision, String> {
-    match s {
-        "f32" => Ok(tinylm::model::Precision::F32),
-        "bf16" => Ok(tinylm::model::Precision::Bf16),
-        _ => Err(format!("expected f32 or bf16, got {s:?}")),
-    }
+    use tinylm::model::Precision;
+    [Precision::F32, Precision::Bf16]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("expected f32 or bf16, got {s:?}"))
 }
 
 fn parse_optimizer(s: &str) -> Result<train::config::UpdateRule, String> {

@@ -7,26 +7,40 @@ use std::sync::OnceLock;
 mod bin_util;
 use bin_util::{output as tinylm, utf8 as text};
 
+/// `train --preset tiny` on data/zh_tiny.txt for `steps` steps into `run`, plus `extra`.
+fn train_tiny(run: &Path, steps: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        "data/zh_tiny.txt",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        steps,
+        "--out",
+        run.to_str().unwrap(),
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    tinylm(&args)
+}
+
+/// The validation losses a run logged, in order.
+fn val_losses(run: &Path) -> Vec<f64> {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
+        .collect()
+}
+
 /// A short training run shared by the tests that need a checkpoint.
 fn trained_run() -> &'static Path {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
-        let out = tinylm(&[
-            "train",
-            "--data",
-            "data/zh_tiny.txt",
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "150",
-            "--out",
-            run.to_str().unwrap(),
-            "--no-progress",
-            "--sample-tokens",
-            "120",
-        ]);
+        let out = train_tiny(&run, "150", &["--sample-tokens", "120"]);
         let stdout = text(&out.stdout);
         println!("{stdout}\n{}", text(&out.stderr));
         assert!(out.status.success(), "train failed: {}", text(&out.stderr));
@@ -39,11 +53,7 @@ fn trained_run() -> &'static Path {
 #[test]
 fn train_writes_metrics_checkpoint_and_learns() {
     let run = trained_run();
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let vals: Vec<f64> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
-        .collect();
+    let vals = val_losses(run);
     println!("validation losses: {vals:?}");
     let first = vals[0];
     let last = *vals.last().unwrap();
@@ -70,22 +80,7 @@ fn train_writes_metrics_checkpoint_and_learns() {
 fn train_with_bf16_products_learns_and_records_its_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = tinylm(&[
-        "train",
-        "--data",
-        "data/zh_tiny.txt",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "60",
-        "--dtype",
-        "bf16",
-        "--out",
-        run.to_str().unwrap(),
-        "--no-progress",
-        "--sample-tokens",
-        "20",
-    ]);
+    let out = train_tiny(&run, "60", &["--dtype", "bf16", "--sample-tokens", "20"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "train failed: {}", text(&out.stderr));
     let native = tinylm::kernels::gemm_bf16::native();
@@ -97,11 +92,7 @@ fn train_with_bf16_products_learns_and_records_its_dtype() {
     assert!(stdout.contains(note), "no dtype line ({note}):\n{stdout}");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("dtype = \"bf16\""), "{config}");
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let vals: Vec<f64> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64())
-        .collect();
+    let vals = val_losses(&run);
     println!("validation losses: {vals:?}");
     assert!(vals.last().unwrap() < &(vals[0] - 1.0), "{vals:?}");
     // A resume may change the products' precision, and says so.

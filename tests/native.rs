@@ -209,12 +209,8 @@ fn native_step_repeats_bit_for_bit() {
 
 #[test]
 fn native_step_gives_every_parameter_a_finite_nonzero_gradient() {
-    let cfg = tinylm::train::config::TrainConfig::preset("bench-ref")
-        .unwrap()
-        .model;
-    let model = Gpt::new(&cfg, 7, &Device::Cpu).unwrap();
-    let (b, t) = (2, cfg.block_size);
-    let (x, y) = windows(b, t, cfg.vocab_size);
+    let (model, x, y, (b, t)) = bench_ref_case();
+    let cfg = &model.config;
     let (loss, g) = native(&model, &x, &y, b, t);
     println!(
         "initial loss {loss:.4} (ln {} = {:.4})",
@@ -222,6 +218,17 @@ fn native_step_gives_every_parameter_a_finite_nonzero_gradient() {
         (cfg.vocab_size as f64).ln()
     );
     assert_every_gradient_finite_and_nonzero(&model, &g);
+}
+
+/// The bench-ref model (seed 7) and two of its context windows: (model, x, y, (B, T)).
+fn bench_ref_case() -> (Gpt, Vec<u32>, Vec<u32>, (usize, usize)) {
+    let cfg = tinylm::train::config::TrainConfig::preset("bench-ref")
+        .unwrap()
+        .model;
+    let model = Gpt::new(&cfg, 7, &Device::Cpu).unwrap();
+    let (b, t) = (2, cfg.block_size);
+    let (x, y) = windows(b, t, cfg.vocab_size);
+    (model, x, y, (b, t))
 }
 
 /// Every parameter's gradient is finite and somewhere non-zero (the candle trap: an op
@@ -303,8 +310,7 @@ fn native_bf16(model: &Gpt, x: &[u32], y: &[u32], b: usize, t: usize) -> (f64, V
 /// `--dtype bf16`'s step (every product's factors rounded to bf16, f32 sums) against
 /// the f64 reference: each tensor's gradient within bf16's precision (its relative
 /// rounding is 2^-9 a factor, 2^-8 a product; the bound is 5x that), and visibly not
-/// the f32 step's (so the bf16 products ran). The f32 step's errors are ~5e-7; bf16's
-/// were 2e-3..6.4e-3 when this was written.
+/// the f32 step's (so the bf16 products ran; the f32 step is within a few f32 ulps).
 #[test]
 fn bf16_step_matches_the_f64_reference_at_bf16_precision() {
     for positions in [Positions::Learned, Positions::Rotary] {
@@ -342,12 +348,7 @@ fn bf16_step_matches_the_f64_reference_at_bf16_precision() {
 
 #[test]
 fn bf16_step_gives_every_parameter_a_finite_nonzero_gradient_and_repeats() {
-    let cfg = tinylm::train::config::TrainConfig::preset("bench-ref")
-        .unwrap()
-        .model;
-    let model = Gpt::new(&cfg, 7, &Device::Cpu).unwrap();
-    let (b, t) = (2, cfg.block_size);
-    let (x, y) = windows(b, t, cfg.vocab_size);
+    let (model, x, y, (b, t)) = bench_ref_case();
     let (loss, g) = native_bf16(&model, &x, &y, b, t);
     let (loss2, g2) = native_bf16(&model, &x, &y, b, t);
     assert_eq!(loss.to_bits(), loss2.to_bits());

@@ -225,10 +225,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
              its MLP product in the step's precision, measured (ceiling column; * = the step beat it, MFU is against \
              the step's own rate)",
             crate::device::threads(),
-            match crate::train::effective_products(args.dtype) {
-                Precision::F32 => "f32",
-                Precision::Bf16 => "bf16",
-            }
+            crate::train::effective_products(args.dtype).name()
         );
         println!(
             "{:<10} {:<12} {:>16} {:>11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>10} {:>12}",

@@ -84,33 +84,29 @@ fn pack(
     // path reads whole cache lines of each row once, not a strip's 12 values a visit.
     let group = (128 / width).max(1);
     let pack_group = |(g, chunk): (usize, &mut [MaybeUninit<u32>])| {
+        let j0 = g * group * width;
+        #[cfg(target_arch = "x86_64")]
+        if native && js == 1 {
+            // SAFETY: `native` only when the CPU has AVX512-BF16 (and AVX-512 F, BW).
+            unsafe { pack_group_columns_contiguous((data, ks), j0, len - j0, k, width, chunk) };
+            return;
+        }
         for (i, strip) in chunk.chunks_mut(pairs * width).enumerate() {
-            let j0 = (g * group + i) * width;
             let src = Strip {
                 data,
                 js,
                 ks,
-                j0,
-                cols: width.min(len - j0),
+                j0: j0 + i * width,
+                cols: width.min(len - j0 - i * width),
                 k,
             };
             #[cfg(target_arch = "x86_64")]
-            if native && ks == 1 && js != 1 {
-                // SAFETY: `native` only when the CPU has AVX512-BF16 (and AVX-512 F).
+            if native && ks == 1 {
+                // SAFETY: as above.
                 unsafe { pack_strip_k_contiguous(src, strip) };
                 continue;
             }
-            #[cfg(target_arch = "x86_64")]
-            if native && js == 1 {
-                continue; // the whole group below, row by row
-            }
             pack_strip_portable(src, strip);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if native && js == 1 {
-            let j0 = g * group * width;
-            // SAFETY: as above.
-            unsafe { pack_group_columns_contiguous((data, ks), j0, len - j0, k, width, chunk) };
         }
     };
     if par {
@@ -378,57 +374,53 @@ pub fn gemm(
         return;
     }
     let par = threads > 1;
-    {
-        // A's rows are its strips' "columns" (stride a_rs), k along a_cs; B's columns
-        // along b_cs, k along b_rs.
-        let ap = pack((a, a_rs, a_cs), m, k, MR, par);
-        let bp = pack((b, b_cs, b_rs), n, k, NR, par);
-        let pairs = k.div_ceil(2);
-        let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
-        let ptr = DstPtr(dst.as_mut_ptr() as *mut f32);
-        let native = native();
-        let task = |task: usize| {
-            let (ib, jb) = (task / nt, task % nt);
-            let (i0, j0) = (ib * MC, jb * NC);
-            let (i1, j1) = ((i0 + MC).min(m), (j0 + NC).min(n));
-            let mut p0 = 0;
-            while p0 < pairs {
-                let kp = KC_PAIRS.min(pairs - p0);
-                let first = p0 == 0 && !acc;
-                for j in (j0..j1).step_by(NR) {
-                    let bs = &bp[(j / NR) * pairs * NR + p0 * NR..][..kp * NR];
-                    for i in (i0..i1).step_by(MR) {
-                        let as_ = &ap[(i / MR) * pairs * MR + p0 * MR..][..kp * MR];
-                        let (rows, cols) = (MR.min(m - i), NR.min(n - j));
-                        let tile = Tile {
-                            // SAFETY: (i, j) is inside dst; the tile's rows and cols
-                            // stay inside it, and inside this task's block.
-                            c: unsafe { ptr.at(i * dst_rs + j) },
-                            rs: dst_rs,
-                            rows,
-                            cols,
-                            first,
-                        };
-                        // SAFETY: `native` only when the CPU has AVX512-BF16; the
-                        // strips hold kp pairs of MR (NR) values.
-                        unsafe {
-                            if native {
-                                #[cfg(target_arch = "x86_64")]
-                                micro_avx512bf16(as_, bs, kp, tile);
-                            } else {
-                                micro_portable(as_, bs, kp, tile);
-                            }
+    // A's rows are its strips' "columns" (stride a_rs), k along a_cs; B's columns
+    // along b_cs, k along b_rs.
+    let ap = pack((a, a_rs, a_cs), m, k, MR, par);
+    let bp = pack((b, b_cs, b_rs), n, k, NR, par);
+    let pairs = k.div_ceil(2);
+    let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
+    let ptr = DstPtr(dst.as_mut_ptr() as *mut f32);
+    let native = native();
+    let task = |task: usize| {
+        let (ib, jb) = (task / nt, task % nt);
+        let (i0, j0) = (ib * MC, jb * NC);
+        let (i1, j1) = ((i0 + MC).min(m), (j0 + NC).min(n));
+        for p0 in (0..pairs).step_by(KC_PAIRS) {
+            let kp = KC_PAIRS.min(pairs - p0);
+            let first = p0 == 0 && !acc;
+            for j in (j0..j1).step_by(NR) {
+                let bs = &bp[(j / NR) * pairs * NR + p0 * NR..][..kp * NR];
+                for i in (i0..i1).step_by(MR) {
+                    let as_ = &ap[(i / MR) * pairs * MR + p0 * MR..][..kp * MR];
+                    let (rows, cols) = (MR.min(m - i), NR.min(n - j));
+                    let tile = Tile {
+                        // SAFETY: (i, j) is inside dst; the tile's rows and cols
+                        // stay inside it, and inside this task's block.
+                        c: unsafe { ptr.at(i * dst_rs + j) },
+                        rs: dst_rs,
+                        rows,
+                        cols,
+                        first,
+                    };
+                    // SAFETY: `native` only when the CPU has AVX512-BF16; the
+                    // strips hold kp pairs of MR (NR) values.
+                    unsafe {
+                        if native {
+                            #[cfg(target_arch = "x86_64")]
+                            micro_avx512bf16(as_, bs, kp, tile);
+                        } else {
+                            micro_portable(as_, bs, kp, tile);
                         }
                     }
                 }
-                p0 += kp;
             }
-        };
-        if par {
-            (0..mt * nt).into_par_iter().for_each(task);
-        } else {
-            (0..mt * nt).for_each(task);
         }
+    };
+    if par {
+        (0..mt * nt).into_par_iter().for_each(task);
+    } else {
+        (0..mt * nt).for_each(task);
     }
 }
 

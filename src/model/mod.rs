@@ -50,6 +50,16 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The name `--dtype` and the config use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// The shape of a GPT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {

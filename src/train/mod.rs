@@ -175,8 +175,8 @@ pub fn dtype_note(dtype: Precision) -> Option<&'static str> {
              optimizer state, activations and the loss in f32",
         ),
         (Precision::Bf16, _) => Some(
-            "dtype bf16: this CPU has no AVX512-BF16 (or the SIMD level is capped), so the \
-             products run in f32, as with --dtype f32",
+            "dtype bf16: this CPU has no AVX512-BF16, so the products run in f32, as with \
+             --dtype f32",
         ),
         _ => None,
     }

@@ -200,8 +200,8 @@ impl Overrides {
             ),
             (
                 "dtype",
-                format!("{:?}", before.dtype).to_lowercase(),
-                format!("{:?}", c.dtype).to_lowercase(),
+                before.dtype.name().to_string(),
+                c.dtype.name().to_string(),
             ),
         ];
         for (name, old, new) in fields {
