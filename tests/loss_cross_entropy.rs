@@ -207,20 +207,23 @@ fn half_precision_logits_accumulate_in_f32() {
     println!("half precision -> PASS");
 }
 
-/// bf16 and f16 gradients, streamed like the f32 ones: every element is the f32
+/// bf16 and f16 gradients, streamed like the f32 ones. f16: every element is the f32
 /// kernel's gradient for the same (exactly representable) logits rounded to nearest
-/// even by `half` (the row arithmetic is the same f32 code), bit for bit; ignored rows
-/// (first, last, adjacent) are exactly +0; no NaN. Same bits for a fresh gradient and
-/// a caller's buffer at each of the 32 16-bit offsets within a cache line, at 1/2/3
-/// threads and at every SIMD level up to the CPU's. Odd shapes: V = 1001 (rows start
-/// anywhere within a line) and V = 8200 (8 blocks and a tail).
+/// even by `half` (the row arithmetic is the same f32 code), bit for bit, and so is
+/// the loss. bf16 rows take a cheaper exponential (base 2, ~1e-6 relative) and one
+/// FMA for a·e - b: every element is within one bf16 ulp of the rounded f32 gradient
+/// (nearly all equal), and the loss within 2e-6 relative of the f32 one. Both: ignored
+/// rows (first, last, adjacent) are exactly +0; no NaN; the same bits for a fresh
+/// gradient and a caller's buffer at each of the 32 16-bit offsets within a cache
+/// line, at 1/2/3 threads and at every SIMD level up to the CPU's. Odd shapes: V =
+/// 1001 (rows start anywhere within a line) and V = 8200 (8 blocks and a tail).
 #[test]
 fn half_gradients_are_rounded_f32_gradients_whatever_the_buffer_threads_or_simd() {
     let turn = simd_turn();
     check_half_gradients::<half::bf16>(&turn, DType::BF16, half::bf16::from_f32, |h| h.to_bits());
     check_half_gradients::<half::f16>(&turn, DType::F16, half::f16::from_f32, |h| h.to_bits());
     println!(
-        "bf16/f16 gradients: RNE of the f32 kernel's, 32 offsets, 1/2/3 threads, SIMD levels 0/1 and {} -> PASS",
+        "bf16/f16 gradients: f16 the RNE of the f32 kernel's, bf16 within one ulp of it, 32 offsets, 1/2/3 threads, SIMD levels 0/1 and {} -> PASS",
         detected_simd()
     );
 }
@@ -265,16 +268,37 @@ fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
             (l, g.into_iter().map(bits).collect())
         };
         let first = pool(2).install(fresh);
-        assert_eq!(
-            first.0,
-            l32.to_scalar::<f32>().unwrap().to_bits(),
-            "{dt:?} loss"
-        );
-        let bad = (0..n * v).find(|&k| first.1[k] != want[k]);
-        assert!(
-            bad.is_none(),
-            "{dt:?} {n}x{v}: element {bad:?} is not the rounded f32 gradient"
-        );
+        let l32 = l32.to_scalar::<f32>().unwrap();
+        if dt == DType::BF16 {
+            let l = f32::from_bits(first.0);
+            assert!(
+                (l - l32).abs() <= 2e-6 * l32.abs(),
+                "bf16 loss {l} against f32 {l32}"
+            );
+            // Ordered integers: adjacent bf16 values differ by 1 (±0 are both 0).
+            let ord = |b: u16| (b & 0x7FFF) as i32 * if b & 0x8000 != 0 { -1 } else { 1 };
+            let bad = (0..n * v).find(|&k| (ord(first.1[k]) - ord(want[k])).abs() > 1);
+            assert!(
+                bad.is_none(),
+                "bf16 {n}x{v}: element {bad:?} is more than one ulp from the f32 gradient"
+            );
+            let differ = (0..n * v).filter(|&k| first.1[k] != want[k]).count();
+            println!(
+                "bf16 {n}x{v}: {differ} of {} elements one ulp off the rounded f32 gradient",
+                n * v
+            );
+            assert!(
+                differ * 50 < n * v,
+                "bf16 {n}x{v}: {differ} elements differ"
+            );
+        } else {
+            assert_eq!(first.0, l32.to_bits(), "{dt:?} loss");
+            let bad = (0..n * v).find(|&k| first.1[k] != want[k]);
+            assert!(
+                bad.is_none(),
+                "{dt:?} {n}x{v}: element {bad:?} is not the rounded f32 gradient"
+            );
+        }
         for &i in &ignored {
             assert!(
                 first.1[i * v..(i + 1) * v].iter().all(|&b| b == 0),

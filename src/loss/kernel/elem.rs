@@ -301,6 +301,38 @@ pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
     fn widen(_x: &[Self], _out: &mut Vec<F>) -> bool {
         false
     }
+    /// e^(x - m) for a logit x of a row whose max is m, as pass B of rows of this
+    /// type computes it: the arithmetic type's [`Real::exp_nonpos`] of x - m, except
+    /// for bf16 rows ([`crate::fastmath::exp_shifted_base2`]: their logits carry 8
+    /// significant bits).
+    #[inline(always)]
+    fn exp_shifted(x: F, m: F) -> F {
+        F::exp_nonpos(x - m)
+    }
+    /// [`Elem::exp_shifted`] on `EXP_LANES` values (the same bits).
+    #[inline(always)]
+    fn exp_shifted_lanes(x: &[F; EXP_LANES], m: F, y: &mut [F; EXP_LANES]) {
+        F::exp_nonpos_lanes(&std::array::from_fn(|l| x[l] - m), y)
+    }
+    /// Pass A's max of the row (as `row::pass_max` takes it, up to the sign of a zero
+    /// max) where the type has its own SIMD code for it (bf16 on AVX-512), else None.
+    #[inline(always)]
+    fn simd_max(_x: &[Self]) -> Option<F> {
+        None
+    }
+    /// Pass B over a block (as `row::exp_block` computes it, the same bits) where the
+    /// type has its own SIMD code for it (bf16 on AVX-512); returns whether it did.
+    /// `pf(k)` prefetches the next row's share of 16-element chunk k.
+    #[inline(always)]
+    fn simd_exp_block(
+        _x: &[Self],
+        _m: F,
+        _e: &mut [F],
+        _s: &mut [F; 16],
+        _pf: impl Fn(usize),
+    ) -> bool {
+        false
+    }
     /// dst_j = store(a·e_j - b), minus `hit` (before the rounding) at index `t` when
     /// given, written with non-temporal stores where the CPU has them for this type
     /// (see [`Real::stream_copy`]); `buf` (at least `e.len()` long) stages the values.
@@ -352,8 +384,16 @@ macro_rules! elem_real {
 /// whole row where that pays ([`Elem::widen`]), `$affine` writes the rounded
 /// gradient values a·e_j - b.
 macro_rules! elem_half {
-    ($($t:ty: $load:ident, $store:ident, $widen:ident, $affine:ident);*) => {$(
+    ($($t:ty: $load:ident, $store:ident, $widen:ident, $affine:ident, $one:ident, $simd:ident);*) => {$(
         impl Elem<f32> for $t {
+            #[inline(always)]
+            fn exp_shifted(x: f32, m: f32) -> f32 {
+                $simd::exp(x, m)
+            }
+            #[inline(always)]
+            fn exp_shifted_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
+                $simd::exp_lanes(x, m, y)
+            }
             #[inline(always)]
             fn load(self) -> f32 {
                 $load(self.to_bits())
@@ -370,8 +410,23 @@ macro_rules! elem_half {
                 // SAFETY: $t is a `repr(transparent)` u16.
                 $widen(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) }, out)
             }
+            #[inline(always)]
+            fn simd_max(x: &[$t]) -> Option<f32> {
+                $simd::row_max(bits_of(x))
+            }
+            #[inline(always)]
+            fn simd_exp_block(
+                x: &[$t],
+                m: f32,
+                e: &mut [f32],
+                s: &mut [f32; 16],
+                pf: impl Fn(usize),
+            ) -> bool {
+                $simd::exp_block(bits_of(x), m, e, s, pf)
+            }
             /// Rounded into the staging row (seen as u16, which needs no more
-            /// alignment than f32), then copied out with non-temporal stores.
+            /// alignment than f32), then copied out with non-temporal stores; or
+            /// straight from registers where the type has SIMD code for it.
             #[inline(always)]
             fn stream_grad(
                 dst: &mut [MaybeUninit<$t>],
@@ -383,18 +438,21 @@ macro_rules! elem_half {
             ) {
                 let n = e.len();
                 assert!(dst.len() == n && buf.len() >= n);
+                // SAFETY: $t is a `repr(transparent)` u16.
+                let d = unsafe {
+                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<u16>>(), n)
+                };
+                if $simd::stream_grad(d, e, (a, b), t, hit) {
+                    return;
+                }
                 // SAFETY: the f32 row holds 2·len u16 (same memory, looser alignment).
                 let bits = unsafe {
                     std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u16>(), n)
                 };
                 $affine(bits, e, (a, b));
                 if let Some(t) = t {
-                    bits[t] = $store((a * e[t] - b) - hit);
+                    bits[t] = $one(a, e[t], b, hit);
                 }
-                // SAFETY: $t is a `repr(transparent)` u16.
-                let d = unsafe {
-                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<u16>>(), n)
-                };
                 stream_copy_u16(d, bits);
             }
         }
@@ -403,9 +461,143 @@ macro_rules! elem_half {
 
 elem_real!(f32, f64);
 elem_half!(
-    bf16: bf16_to_f32, bf16_bits_rne, no_widen, bf16_affine;
-    f16: f16_to_f32, f16_bits_rne, f16_widen, f16_affine
+    bf16: bf16_to_f32, bf16_bits_rne, no_widen, bf16_affine, bf16_grad, bf16_simd;
+    f16: f16_to_f32, f16_bits_rne, f16_widen, f16_affine, f16_grad, no_simd
 );
+
+/// A 16-bit float row as its bits.
+#[inline(always)]
+fn bits_of<H>(x: &[H]) -> &[u16] {
+    debug_assert_eq!(std::mem::size_of::<H>(), 2);
+    // SAFETY: only called with bf16 and f16, `repr(transparent)` u16s.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) }
+}
+
+/// The SIMD passes of bf16 rows (`super::bf16_rows`), taken on AVX-512; each returns
+/// None or false where they are not, and the generic loops run.
+mod bf16_simd {
+    #[cfg(target_arch = "x86_64")]
+    use crate::cpu::simd::{self, Level};
+    use std::mem::MaybeUninit;
+
+    use super::EXP_LANES;
+    use crate::fastmath::{exp_shifted_base2, exp_shifted_base2_lanes};
+
+    #[inline(always)]
+    pub(super) fn exp(x: f32, m: f32) -> f32 {
+        exp_shifted_base2(x, m)
+    }
+
+    #[inline(always)]
+    pub(super) fn exp_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
+        exp_shifted_base2_lanes(x, m, y)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn on() -> bool {
+        simd::level() == Level::Avx512
+    }
+
+    #[inline(always)]
+    pub(super) fn row_max(x: &[u16]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if on() {
+            // SAFETY: `simd::level` reports AVX-512 only when the CPU has it.
+            return Some(unsafe { super::super::bf16_rows::row_max(x) });
+        }
+        let _ = x;
+        None
+    }
+
+    #[inline(always)]
+    pub(super) fn exp_block(
+        x: &[u16],
+        m: f32,
+        e: &mut [f32],
+        s: &mut [f32; 16],
+        pf: impl Fn(usize),
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if on() {
+            // SAFETY: as above; `row::exp_block` passes rows of one length.
+            unsafe { super::super::bf16_rows::exp_block(x, m, e, s, pf) };
+            return true;
+        }
+        let _ = (x, m, e, s, pf);
+        false
+    }
+
+    #[inline(always)]
+    pub(super) fn stream_grad(
+        dst: &mut [MaybeUninit<u16>],
+        e: &[f32],
+        ab: (f32, f32),
+        t: Option<usize>,
+        hit: f32,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if on() {
+            use super::super::bf16_rows::{has_bf16_convert, stream_grad, stream_grad_bf16};
+            // SAFETY: as above, and `has_bf16_convert` checked AVX512-BF16 and DQ;
+            // the caller checked the lengths.
+            unsafe {
+                if has_bf16_convert() {
+                    stream_grad_bf16(dst, e, ab, t, hit)
+                } else {
+                    stream_grad(dst, e, ab, t, hit)
+                }
+            };
+            return true;
+        }
+        let _ = (dst, e, ab, t, hit);
+        false
+    }
+}
+
+/// f16 has no SIMD passes of its own: the generic loops (with F16C conversions).
+mod no_simd {
+    use super::EXP_LANES;
+    use crate::fastmath::{exp_f32_nonpos, exp_f32_nonpos_lanes};
+    use std::mem::MaybeUninit;
+
+    #[inline(always)]
+    pub(super) fn exp(x: f32, m: f32) -> f32 {
+        exp_f32_nonpos(x - m)
+    }
+
+    #[inline(always)]
+    pub(super) fn exp_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
+        exp_f32_nonpos_lanes(&std::array::from_fn(|l| x[l] - m), y)
+    }
+
+    #[inline(always)]
+    pub(super) fn row_max(_: &[u16]) -> Option<f32> {
+        None
+    }
+
+    #[inline(always)]
+    pub(super) fn exp_block(
+        _: &[u16],
+        _: f32,
+        _: &mut [f32],
+        _: &mut [f32; 16],
+        _: impl Fn(usize),
+    ) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    pub(super) fn stream_grad(
+        _: &mut [MaybeUninit<u16>],
+        _: &[f32],
+        _: (f32, f32),
+        _: Option<usize>,
+        _: f32,
+    ) -> bool {
+        false
+    }
+}
 
 /// [`Elem::widen`] for bf16: not done, its load is a shift (BENCHMARKS.md, "f16
 /// through F16C", has the measurement).
@@ -414,12 +606,27 @@ fn no_widen(_: &[u16], _: &mut Vec<f32>) -> bool {
     false
 }
 
-/// bits_j = bf16(a·e_j - b).
+/// A streamed bf16 gradient value: a·e - b in one fused multiply-add, minus `hit` (0
+/// off the target), rounded by [`bf16_bits_rne_ftz`]; the rounding and the fused
+/// step are those of the AVX-512 pass C (`super::bf16_rows`).
+#[inline(always)]
+pub(crate) fn bf16_grad(a: f32, e: f32, b: f32, hit: f32) -> u16 {
+    bf16_bits_rne_ftz(a.mul_add(e, -b) - hit)
+}
+
+/// bits_j = [`bf16_grad`] off the target.
 #[inline(always)]
 fn bf16_affine(bits: &mut [u16], e: &[f32], (a, b): (f32, f32)) {
     for (o, &ev) in bits.iter_mut().zip(e) {
-        *o = bf16_bits_rne(a * ev - b);
+        *o = bf16_grad(a, ev, b, 0.0);
     }
+}
+
+/// A streamed f16 gradient value: a·e - b, minus `hit` at the target, rounded to
+/// nearest even (the f32 kernel's arithmetic).
+#[inline(always)]
+fn f16_grad(a: f32, e: f32, b: f32, hit: f32) -> u16 {
+    f16_bits_rne((a * e - b) - hit)
 }
 
 /// [`Elem::widen`] for f16: with F16C where the kernels may use it.
@@ -521,6 +728,19 @@ pub(crate) fn bf16_bits_rne(x: f32) -> u16 {
     } else {
         rounded
     }) as u16
+}
+
+/// [`bf16_bits_rne`] with subnormal inputs flushed to a zero of their sign first, as
+/// `vcvtne2ps2bf16` treats them: bf16 shares f32's exponent range, so only values
+/// below 2^-126 in magnitude differ.
+#[inline(always)]
+pub(crate) fn bf16_bits_rne_ftz(x: f32) -> u16 {
+    let w = x.to_bits();
+    if w & 0x7FFF_FFFF < 0x0080_0000 {
+        (w >> 16) as u16 & 0x8000
+    } else {
+        bf16_bits_rne(x)
+    }
 }
 
 /// f16 bits as f32 (exact, subnormals included), branch-free: the exponent is rebased

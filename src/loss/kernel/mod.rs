@@ -29,10 +29,20 @@
 //! fits in registers, so the scratch row, the staging block and the pipeline, which
 //! cost more than the arithmetic at V = 256, are not needed. Same bits as [`row`].
 //!
+//! bf16 rows take their own arithmetic ([`bf16_rows`] on AVX-512, the same bits from
+//! the generic loops elsewhere): a base-2 exponential with ~1e-6 relative error
+//! (`fastmath::exp_shifted_base2`), a·e - b in one FMA and subnormal gradients flushed
+//! to zero, as `vcvtne2ps2bf16` rounds. Their logits carry 8 significant bits, and on
+//! AVX-512 the f32 kernel's 16-instruction exponential kept the bf16 kernel bound by
+//! arithmetic at the f32 kernel's speed; a gradient element is within one bf16 ulp of
+//! the f32 kernel's rounded to bf16.
+//!
 //! Determinism: every row is computed by the same sequential code whatever thread runs
 //! it, and the caller reduces the per-row losses in row order, so results are bitwise
 //! identical for any thread count.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16_rows;
 mod elem;
 mod jobs;
 mod row;

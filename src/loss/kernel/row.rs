@@ -121,7 +121,7 @@ fn pass_max<T: Elem<F>, F: Real>(x: &[T]) -> F {
 /// With `e`, the exponentials are written first and summed in a second loop over `e`
 /// (in L1/L2): summing while storing made LLVM keep the 16 accumulators on the stack,
 /// a store-to-load chain through memory. Without (the loss alone), they are computed
-/// `EXP_LANES` at a time ([`Real::exp_nonpos_lanes`]).
+/// `EXP_LANES` at a time ([`Elem::exp_shifted_lanes`]).
 #[inline(always)]
 fn pass_exp<T: Elem<F>, F: Real, N>(
     x: &[T],
@@ -146,9 +146,9 @@ fn pass_exp<T: Elem<F>, F: Real, N>(
                 for c in 0..EXP_LANES / LANES {
                     pf.chunk(k * (EXP_LANES / LANES) + c);
                 }
-                let d: [F; EXP_LANES] = std::array::from_fn(|l| xc[l].load() - m);
+                let xv: [F; EXP_LANES] = std::array::from_fn(|l| xc[l].load());
                 let mut ev = [F::ZERO; EXP_LANES];
-                F::exp_nonpos_lanes(&d, &mut ev);
+                T::exp_shifted_lanes(&xv, m, &mut ev);
                 add_lanes(&mut s, &ev);
             }
             let r0 = x.len() / EXP_LANES;
@@ -157,14 +157,14 @@ fn pass_exp<T: Elem<F>, F: Real, N>(
                 pf.chunk(r0 * (EXP_LANES / LANES) + k);
                 let mut ev = [F::ZERO; LANES];
                 for l in 0..LANES {
-                    ev[l] = F::exp_nonpos(xc[l].load() - m);
+                    ev[l] = T::exp_shifted(xc[l].load(), m);
                 }
                 for l in 0..LANES {
                     s[l] = s[l] + ev[l];
                 }
             }
             for (l, xv) in xi.remainder().iter().enumerate() {
-                s[l] = s[l] + F::exp_nonpos(xv.load() - m);
+                s[l] = s[l] + T::exp_shifted(xv.load(), m);
             }
             if want_dsum {
                 dsum_lanes(x, m, &mut ds);
@@ -224,12 +224,15 @@ fn exp_block<T: Elem<F>, F: Real, N>(
     pf: Prefetch<N>,
 ) {
     debug_assert_eq!(x.len(), e.len());
+    if T::simd_exp_block(x, m, e, s, |k| pf.chunk(k)) {
+        return;
+    }
     let mut xi = x.chunks_exact(LANES);
     let mut ei = e.chunks_exact_mut(LANES);
     for (k, (xc, ec)) in (&mut xi).zip(&mut ei).enumerate() {
         pf.chunk(k);
         for l in 0..LANES {
-            ec[l] = F::exp_nonpos(xc[l].load() - m);
+            ec[l] = T::exp_shifted(xc[l].load(), m);
         }
     }
     // Summed from `e` (see `pass_exp`).
@@ -241,7 +244,7 @@ fn exp_block<T: Elem<F>, F: Real, N>(
     }
     let r0 = x.len() / LANES * LANES;
     for (l, (xv, ev)) in xi.remainder().iter().zip(&mut e[r0..]).enumerate() {
-        *ev = F::exp_nonpos(xv.load() - m);
+        *ev = T::exp_shifted(xv.load(), m);
         s[l] = s[l] + *ev;
     }
 }
@@ -533,7 +536,7 @@ pub(super) fn row<'g, T: Elem<F>, F: Real>(
             let any_nan = m == -F::INF && y.iter().any(|&v| v.is_nan());
             (m, y_t, correct, any_nan, wide)
         } else {
-            let m = pass_max::<T, F>(xs);
+            let m = T::simd_max(xs).unwrap_or_else(|| pass_max::<T, F>(xs));
             let y_t = xs[t].load();
             let correct = first_max_at::<T, F>(xs, t, m);
             let any_nan = m == -F::INF && xs.iter().any(|&xv| xv.load().is_nan());
