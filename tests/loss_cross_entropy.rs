@@ -218,7 +218,7 @@ fn half_precision_logits_accumulate_in_f32() {
 /// line, at 1/2/3 threads and at every SIMD level up to the CPU's. Odd shapes: V =
 /// 1001 (rows start anywhere within a line) and V = 8200 (8 blocks and a tail).
 #[test]
-fn half_gradients_are_rounded_f32_gradients_whatever_the_buffer_threads_or_simd() {
+fn half_gradients_match_rounded_f32_gradients_whatever_the_buffer_threads_or_simd() {
     let turn = simd_turn();
     check_half_gradients::<half::bf16>(&turn, DType::BF16, half::bf16::from_f32, |h| h.to_bits());
     check_half_gradients::<half::f16>(&turn, DType::F16, half::f16::from_f32, |h| h.to_bits());
@@ -340,6 +340,61 @@ fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
         .unwrap_err()
         .to_string();
     assert!(e.contains("gradient buffer of their dtype"), "{e}");
+}
+
+/// bf16 rows of large magnitude (maxima near 1e3, 1e7, 3e9 and -1e9, where an
+/// exponential that folded m·log2e into one FMA shifted every e^(x - m), and the loss
+/// with it, or overflowed): the loss finite, ≥ 0 and within 2e-6 of the f32 kernel's
+/// on the same values, every gradient element within one bf16 ulp of the f32 one
+/// rounded, and the same bits at every SIMD level.
+#[test]
+fn bf16_rows_of_large_logits_agree_with_f32() {
+    let turn = simd_turn();
+    let (n, v) = (6, 1037);
+    let ord = |b: u16| (b & 0x7FFF) as i32 * if b & 0x8000 != 0 { -1 } else { 1 };
+    for c in [1e3f64, 1e7, 3e9, -1e9] {
+        let x: Vec<f64> = uniform(7, n * v)
+            .iter()
+            .map(|u| c + c.abs() * 9e-3 * u)
+            .collect();
+        let t = targets(5, n, v);
+        let o = CrossEntropyOptions::default();
+        let xh = tensor_f32(&x, n, v).to_dtype(DType::BF16).unwrap();
+        let x32 = xh.to_dtype(DType::F32).unwrap(); // the same values, exactly
+        let tt = tgt(&t);
+        let (l32, g32) = loss::cross_entropy_loss_and_grad(&x32, &tt, &o).unwrap();
+        let l32 = l32.to_scalar::<f32>().unwrap();
+        let want: Vec<u16> = g32
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|g| half::bf16::from_f32(g).to_bits())
+            .collect();
+        let run = || {
+            let (l, g) = loss::cross_entropy_loss_and_grad(&xh, &tt, &o).unwrap();
+            let g = g.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+            let l = l.to_scalar::<f32>().unwrap();
+            (
+                l.to_bits(),
+                g.into_iter().map(|h| h.to_bits()).collect::<Vec<u16>>(),
+            )
+        };
+        let first = pool(2).install(run);
+        let l = f32::from_bits(first.0);
+        assert!(l.is_finite() && l >= 0.0, "max near {c}: loss {l}");
+        assert!(
+            (l - l32).abs() <= 2e-6 * l32.abs().max(1.0),
+            "max near {c}: loss {l} against f32 {l32}"
+        );
+        let bad = (0..n * v).find(|&k| (ord(first.1[k]) - ord(want[k])).abs() > 1);
+        assert!(bad.is_none(), "max near {c}: gradient element {bad:?}");
+        for (cap, r) in at_capped_simd_levels(&turn, || pool(2).install(run)) {
+            assert!(r == first, "max near {c}: SIMD level {cap} differs");
+        }
+        println!("bf16 logits near {c:e}: loss {l} (f32 kernel {l32})");
+    }
 }
 
 /// f16 logits without a gradient (evaluation: the row widened once, then the

@@ -334,8 +334,9 @@ pub(crate) trait Elem<F: Real>: Copy + Send + Sync + 'static {
         false
     }
     /// dst_j = store(a·e_j - b), minus `hit` (before the rounding) at index `t` when
-    /// given, written with non-temporal stores where the CPU has them for this type
-    /// (see [`Real::stream_copy`]); `buf` (at least `e.len()` long) stages the values.
+    /// given (for bf16: [`bf16_grad`], one FMA and subnormals to zero), written with
+    /// non-temporal stores where the CPU has them for this type (see
+    /// [`Real::stream_copy`]); `buf` (at least `e.len()` long) stages the values.
     fn stream_grad(
         dst: &mut [MaybeUninit<Self>],
         e: &[F],
@@ -539,7 +540,7 @@ mod bf16_simd {
         #[cfg(target_arch = "x86_64")]
         if on() {
             use super::super::bf16_rows::{has_bf16_convert, stream_grad, stream_grad_bf16};
-            // SAFETY: as above, and `has_bf16_convert` checked AVX512-BF16 and DQ;
+            // SAFETY: as above, and `has_bf16_convert` checked AVX512-BF16;
             // the caller checked the lengths.
             unsafe {
                 if has_bf16_convert() {
@@ -940,6 +941,20 @@ mod tests {
                 "bf16 of {:#010x}",
                 x.to_bits()
             );
+            // The streamed bf16 gradient's rounding: subnormals to a zero of their
+            // sign, everything else as above.
+            let subnormal = x.is_subnormal();
+            let ftz = bf16_bits_rne_ftz(x);
+            if subnormal {
+                assert_eq!(
+                    ftz,
+                    if x < 0.0 { 0x8000 } else { 0 },
+                    "{:#010x}",
+                    x.to_bits()
+                );
+            } else {
+                assert_eq!(ftz, b, "bf16 ftz of {:#010x}", x.to_bits());
+            }
             let want = f16::from_f32(x);
             if x.is_nan() {
                 assert!(

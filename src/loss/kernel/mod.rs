@@ -12,7 +12,8 @@
 //! * pass C writes g_j = scale · ((1 + 2z·lse)·e_j/s - ε/V - (1-ε)·[j = t]) (times
 //!   1 - (y_j/c)² under a soft-cap): streamed with non-temporal stores from the scratch
 //!   row (so the gradient's lines are never read: 8 bytes of traffic per element, 4
-//!   for bf16/f16, rounded to nearest even; the destination may be uninitialised, see
+//!   for bf16/f16, rounded to nearest even, bf16 subnormals to zero; the destination
+//!   may be uninitialised, see
 //!   `run_fresh`), or rewritten in place.
 //!
 //! The row (V·4 bytes, 200 KB at V = 50304) stays in the per-core L2 between the
@@ -29,13 +30,14 @@
 //! fits in registers, so the scratch row, the staging block and the pipeline, which
 //! cost more than the arithmetic at V = 256, are not needed. Same bits as [`row`].
 //!
-//! bf16 rows take their own arithmetic ([`bf16_rows`] on AVX-512, the same bits from
-//! the generic loops elsewhere): a base-2 exponential with ~1e-6 relative error
-//! (`fastmath::exp_shifted_base2`), a·e - b in one FMA and subnormal gradients flushed
-//! to zero, as `vcvtne2ps2bf16` rounds. Their logits carry 8 significant bits, and on
-//! AVX-512 the f32 kernel's 16-instruction exponential kept the bf16 kernel bound by
-//! arithmetic at the f32 kernel's speed; a gradient element is within one bf16 ulp of
-//! the f32 kernel's rounded to bf16.
+//! bf16 rows without a soft-cap take their own arithmetic ([`bf16_rows`] on AVX-512,
+//! the same bits from the generic loops elsewhere): a base-2 exponential with ~1e-6
+//! relative error (`fastmath::exp_shifted_base2`), a·e - b in one FMA and subnormal
+//! gradients flushed to zero, as `vcvtne2ps2bf16` rounds. Their logits carry 8
+//! significant bits, and on AVX-512 the f32 kernel's 16-instruction exponential kept
+//! the bf16 kernel bound by arithmetic at the f32 kernel's speed; a gradient element
+//! is within one bf16 ulp of the f32 kernel's rounded to bf16. Soft-capped bf16 rows
+//! are widened to f32 and computed as f32 rows are, then rounded.
 //!
 //! Determinism: every row is computed by the same sequential code whatever thread runs
 //! it, and the caller reduces the per-row losses in row order, so results are bitwise

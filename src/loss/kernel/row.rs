@@ -756,8 +756,9 @@ mod tests {
 
     /// Pass B's sums (Σ e and Σ (m - y)) have the same bits whether the exponentials
     /// are stored (16 at a time, summed from the row) or only summed (the loss alone:
-    /// 64 at a time through `add_lanes`), for f32, f64 and f16 rows (the f16 row read
-    /// as it is against its widened copy), at every length up to 300 and a few longer.
+    /// 64 at a time through `add_lanes`), for f32, f64, f16 and bf16 rows (the f16 row
+    /// read as it is against its widened copy), at every length up to 300 and a few
+    /// longer.
     #[test]
     fn pass_exp_sums_alike_with_and_without_the_row() {
         for n in (1..=300).chain([1000, 1024 + 77]) {
@@ -773,6 +774,11 @@ mod tests {
             let wide: Vec<f32> = xh.iter().map(|h| h.to_f32()).collect();
             let mh = max_of(&wide);
             assert_eq!(sums(&xh, mh, false), sums(&wide, mh, true), "f16, {n}");
+            // bf16: the loss-alone loop against the stored one (on AVX-512, the
+            // latter is `bf16_rows::exp_block`).
+            let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let mb = max_of(&xb.iter().map(|h| h.to_f32()).collect::<Vec<f32>>());
+            assert_eq!(sums(&xb, mb, false), sums(&xb, mb, true), "bf16, {n}");
         }
     }
 }
