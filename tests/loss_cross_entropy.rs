@@ -228,6 +228,22 @@ fn half_gradients_match_rounded_f32_gradients_whatever_the_buffer_threads_or_sim
     );
 }
 
+/// The f32 kernel's loss and gradient on `x32`, each gradient element rounded to 16-bit
+/// bits by `to_bits`.
+fn f32_loss_and_rounded_grad(
+    x32: &Tensor,
+    t: &Tensor,
+    o: &CrossEntropyOptions,
+    to_bits: impl Fn(f32) -> u16,
+) -> (f32, Vec<u16>) {
+    let (l, g) = loss::cross_entropy_loss_and_grad(x32, t, o).unwrap();
+    let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (
+        l.to_scalar::<f32>().unwrap(),
+        g.into_iter().map(to_bits).collect(),
+    )
+}
+
 fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
     turn: &std::sync::MutexGuard<'static, ()>,
     dt: DType,
@@ -251,15 +267,7 @@ fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
         let xh = tensor_f32(&x, n, v).to_dtype(dt).unwrap();
         let x32 = xh.to_dtype(DType::F32).unwrap(); // the same values, exactly
         let tt = tgt(&t);
-        let (l32, g32) = loss::cross_entropy_loss_and_grad(&x32, &tt, &o).unwrap();
-        let want: Vec<u16> = g32
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|g| bits(round(g)))
-            .collect();
+        let (l32, want) = f32_loss_and_rounded_grad(&x32, &tt, &o, |g| bits(round(g)));
         let fresh = || -> (u32, Vec<u16>) {
             let (l, g) = loss::cross_entropy_loss_and_grad(&xh, &tt, &o).unwrap();
             assert_eq!(g.dtype(), dt);
@@ -268,7 +276,6 @@ fn check_half_gradients<H: loss::GradElem + candle_core::WithDType>(
             (l, g.into_iter().map(bits).collect())
         };
         let first = pool(2).install(fresh);
-        let l32 = l32.to_scalar::<f32>().unwrap();
         if dt == DType::BF16 {
             let l = f32::from_bits(first.0);
             assert!(
@@ -362,16 +369,8 @@ fn bf16_rows_of_large_logits_agree_with_f32() {
         let xh = tensor_f32(&x, n, v).to_dtype(DType::BF16).unwrap();
         let x32 = xh.to_dtype(DType::F32).unwrap(); // the same values, exactly
         let tt = tgt(&t);
-        let (l32, g32) = loss::cross_entropy_loss_and_grad(&x32, &tt, &o).unwrap();
-        let l32 = l32.to_scalar::<f32>().unwrap();
-        let want: Vec<u16> = g32
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|g| half::bf16::from_f32(g).to_bits())
-            .collect();
+        let (l32, want) =
+            f32_loss_and_rounded_grad(&x32, &tt, &o, |g| half::bf16::from_f32(g).to_bits());
         let run = || {
             let (l, g) = loss::cross_entropy_loss_and_grad(&xh, &tt, &o).unwrap();
             let g = g.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();

@@ -214,15 +214,8 @@ pub(super) unsafe fn stream_grad(
     t: Option<usize>,
     hit: f32,
 ) {
-    let round = |g0, g1| {
-        // SAFETY: this function's target features.
-        unsafe { round_int(g0, g1) }
-    };
-    let mut pc = PassC::new(dst, e, ab, t, hit, round);
-    pc.write_head();
-    // SAFETY: this function's target features.
-    unsafe { pc.lines() };
-    pc.write_tail();
+    // SAFETY: this function's target features; the caller's contract.
+    unsafe { pass_c(dst, e, ab, t, hit, |g0, g1| round_int(g0, g1)) }
 }
 
 /// [`stream_grad`] rounding with `vcvtne2ps2bf16`.
@@ -237,13 +230,26 @@ pub(super) unsafe fn stream_grad_bf16(
     t: Option<usize>,
     hit: f32,
 ) {
-    let round = |g0, g1| {
-        // SAFETY: this function's target features.
-        unsafe { round_cvtne(g0, g1) }
-    };
+    // SAFETY: this function's target features; the caller's contract.
+    unsafe { pass_c(dst, e, ab, t, hit, |g0, g1| round_cvtne(g0, g1)) }
+}
+
+/// The body of both pass C variants, with their rounding.
+///
+/// # Safety
+/// As [`stream_grad`]; `round` may use what the caller's target features allow.
+#[inline(always)]
+unsafe fn pass_c(
+    dst: &mut [MaybeUninit<u16>],
+    e: &[f32],
+    ab: (f32, f32),
+    t: Option<usize>,
+    hit: f32,
+    round: impl Fn(__m512, __m512) -> __m512i,
+) {
     let mut pc = PassC::new(dst, e, ab, t, hit, round);
     pc.write_head();
-    // SAFETY: this function's target features.
+    // SAFETY: the caller's target features.
     unsafe { pc.lines() };
     pc.write_tail();
 }
