@@ -1,11 +1,8 @@
 //! The three passes of a bf16 row on AVX-512, for the general kernel (`super::row`).
 //!
-//! Written as the generic loops over `Elem::load`, LLVM compiled pass A into 128-bit
-//! vectors and kept pass B's exponential one vector at a time, and pass C rounded the
-//! gradient into a staging row that a second loop then streamed out. On a CPU that
-//! runs 512-bit operations at half rate (Zen 4) that kernel was bound by its vector
-//! instructions (~23 per 16 values) and ran no faster than the f32 one on half the
-//! bytes. Here:
+//! On a CPU that runs 512-bit operations at half rate (Zen 4), the generic loops over
+//! `Elem::load` are bound by their vector instructions, not by the row's bytes
+//! (BENCHMARKS.md, "The bf16 cross-entropy's own SIMD passes"). Here:
 //!
 //! * pass A loads 32 values a time: shifted left, the even ones are f32; masked, the
 //!   odd ones are (the max does not care about the order);
@@ -28,12 +25,6 @@ use super::elem::bf16_grad;
 use crate::fastmath::{exp_shifted_base2, EXP2_POLY, EXP_LOG2E};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
-
-/// Whether pass C may round with `vcvtne2ps2bf16`: AVX512-BF16, and the SIMD level
-/// not capped.
-pub(super) fn has_bf16_convert() -> bool {
-    crate::cpu::simd::has_avx512bf16()
-}
 
 /// 16 bf16 values (bits) from `p` as f32: zero-extended to 32 bits, shifted up.
 ///
@@ -221,7 +212,7 @@ pub(super) unsafe fn stream_grad(
 /// [`stream_grad`] rounding with `vcvtne2ps2bf16`.
 ///
 /// # Safety
-/// As [`stream_grad`], and the CPU must have AVX512-BF16 ([`has_bf16_convert`]).
+/// As [`stream_grad`], and the CPU must have AVX512-BF16 (`simd::has_avx512bf16`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
 pub(super) unsafe fn stream_grad_bf16(
     dst: &mut [MaybeUninit<u16>],
@@ -284,7 +275,7 @@ unsafe fn round_cvtne(g0: __m512, g1: __m512) -> __m512i {
 /// Pass C of one gradient row, a cursor over its aligned 64-byte lines: `round(g0, g1)`
 /// turns the 32 values of a line into their bf16 bits, in order. Whole lines are
 /// streamed; the values before the first and after the last are written one at a
-/// time (masked 512-bit stores ran the kernel 2x slower on Zen 4).
+/// time (masked 512-bit stores were slower on Zen 4: BENCHMARKS.md).
 struct PassC<'a, R> {
     dst: &'a mut [MaybeUninit<u16>],
     e: &'a [f32],
@@ -389,13 +380,6 @@ mod tests {
     use super::*;
     use crate::loss::kernel::elem::{bf16_bits_rne_ftz, bf16_to_f32};
 
-    fn has_avx512() -> bool {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("fma")
-    }
-
     /// Odd lengths, values that hit every path: -inf, the exponential's cut, ties and
     /// both zeros.
     fn row(n: usize, seed: u32) -> Vec<u16> {
@@ -419,7 +403,7 @@ mod tests {
     /// Pass C's integer rounding, and `vcvtne2ps2bf16`'s where the CPU has it.
     fn pass_cs() -> Vec<PassC> {
         let mut v: Vec<PassC> = vec![stream_grad];
-        if has_bf16_convert() {
+        if crate::cpu::simd::has_avx512bf16() {
             v.push(stream_grad_bf16);
         }
         v
@@ -431,7 +415,7 @@ mod tests {
     /// zero gradients keep what `bf16_bits_rne_ftz` makes of them.
     #[test]
     fn the_three_passes_give_the_generic_loops_bits() {
-        if !has_avx512() {
+        if crate::cpu::simd::detected() != crate::cpu::simd::Level::Avx512 {
             println!("no AVX-512 on this CPU: nothing to compare");
             return;
         }
@@ -441,7 +425,7 @@ mod tests {
             let want_m = xf
                 .iter()
                 .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-            // SAFETY: has_avx512 checked the features.
+            // SAFETY: `detected` reports AVX-512 (F, BW, VL, FMA) only when the CPU has it.
             let m = unsafe { row_max(&x) };
             assert_eq!(m, want_m, "max, n = {n}");
             let mut e = vec![0f32; n];

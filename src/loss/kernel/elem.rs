@@ -6,7 +6,9 @@
 use crate::cpu::as_uninit;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::{self, Level};
-use crate::fastmath::{exp_f32_nonpos, exp_f32_nonpos_lanes};
+use crate::fastmath::{
+    exp_f32_nonpos, exp_f32_nonpos_lanes, exp_shifted_base2, exp_shifted_base2_lanes,
+};
 use half::{bf16, f16};
 use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -383,18 +385,14 @@ macro_rules! elem_real {
 /// nearest even), which LLVM vectorises; `half`'s own f16 conversions ask the CPU
 /// for F16C on every element, and its bf16 rounding branches. `$widen` converts a
 /// whole row where that pays ([`Elem::widen`]), `$affine` writes the rounded
-/// gradient values a·e_j - b.
+/// gradient values a·e_j - b and `$one` the target's; `$direct` writes a streamed
+/// gradient block straight from registers where the type has SIMD code for it
+/// (returning whether it did). The braces hold the type's own overrides of `Elem`'s
+/// other defaults.
 macro_rules! elem_half {
-    ($($t:ty: $load:ident, $store:ident, $widen:ident, $affine:ident, $one:ident, $simd:ident);*) => {$(
+    ($($t:ty: $load:ident, $store:ident, $widen:ident, $affine:ident, $one:ident, $direct:path, { $($extra:tt)* });*) => {$(
         impl Elem<f32> for $t {
-            #[inline(always)]
-            fn exp_shifted(x: f32, m: f32) -> f32 {
-                $simd::exp(x, m)
-            }
-            #[inline(always)]
-            fn exp_shifted_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
-                $simd::exp_lanes(x, m, y)
-            }
+            $($extra)*
             #[inline(always)]
             fn load(self) -> f32 {
                 $load(self.to_bits())
@@ -410,20 +408,6 @@ macro_rules! elem_half {
             fn widen(x: &[$t], out: &mut Vec<f32>) -> bool {
                 // SAFETY: $t is a `repr(transparent)` u16.
                 $widen(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) }, out)
-            }
-            #[inline(always)]
-            fn simd_max(x: &[$t]) -> Option<f32> {
-                $simd::row_max(bits_of(x))
-            }
-            #[inline(always)]
-            fn simd_exp_block(
-                x: &[$t],
-                m: f32,
-                e: &mut [f32],
-                s: &mut [f32; 16],
-                pf: impl Fn(usize),
-            ) -> bool {
-                $simd::exp_block(bits_of(x), m, e, s, pf)
             }
             /// Rounded into the staging row (seen as u16, which needs no more
             /// alignment than f32), then copied out with non-temporal stores; or
@@ -443,7 +427,7 @@ macro_rules! elem_half {
                 let d = unsafe {
                     std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<u16>>(), n)
                 };
-                if $simd::stream_grad(d, e, (a, b), t, hit) {
+                if $direct(d, e, (a, b), t, hit) {
                     return;
                 }
                 // SAFETY: the f32 row holds 2·len u16 (same memory, looser alignment).
@@ -462,8 +446,31 @@ macro_rules! elem_half {
 
 elem_real!(f32, f64);
 elem_half!(
-    bf16: bf16_to_f32, bf16_bits_rne, no_widen, bf16_affine, bf16_grad, bf16_simd;
-    f16: f16_to_f32, f16_bits_rne, f16_widen, f16_affine, f16_grad, no_simd
+    bf16: bf16_to_f32, bf16_bits_rne, no_widen, bf16_affine, bf16_grad, bf16_simd::stream_grad, {
+        #[inline(always)]
+        fn exp_shifted(x: f32, m: f32) -> f32 {
+            exp_shifted_base2(x, m)
+        }
+        #[inline(always)]
+        fn exp_shifted_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
+            exp_shifted_base2_lanes(x, m, y)
+        }
+        #[inline(always)]
+        fn simd_max(x: &[bf16]) -> Option<f32> {
+            bf16_simd::row_max(bits_of(x))
+        }
+        #[inline(always)]
+        fn simd_exp_block(
+            x: &[bf16],
+            m: f32,
+            e: &mut [f32],
+            s: &mut [f32; 16],
+            pf: impl Fn(usize),
+        ) -> bool {
+            bf16_simd::exp_block(bits_of(x), m, e, s, pf)
+        }
+    };
+    f16: f16_to_f32, f16_bits_rne, f16_widen, f16_affine, f16_grad, no_direct, {}
 );
 
 /// A 16-bit float row as its bits.
@@ -480,19 +487,6 @@ mod bf16_simd {
     #[cfg(target_arch = "x86_64")]
     use crate::cpu::simd::{self, Level};
     use std::mem::MaybeUninit;
-
-    use super::EXP_LANES;
-    use crate::fastmath::{exp_shifted_base2, exp_shifted_base2_lanes};
-
-    #[inline(always)]
-    pub(super) fn exp(x: f32, m: f32) -> f32 {
-        exp_shifted_base2(x, m)
-    }
-
-    #[inline(always)]
-    pub(super) fn exp_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
-        exp_shifted_base2_lanes(x, m, y)
-    }
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -539,11 +533,11 @@ mod bf16_simd {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if on() {
-            use super::super::bf16_rows::{has_bf16_convert, stream_grad, stream_grad_bf16};
-            // SAFETY: as above, and `has_bf16_convert` checked AVX512-BF16;
-            // the caller checked the lengths.
+            use super::super::bf16_rows::{stream_grad, stream_grad_bf16};
+            // SAFETY: as above, and `has_avx512bf16` checked AVX512-BF16; the caller
+            // checked the lengths.
             unsafe {
-                if has_bf16_convert() {
+                if simd::has_avx512bf16() {
                     stream_grad_bf16(dst, e, ab, t, hit)
                 } else {
                     stream_grad(dst, e, ab, t, hit)
@@ -556,48 +550,16 @@ mod bf16_simd {
     }
 }
 
-/// f16 has no SIMD passes of its own: the generic loops (with F16C conversions).
-mod no_simd {
-    use super::EXP_LANES;
-    use crate::fastmath::{exp_f32_nonpos, exp_f32_nonpos_lanes};
-    use std::mem::MaybeUninit;
-
-    #[inline(always)]
-    pub(super) fn exp(x: f32, m: f32) -> f32 {
-        exp_f32_nonpos(x - m)
-    }
-
-    #[inline(always)]
-    pub(super) fn exp_lanes(x: &[f32; EXP_LANES], m: f32, y: &mut [f32; EXP_LANES]) {
-        exp_f32_nonpos_lanes(&std::array::from_fn(|l| x[l] - m), y)
-    }
-
-    #[inline(always)]
-    pub(super) fn row_max(_: &[u16]) -> Option<f32> {
-        None
-    }
-
-    #[inline(always)]
-    pub(super) fn exp_block(
-        _: &[u16],
-        _: f32,
-        _: &mut [f32],
-        _: &mut [f32; 16],
-        _: impl Fn(usize),
-    ) -> bool {
-        false
-    }
-
-    #[inline(always)]
-    pub(super) fn stream_grad(
-        _: &mut [MaybeUninit<u16>],
-        _: &[f32],
-        _: (f32, f32),
-        _: Option<usize>,
-        _: f32,
-    ) -> bool {
-        false
-    }
+/// The `$direct` of a type without SIMD code for its gradient (f16): not done.
+#[inline(always)]
+fn no_direct(
+    _: &mut [MaybeUninit<u16>],
+    _: &[f32],
+    _: (f32, f32),
+    _: Option<usize>,
+    _: f32,
+) -> bool {
+    false
 }
 
 /// [`Elem::widen`] for bf16: not done, its load is a shift (BENCHMARKS.md, "f16
