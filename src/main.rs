@@ -207,9 +207,10 @@ struct TrainArgs {
     optimizer: Option<train::config::UpdateRule>,
     /// Precision of the step's matrix products (the layers' and the tied head's;
     /// attention and Muon's Newton–Schulz stay f32): f32, or bf16 (both factors rounded
-    /// to bf16, sums in f32, through AVX512-BF16; weights, optimizer state, activations
-    /// and the loss stay f32, so a resume may change it). On a CPU without
-    /// AVX512-BF16, bf16 says so and runs f32 products (default: f32).
+    /// to bf16, sums in f32, through AVX512-BF16; the activations kept only for those
+    /// products are stored in the bf16 they are rounded to, while weights, optimizer
+    /// state, the other activations and the loss stay f32, so a resume may change it).
+    /// On a CPU without AVX512-BF16, bf16 says so and runs f32 products (default: f32).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<tinylm::model::Precision>,
     /// Steps between validation evaluations.

@@ -1,13 +1,16 @@
 //! The bf16 matrix product of `--dtype bf16` (src/kernels/gemm_bf16.rs) against an f64
 //! product of the same bf16-rounded inputs, on odd shapes, every operand layout, a
 //! strided destination and accumulation; the AVX512-BF16 kernel against the portable
-//! one, bit for bit; and the same bits at any thread count.
+//! one, bit for bit; the same bits at any thread count; and factors stored in bf16
+//! (the activations `--dtype bf16` keeps for its products) giving the bits of the f32
+//! values they were rounded from.
 
+use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::mem::MaybeUninit;
 use tinylm::cpu::simd;
-use tinylm::kernels::gemm_bf16::{self, from_bf16, to_bf16};
+use tinylm::kernels::gemm_bf16::{self, from_bf16, to_bf16, Factor};
 
 /// Held by every test: one of them caps the SIMD level process-wide, and the others
 /// must not run the portable kernel meanwhile without knowing it.
@@ -218,4 +221,64 @@ fn the_avx512bf16_kernel_gives_the_portable_kernels_bits() {
             }
         }
     }
+}
+
+/// dst = A·B with the factors as given, through the bf16 product.
+fn product<A: Factor, B: Factor>(
+    (m, n, k): (usize, usize, usize),
+    a: (&[A], usize, usize),
+    b: (&[B], usize, usize),
+) -> Vec<u32> {
+    let mut dst = vec![MaybeUninit::new(0f32); m * n];
+    gemm_bf16::gemm(2, (m, n, k), (&mut dst, n), false, a, b);
+    // SAFETY: every entry was initialised above.
+    dst.into_iter()
+        .map(|x| unsafe { x.assume_init() }.to_bits())
+        .collect()
+}
+
+/// A factor stored as bf16 (rounded by `to_bf16`) gives the product the bits its f32
+/// values give, in either place, on every layout, in both kernels; with subnormal
+/// values among the inputs, which both kernels (and `to_bf16`) flush to zero.
+#[test]
+fn factors_stored_in_bf16_give_the_bits_of_their_f32_values() {
+    let _cap = CAP.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut values = |n: usize| -> Vec<f32> {
+        let mut v = uniform(&mut rng, n);
+        for (i, x) in v.iter_mut().enumerate() {
+            match i % 13 {
+                0 => *x *= 1e-39, // subnormal
+                5 => *x *= 3e4,
+                _ => {}
+            }
+        }
+        v
+    };
+    let rounded =
+        |x: &[f32]| -> Vec<bf16> { x.iter().map(|&x| bf16::from_bits(to_bf16(x))).collect() };
+    let caps = if gemm_bf16::native() {
+        vec![None, Some(simd::Level::Avx2)]
+    } else {
+        vec![None]
+    };
+    for cap in caps {
+        simd::set_cap(cap);
+        for &(m, n, k) in &SHAPES {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (a, b) = (values(m * k), values(k * n));
+                let (al, bl) = (layout(&a, (m, k), ta), layout(&b, (k, n), tb));
+                let (ah, bh) = (rounded(&al.0), rounded(&bl.0));
+                let f32s = product((m, n, k), (&al.0, al.1, al.2), (&bl.0, bl.1, bl.2));
+                let what = format!("{:?} t=({ta},{tb}) cap {cap:?}", (m, n, k));
+                let a16 = product((m, n, k), (&ah, al.1, al.2), (&bl.0, bl.1, bl.2));
+                assert_eq!(a16, f32s, "A in bf16, {what}");
+                let b16 = product((m, n, k), (&al.0, al.1, al.2), (&bh, bl.1, bl.2));
+                assert_eq!(b16, f32s, "B in bf16, {what}");
+                let both = product((m, n, k), (&ah, al.1, al.2), (&bh, bl.1, bl.2));
+                assert_eq!(both, f32s, "both in bf16, {what}");
+            }
+        }
+    }
+    simd::set_cap(None);
 }

@@ -6,7 +6,7 @@
 //! no cancellation for large negative x (where 1 + tanh(u) loses all its digits).
 //! gelu'(x) = s + x·s·(1 - s)·2·du/dx,  s = σ(2u),  du/dx = k·(1 + 3·0.044715·x²).
 
-use super::real::Real;
+use super::real::{Real, Stored};
 use crate::cpu::simd::dispatch;
 use crate::cpu::{assume_init, contiguous_slice, uninit_vec, with_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -40,9 +40,9 @@ fn sig2u<T: Real>(x: T) -> (T, T) {
 }
 
 #[inline(always)]
-fn fwd_chunk<T: Real>(x: &[T], y: &mut [MaybeUninit<T>]) {
+fn fwd_chunk<T: Real, Y: Stored<T>>(x: &[T], y: &mut [MaybeUninit<Y>]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        y.write(x * sig2u(x).0);
+        y.write(Y::from_real(x * sig2u(x).0));
     }
 }
 
@@ -59,7 +59,12 @@ fn bwd_chunk<T: Real>(x: &[T], dy: &[T], dx: &mut [MaybeUninit<T>]) {
 
 /// y = gelu(x), elementwise.
 pub(crate) fn forward<T: Real>(x: &[T]) -> Vec<T> {
-    let mut y = uninit_vec::<T>(x.len());
+    forward_as(x)
+}
+
+/// [`forward`] with y stored as `Y` (bf16 for a `--dtype bf16` product's input).
+pub(crate) fn forward_as<T: Real, Y: Stored<T>>(x: &[T]) -> Vec<Y> {
+    let mut y = uninit_vec::<Y>(x.len());
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| dispatch!(fwd_chunk(x, y)));

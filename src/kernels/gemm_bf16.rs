@@ -26,7 +26,8 @@
 //! the tests run on); subnormal inputs and sums, which the instructions flush to zero,
 //! can differ.
 
-use crate::cpu::{assume_init, simd, uninit_vec};
+use crate::cpu::{assume_init, bf16_bits_rne_ftz, bf16_to_f32, simd, uninit_vec};
+use half::bf16;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -47,30 +48,133 @@ pub fn native() -> bool {
     simd::has_avx512bf16()
 }
 
-/// f32 -> bf16 bits, rounded to nearest even; NaN stays NaN (quiet).
+/// f32 -> the bf16 bits a factor is rounded to: nearest even, subnormals to a zero of
+/// their sign (as `vcvtne2ps2bf16` does, so both kernels pack the same bits); NaN
+/// stays NaN (quiet).
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    bf16_bits_rne_ftz(x)
 }
 
 /// bf16 bits -> f32 (exact).
 #[inline(always)]
 pub fn from_bf16(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
+    bf16_to_f32(h)
+}
+
+/// A factor's values in memory: f32, rounded by [`to_bf16`] as they are packed, or bf16
+/// already rounded so (an activation the step stores only for its products: the same
+/// bits the product would give it, in half the bytes).
+pub trait Factor: Copy + Send + Sync + 'static {
+    /// The bf16 bits the product multiplies.
+    fn bits(self) -> u16;
+
+    /// 16 values of each of two rows, masked to `m` (a `None` row reads as zeros), as
+    /// bf16: `lo`'s in lanes 0..16, `hi`'s in 16..32.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and BF16; the masked lanes of each row are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn two_rows(
+        lo: Option<*const Self>,
+        hi: Option<*const Self>,
+        m: u16,
+    ) -> std::arch::x86_64::__m512i;
+
+    /// The first `len` (at most 32) of 32 consecutive values as bf16, zeros after.
+    ///
+    /// # Safety
+    /// As [`Factor::two_rows`]; `len` values from `p` are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn run32(p: *const Self, len: usize) -> std::arch::x86_64::__m512i;
+}
+
+impl Factor for f32 {
+    #[inline(always)]
+    fn bits(self) -> u16 {
+        to_bf16(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn two_rows(
+        lo: Option<*const f32>,
+        hi: Option<*const f32>,
+        m: u16,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        let row = |p: Option<*const f32>| unsafe {
+            p.map_or(_mm512_setzero_ps(), |p| _mm512_maskz_loadu_ps(m, p))
+        };
+        // SAFETY: the caller's CPU has AVX512-BF16.
+        let bh = unsafe { _mm512_cvtne2ps_pbh(row(hi), row(lo)) };
+        // SAFETY: a bit cast of 512 bits.
+        unsafe { std::mem::transmute::<__m512bh, __m512i>(bh) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run32(p: *const f32, len: usize) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; masked lanes are not read.
+        unsafe {
+            let a = _mm512_maskz_loadu_ps(lanes(len), p);
+            let b = _mm512_maskz_loadu_ps(lanes(len.saturating_sub(16)), p.wrapping_add(16));
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a))
+        }
+    }
+}
+
+impl Factor for bf16 {
+    #[inline(always)]
+    fn bits(self) -> u16 {
+        self.to_bits()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn two_rows(
+        lo: Option<*const bf16>,
+        hi: Option<*const bf16>,
+        m: u16,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract. `hi`'s 16 values load into lanes 16..32 from
+        // 16 before it; the lanes below are masked off and not read.
+        unsafe {
+            let lo = lo.map_or(_mm512_setzero_si512(), |p| {
+                _mm512_maskz_loadu_epi16(m as u32, p as *const i16)
+            });
+            let hi = hi.map_or(_mm512_setzero_si512(), |p| {
+                _mm512_maskz_loadu_epi16((m as u32) << 16, p.wrapping_sub(16) as *const i16)
+            });
+            _mm512_or_si512(lo, hi)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run32(p: *const bf16, len: usize) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let m = if len >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << len) - 1
+        };
+        // SAFETY: the caller's contract; masked lanes are not read.
+        unsafe { _mm512_maskz_loadu_epi16(m, p as *const i16) }
+    }
 }
 
 /// An operand: (data, row stride, column stride).
-pub type Operand<'a> = (&'a [f32], usize, usize);
+pub type Operand<'a, E = f32> = (&'a [E], usize, usize);
 
 /// Packs `len` columns (or rows) of an operand into `width`-wide strips of k-pairs:
 /// `out[s][p][j] = (x(s·width + j, 2p), x(s·width + j, 2p + 1))` where
 /// `x(j, kk) = data[j·js + kk·ks]`, zero past `len` and `k`.
-fn pack(
-    (data, js, ks): (&[f32], usize, usize),
+fn pack<E: Factor>(
+    (data, js, ks): (&[E], usize, usize),
     len: usize,
     k: usize,
     width: usize,
@@ -124,8 +228,8 @@ fn pack(
 
 /// One strip's source: `cols` columns from `j0`, `k` deep; x(j, kk) = data[j·js + kk·ks].
 #[derive(Clone, Copy)]
-struct Strip<'a> {
-    data: &'a [f32],
+struct Strip<'a, E> {
+    data: &'a [E],
     js: usize,
     ks: usize,
     j0: usize,
@@ -133,21 +237,21 @@ struct Strip<'a> {
     k: usize,
 }
 
-impl Strip<'_> {
-    fn at(&self, j: usize, kk: usize) -> f32 {
-        self.data[(self.j0 + j) * self.js + kk * self.ks]
+impl<E: Factor> Strip<'_, E> {
+    fn at(&self, j: usize, kk: usize) -> u16 {
+        self.data[(self.j0 + j) * self.js + kk * self.ks].bits()
     }
 }
 
 /// Writes every entry of `out` (pairs x width): the pairs of the strip, zeros past it.
-fn pack_strip_portable(x: Strip, out: &mut [MaybeUninit<u32>]) {
+fn pack_strip_portable<E: Factor>(x: Strip<E>, out: &mut [MaybeUninit<u32>]) {
     let width = out.len() / x.k.div_ceil(2);
     for (p, row) in out.chunks_exact_mut(width).enumerate() {
         for (j, o) in row.iter_mut().enumerate() {
             let v = if j < x.cols {
-                let lo = to_bf16(x.at(j, 2 * p)) as u32;
+                let lo = x.at(j, 2 * p) as u32;
                 let hi = if 2 * p + 1 < x.k {
-                    to_bf16(x.at(j, 2 * p + 1)) as u32
+                    x.at(j, 2 * p + 1) as u32
                 } else {
                     0
                 };
@@ -168,15 +272,14 @@ fn lanes(n: usize) -> u16 {
 
 /// [`pack_strip_portable`] for a group of strips whose columns are contiguous (x(j, kk)
 /// = data[j + kk·ks], from column `j0`, `cols` of them in all): row pair by row pair,
-/// each row's columns converted by `vcvtne2ps2bf16` 16 at a time and interleaved.
-/// Rounds as [`to_bf16`] except that subnormal inputs become zero.
+/// 16 columns of each row as bf16 ([`Factor::two_rows`]), interleaved.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_group_columns_contiguous(
-    (data, ks): (&[f32], usize),
+unsafe fn pack_group_columns_contiguous<E: Factor>(
+    (data, ks): (&[E], usize),
     j0: usize,
     cols: usize,
     k: usize,
@@ -197,17 +300,15 @@ unsafe fn pack_group_columns_contiguous(
                 let c = s * width + j; // column within the group
                 let m = lanes(cols.saturating_sub(c));
                 let row = |kk: usize| {
-                    if kk < k && m != 0 {
+                    (kk < k && m != 0).then(|| {
                         let at = j0 + c + kk * ks;
                         debug_assert!(at + m.count_ones() as usize <= data.len());
-                        // SAFETY: the masked lanes are columns of row kk, in data.
-                        unsafe { _mm512_maskz_loadu_ps(m, data.as_ptr().add(at)) }
-                    } else {
-                        _mm512_setzero_ps()
-                    }
+                        data.as_ptr().wrapping_add(at)
+                    })
                 };
-                let bh = _mm512_cvtne2ps_pbh(row(2 * p + 1), row(2 * p));
-                let v = _mm512_permutexvar_epi16(idx, std::mem::transmute::<__m512bh, __m512i>(bh));
+                // SAFETY: the masked lanes are columns of rows 2p and 2p + 1, in data.
+                let bh = unsafe { E::two_rows(row(2 * p), row(2 * p + 1), m) };
+                let v = _mm512_permutexvar_epi16(idx, bh);
                 let at = (s * pairs + p) * width + j;
                 // SAFETY: lanes j.. of pair p's row of strip s, inside out.
                 unsafe { _mm512_mask_storeu_epi32(o.add(at) as *mut _, lanes(width - j), v) };
@@ -217,16 +318,15 @@ unsafe fn pack_group_columns_contiguous(
 }
 
 /// [`pack_strip_portable`] for a strip whose columns each hold their k contiguously
-/// (`ks` = 1): 16 columns x 16 pairs at a time, 32 values of a column converted by
-/// `vcvtne2ps2bf16` into its 16 pairs, then a 16 x 16 transpose so that each pair's
-/// columns are stored together. Rounds as [`to_bf16`] except that subnormal inputs
-/// become zero.
+/// (`ks` = 1): 16 columns x 16 pairs at a time, 32 values of a column as bf16
+/// ([`Factor::run32`]: its 16 pairs), then a 16 x 16 transpose so that each pair's
+/// columns are stored together.
 ///
 /// # Safety
-/// The CPU has AVX-512 F and BF16; `x.ks` = 1.
+/// The CPU has AVX-512 F, BW and BF16; `x.ks` = 1.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_strip_k_contiguous(x: Strip, out: &mut [MaybeUninit<u32>]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_strip_k_contiguous<E: Factor>(x: Strip<E>, out: &mut [MaybeUninit<u32>]) {
     use std::arch::x86_64::*;
     debug_assert_eq!(x.ks, 1);
     let pairs = x.k.div_ceil(2);
@@ -234,21 +334,13 @@ unsafe fn pack_strip_k_contiguous(x: Strip, out: &mut [MaybeUninit<u32>]) {
     let o = out.as_mut_ptr() as *mut u32;
     for jb in (0..width).step_by(16) {
         for p in (0..pairs).step_by(16) {
-            let left = x.k - 2 * p;
-            let (m0, m1) = (lanes(left), lanes(left.saturating_sub(16)));
+            let left = (x.k - 2 * p).min(32);
             let mut r = [_mm512_setzero_si512(); 16];
             for (q, r) in r.iter_mut().enumerate() {
                 let j = jb + q;
                 if j < x.cols {
-                    // SAFETY: masked to the column's k values, all in data.
-                    let (a, b) = unsafe {
-                        let d = x.data.as_ptr().add((x.j0 + j) * x.js + 2 * p);
-                        (
-                            _mm512_maskz_loadu_ps(m0, d),
-                            _mm512_maskz_loadu_ps(m1, d.wrapping_add(16)),
-                        )
-                    };
-                    *r = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+                    // SAFETY: the column's k values from 2p on, `left` of them, are in data.
+                    *r = unsafe { E::run32(x.data.as_ptr().add((x.j0 + j) * x.js + 2 * p), left) };
                 }
             }
             let t = transpose16(r);
@@ -307,13 +399,13 @@ fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m51
 /// hold their last entries (panics naming `name` otherwise: a caller's bug, never
 /// user input). Returns false when nothing is left to compute: m, n or k is 0 (with
 /// k = 0 a fresh dst is then all zeros, an accumulated one unchanged).
-pub(crate) fn checked_product(
+pub(crate) fn checked_product<A, B>(
     name: &str,
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (&mut [MaybeUninit<f32>], usize),
     acc: bool,
-    (a, a_rs, a_cs): Operand,
-    (b, b_rs, b_cs): Operand,
+    (a, a_rs, a_cs): Operand<A>,
+    (b, b_rs, b_cs): Operand<B>,
 ) -> bool {
     if m == 0 || n == 0 {
         return false;
@@ -355,13 +447,13 @@ impl DstPtr {
 /// dst [m, n] (row stride `dst_rs`) = (dst if `acc`, else 0) + A · B in bf16 products
 /// with f32 sums: on the rayon pool when `threads` > 1, else on the calling thread. With `acc` false every entry of dst
 /// is written and none is read.
-pub fn gemm(
+pub fn gemm<A: Factor, B: Factor>(
     threads: usize,
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (&mut [MaybeUninit<f32>], usize),
     acc: bool,
-    (a, a_rs, a_cs): Operand,
-    (b, b_rs, b_cs): Operand,
+    (a, a_rs, a_cs): Operand<A>,
+    (b, b_rs, b_cs): Operand<B>,
 ) {
     if !checked_product(
         "gemm_bf16",

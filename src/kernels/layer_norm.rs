@@ -10,7 +10,7 @@
 //! (the standard derivation: xhat is invariant to shifting x and to scaling x - mean,
 //! so dx is g minus its projections on 1 and on xhat, times rstd).
 
-use super::real::Real;
+use super::real::{Real, Stored};
 use crate::cpu::simd::dispatch;
 use crate::cpu::{assume_init, contiguous_slice, uninit_vec, with_slice};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -69,12 +69,12 @@ fn sum_lanes<T: Real>(xs: &[T], f: impl Fn(usize) -> T) -> T {
 
 /// Forward over a chunk of rows. x, y: [rows, C]; mean, rstd: [rows].
 #[inline(always)]
-fn fwd_rows<T: Real>(
+fn fwd_rows<T: Real, Y: Stored<T>>(
     x: &[T],
     gain: &[T],
     bias: &[T],
     eps: T,
-    y: &mut [MaybeUninit<T>],
+    y: &mut [MaybeUninit<Y>],
     mean: &mut [MaybeUninit<T>],
     rstd: &mut [MaybeUninit<T>],
 ) {
@@ -90,7 +90,7 @@ fn fwd_rows<T: Real>(
         }) * inv_c;
         let rs = T::one() / (var + eps).sqrt();
         for i in 0..c {
-            yr[i].write((xr[i] - mu) * rs * gain[i] + bias[i]);
+            yr[i].write(Y::from_real((xr[i] - mu) * rs * gain[i] + bias[i]));
         }
         mean[r].write(mu);
         rstd[r].write(rs);
@@ -143,9 +143,19 @@ pub(crate) fn forward<T: Real>(
     bias: &[T],
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    forward_as(x, gain, bias, eps)
+}
+
+/// [`forward`] with y stored as `Y` (bf16 for a `--dtype bf16` product's input).
+pub(crate) fn forward_as<T: Real, Y: Stored<T>>(
+    x: &[T],
+    gain: &[T],
+    bias: &[T],
+    eps: f64,
+) -> (Vec<Y>, Vec<T>, Vec<T>) {
     let c = gain.len();
     let n = x.len() / c;
-    let mut y = uninit_vec::<T>(x.len());
+    let mut y = uninit_vec::<Y>(x.len());
     let mut mean = uninit_vec::<T>(n);
     let mut rstd = uninit_vec::<T>(n);
     let eps = T::from_f64(eps);

@@ -11,6 +11,7 @@ pub(crate) mod gelu;
 pub mod gemm_bf16;
 pub(crate) mod layer_norm;
 mod real;
+pub(crate) use real::Stored;
 pub mod reference;
 pub mod rope;
 

@@ -46,7 +46,9 @@ pub enum Precision {
     #[default]
     F32,
     /// Both factors rounded to bf16, products summed in f32
-    /// (`kernels::gemm_bf16`); weights, activations, gradients and the loss stay f32.
+    /// (`kernels::gemm_bf16`); the native step stores the activations that only feed
+    /// products in that bf16; weights, the other activations, gradients and the loss
+    /// stay f32.
     Bf16,
 }
 

@@ -32,11 +32,12 @@ use super::params::{Affine, Block, Params};
 use super::{Gpt, Precision};
 use crate::attention::kernel as attn;
 use crate::cpu::{as_uninit, assume_init, storage_slice, uninit_vec};
-use crate::kernels::gemm_bf16;
-use crate::kernels::{gelu, layer_norm, rope};
+use crate::kernels::gemm_bf16::{self, Factor};
+use crate::kernels::{gelu, layer_norm, rope, Stored};
 use crate::loss::head::{tied_head, HeadError, Operand};
 use crate::loss::{CrossEntropyOptions, Reduction};
 use candle_core::{bail, Result};
+use half::bf16;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::time::Instant;
@@ -242,6 +243,38 @@ impl Dims<'_> {
             b,
         )
     }
+
+    /// A product with a factor of [`Saved::Bf16`]: only under bf16 products, whose
+    /// rounding that factor already has.
+    fn gemm_bf16<A: Factor, B: Factor>(
+        &self,
+        shape: (usize, usize, usize),
+        dst: &mut [MaybeUninit<f32>],
+        acc: bool,
+        a: gemm_bf16::Operand<A>,
+        b: gemm_bf16::Operand<B>,
+    ) {
+        debug_assert_eq!(self.products, Precision::Bf16);
+        product_bf16(rayon::current_num_threads(), shape, dst, acc, a, b)
+    }
+
+    /// An activation kept only for the products it feeds, made by `f32` or `bf16`
+    /// as this step's products need it.
+    fn saved(&self, f32: impl FnOnce() -> Vec<f32>, bf16: impl FnOnce() -> Vec<bf16>) -> Saved {
+        match self.products {
+            Precision::F32 => Saved::F32(f32()),
+            Precision::Bf16 => Saved::Bf16(bf16()),
+        }
+    }
+}
+
+/// An activation the backward needs only as a factor of matrix products (a LayerNorm's
+/// output, GELU's, attention's heads side by side): f32, or under bf16 products the
+/// bf16 those products would round it to, written so by the kernel that makes it. The
+/// same bits reach the products; it takes half the memory and half the bytes to pack.
+enum Saved {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,12 +353,22 @@ fn product(
 ) {
     match products {
         Precision::F32 => gemm_into_threads(threads, shape, dst, acc, a, b),
-        Precision::Bf16 => {
-            let (m, n, k) = shape;
-            GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
-            gemm_bf16::gemm(threads, shape, (dst, n), acc, a, b)
-        }
+        Precision::Bf16 => product_bf16(threads, shape, dst, acc, a, b),
     }
+}
+
+/// The bf16 [`product`], of factors in f32 or already in bf16.
+fn product_bf16<A: Factor, B: Factor>(
+    threads: usize,
+    shape: (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    acc: bool,
+    a: gemm_bf16::Operand<A>,
+    b: gemm_bf16::Operand<B>,
+) {
+    let (m, n, k) = shape;
+    GEMM_FLOPS.fetch_add(2 * (m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+    gemm_bf16::gemm(threads, shape, (dst, n), acc, a, b)
 }
 
 /// The f32 [`product`] on at most `threads` threads (1: on the calling thread, for
@@ -406,8 +449,12 @@ fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
 }
 
 /// dst [m, n] += x [m, k] · wᵀ, w [n, k]: a linear layer's forward onto its bias.
-fn mm_nt_acc(dm: &Dims, dst: &mut [f32], x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) {
-    dm.gemm((m, n, k), as_uninit(dst), true, (x, k, 1), (w, 1, k))
+fn mm_nt_acc(dm: &Dims, dst: &mut [f32], x: &Saved, w: &[f32], (m, n, k): (usize, usize, usize)) {
+    let dst = as_uninit(dst);
+    match x {
+        Saved::F32(x) => dm.gemm((m, n, k), dst, true, (x, k, 1), (w, 1, k)),
+        Saved::Bf16(x) => dm.gemm_bf16((m, n, k), dst, true, (x, k, 1), (w, 1, k)),
+    }
 }
 
 /// dy [m, k] · w [k, n] -> new [m, n]: a linear layer's input gradient.
@@ -418,8 +465,12 @@ fn mm_nn(dm: &Dims, dy: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> 
 }
 
 /// dst [m, n] += dyᵀ · x with dy [k, m], x [k, n]: a linear layer's weight gradient.
-fn mm_tn_acc(dm: &Dims, dst: &mut [f32], dy: &[f32], x: &[f32], (m, n, k): (usize, usize, usize)) {
-    dm.gemm((m, n, k), as_uninit(dst), true, (dy, 1, m), (x, n, 1))
+fn mm_tn_acc(dm: &Dims, dst: &mut [f32], dy: &[f32], x: &Saved, (m, n, k): (usize, usize, usize)) {
+    let dst = as_uninit(dst);
+    match x {
+        Saved::F32(x) => dm.gemm((m, n, k), dst, true, (dy, 1, m), (x, n, 1)),
+        Saved::Bf16(x) => dm.gemm_bf16((m, n, k), dst, true, (dy, 1, m), (x, n, 1)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -503,26 +554,30 @@ fn rows_to_heads(dm: &Dims, src: &[f32], s_parts: usize) -> Vec<f32> {
     })
 }
 
-/// S parts of [B, H, T, D] -> rows [N, S·C] (the inverse of [`rows_to_heads`]).
-fn heads_to_rows(dm: &Dims, parts: &[&[f32]]) -> Vec<f32> {
+/// S parts of [B, H, T, D] -> rows [N, S·C] (the inverse of [`rows_to_heads`]), stored
+/// as `Y`.
+fn heads_to_rows<Y: Stored<f32>>(dm: &Dims, parts: &[&[f32]]) -> Vec<Y> {
     let (t, c, h, d) = (dm.t, dm.c, dm.h, dm.d());
     let width = parts.len() * c;
+    let mut out = uninit_vec(dm.n * width);
     // One task per batch element: its T rows of the output, all written.
-    filled(dm.n * width, |out| {
-        out.par_chunks_mut(t * width)
-            .enumerate()
-            .for_each(|(bi, dst)| {
-                for (s, src) in parts.iter().enumerate() {
-                    for hi in 0..h {
-                        for ti in 0..t {
-                            let from = ((bi * h + hi) * t + ti) * d;
-                            let to = ti * width + s * c + hi * d;
-                            dst[to..to + d].write_copy_of_slice(&src[from..from + d]);
+    out.par_chunks_mut(t * width)
+        .enumerate()
+        .for_each(|(bi, dst)| {
+            for (s, src) in parts.iter().enumerate() {
+                for hi in 0..h {
+                    for ti in 0..t {
+                        let from = ((bi * h + hi) * t + ti) * d;
+                        let to = ti * width + s * c + hi * d;
+                        for (o, &x) in dst[to..to + d].iter_mut().zip(&src[from..from + d]) {
+                            o.write(Y::from_real(x));
                         }
                     }
                 }
-            })
-    })
+            }
+        });
+    // SAFETY: the tasks cover the output, and each writes all of its rows.
+    unsafe { assume_init(out) }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -588,27 +643,27 @@ struct BlockActs {
     /// Block input [N, C].
     x: Vec<f32>,
     /// LN1 output [N, C] and its row statistics [N].
-    ln1: (Vec<f32>, Vec<f32>, Vec<f32>),
+    ln1: (Saved, Vec<f32>, Vec<f32>),
     /// q, k, v [3, B, H, T, D].
     qkv: Vec<f32>,
     /// Attention output [B, H, T, D] and log-sum-exp [B, H, T].
     att: Vec<f32>,
     lse: Vec<f32>,
     /// att with the heads side by side [N, C].
-    atty: Vec<f32>,
+    atty: Saved,
     /// x + attention [N, C].
     x2: Vec<f32>,
-    ln2: (Vec<f32>, Vec<f32>, Vec<f32>),
+    ln2: (Saved, Vec<f32>, Vec<f32>),
     /// Before GELU [N, 4C], and after.
     fc: Vec<f32>,
-    act: Vec<f32>,
+    act: Saved,
 }
 
 /// One block: x [N, C] -> ([saved activations], out [N, C]).
 fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f32>) {
     let (n, c) = (dm.n, dm.c);
     let (b, h, t, d) = (dm.b, dm.h, dm.t, dm.d());
-    let ln1 = layer_norm::forward(&x, w.ln_1.weight, w.ln_1.bias, LN_EPS); // [N, C]
+    let ln1 = ln_forward(dm, &x, &w.ln_1); // [N, C]
     let mut qkv_rows = bias_init(w.c_attn.bias, None, n); // [N, 3C]
     mm_nt_acc(dm, &mut qkv_rows, &ln1.0, w.c_attn.weight, (n, 3 * c, c)); // [N, C] x [C, 3C]
     let mut qkv = rows_to_heads(dm, &qkv_rows, 3); // [3, B, H, T, D]
@@ -619,13 +674,13 @@ fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f
     }
     let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
     let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
-    let atty = heads_to_rows(dm, &[&att]); // [N, C]
+    let atty = dm.saved(|| heads_to_rows(dm, &[&att]), || heads_to_rows(dm, &[&att])); // [N, C]
     let mut x2 = bias_init(w.c_proj.bias, Some(&x), n); // [N, C]
     mm_nt_acc(dm, &mut x2, &atty, w.c_proj.weight, (n, c, c)); // x + [N, C] x [C, C]
-    let ln2 = layer_norm::forward(&x2, w.ln_2.weight, w.ln_2.bias, LN_EPS);
+    let ln2 = ln_forward(dm, &x2, &w.ln_2);
     let mut fc = bias_init(w.c_fc.bias, None, n); // [N, 4C]
     mm_nt_acc(dm, &mut fc, &ln2.0, w.c_fc.weight, (n, 4 * c, c)); // [N, C] x [C, 4C]
-    let act = gelu::forward(&fc); // [N, 4C]
+    let act = dm.saved(|| gelu::forward(&fc), || gelu::forward_as(&fc)); // [N, 4C]
     let mut out = bias_init(w.mlp_proj.bias, Some(&x2), n); // [N, C]
     mm_nt_acc(dm, &mut out, &act, w.mlp_proj.weight, (n, c, 4 * c)); // x2 + [N, 4C] x [4C, C]
     let acts = BlockActs {
@@ -694,6 +749,21 @@ fn block_backward(
     let mut dx = ln_backward(&a.x, &dln1, w.ln_1.weight, &stats, &mut g.ln_1);
     add_into(&mut dx, &dx2); // the residual path
     dx
+}
+
+/// LayerNorm forward of x [N, C], its output saved for the products it feeds: (y [N, C],
+/// mean [N], rstd [N]).
+fn ln_forward(dm: &Dims, x: &[f32], a: &Affine<&[f32]>) -> (Saved, Vec<f32>, Vec<f32>) {
+    match dm.products {
+        Precision::F32 => {
+            let (y, mean, rstd) = layer_norm::forward(x, a.weight, a.bias, LN_EPS);
+            (Saved::F32(y), mean, rstd)
+        }
+        Precision::Bf16 => {
+            let (y, mean, rstd) = layer_norm::forward_as(x, a.weight, a.bias, LN_EPS);
+            (Saved::Bf16(y), mean, rstd)
+        }
+    }
 }
 
 /// LayerNorm backward from x [N, C], dy [N, C], the gain and the forward's (mean, rstd)

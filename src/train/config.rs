@@ -57,8 +57,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub optimizer: UpdateRule,
     /// The precision of the step's matrix products (`--dtype`): f32, or bf16 factors
-    /// with f32 sums where the CPU has AVX512-BF16. Weights, optimizer moments,
-    /// activations and the loss stay f32 either way. Absent from configs written
+    /// with f32 sums where the CPU has AVX512-BF16 (and the activations that only feed
+    /// products stored in that bf16). Weights, optimizer moments, the other activations
+    /// and the loss stay f32 either way. Absent from configs written
     /// before it was a choice (f32 then).
     #[serde(default)]
     pub dtype: crate::model::Precision,

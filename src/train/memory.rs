@@ -129,15 +129,18 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
                 // bf16 products pack both factors as bf16 (2 bytes a value) while
                 // they run: at most an MLP product ([N, 4C] with [4C, C], or [4C, N]
                 // with [N, C]), or the head's Wᵀ with a chunk's rows.
-                let packed = match super::effective_products(config.dtype) {
-                    crate::model::Precision::F32 => 0.0,
+                // They also store the activations that only feed products (the two
+                // LayerNorms' outputs, attention's heads side by side, GELU's output:
+                // 7C a row of the 20C a layer holds) as bf16.
+                let (packed, per_layer) = match super::effective_products(config.dtype) {
+                    crate::model::Precision::F32 => (0.0, 20.0 * c),
                     crate::model::Precision::Bf16 => {
                         let rows = chunk.min(n);
                         let mlp = 4.0 * n * c + (n * c).max(4.0 * c * c);
-                        2.0 * mlp.max(rows * v + v * c + rows * c)
+                        (2.0 * mlp.max(rows * v + v * c + rows * c), 16.5 * c)
                     }
                 };
-                f * (n * (l * (20.0 * c + h + 4.0) + 12.0 * c) + 2.0 * chunk.min(n) * v) + packed
+                f * (n * (l * (per_layer + h + 4.0) + 12.0 * c) + 2.0 * chunk.min(n) * v) + packed
             }
             StepKind::Graph => f * b * t * (l * (48.0 * c + 12.0 * h * t) + 4.0 * v + 4.0 * c),
         },

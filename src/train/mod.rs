@@ -171,8 +171,9 @@ pub fn effective_products(dtype: Precision) -> Precision {
 pub fn dtype_note(dtype: Precision) -> Option<&'static str> {
     match (dtype, effective_products(dtype)) {
         (Precision::Bf16, Precision::Bf16) => Some(
-            "dtype bf16: matrix products in bf16 (AVX512-BF16) with f32 sums; weights, \
-             optimizer state, activations and the loss in f32",
+            "dtype bf16: matrix products in bf16 (AVX512-BF16) with f32 sums, the \
+             activations they alone use stored in bf16; weights, optimizer state, other \
+             activations and the loss in f32",
         ),
         (Precision::Bf16, _) => Some(
             "dtype bf16: this CPU has no AVX512-BF16, so the products run in f32, as with \

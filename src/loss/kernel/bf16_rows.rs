@@ -378,7 +378,7 @@ impl<'a, R: Fn(__m512, __m512) -> __m512i> PassC<'a, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loss::kernel::elem::{bf16_bits_rne_ftz, bf16_to_f32};
+    use crate::cpu::{bf16_bits_rne_ftz, bf16_to_f32};
 
     /// Odd lengths, values that hit every path: -inf, the exponential's cut, ties and
     /// both zeros.

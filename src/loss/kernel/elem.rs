@@ -3,9 +3,9 @@
 //! written with, and `Elem`, how logits and gradients of each stored type (f32, f64,
 //! bf16, f16) load into and store from it.
 
-use crate::cpu::as_uninit;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::{self, Level};
+use crate::cpu::{as_uninit, bf16_bits_rne, bf16_bits_rne_ftz, bf16_to_f32};
 use crate::fastmath::{
     exp_f32_nonpos, exp_f32_nonpos_lanes, exp_shifted_base2, exp_shifted_base2_lanes,
 };
@@ -667,42 +667,6 @@ unsafe fn f16_affine_f16c(bits: &mut [u16], e: &[f32], (a, b): (f32, f32)) {
     }
     for (o, &ev) in bits[body..n].iter_mut().zip(&e[body..n]) {
         *o = f16_bits_rne(a * ev - b);
-    }
-}
-
-/// bf16 bits as f32 (exact). A NaN stays a NaN (`half` also sets its quiet bit; the
-/// kernel only asks whether it is one).
-#[inline(always)]
-pub(crate) fn bf16_to_f32(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
-}
-
-/// x rounded to the nearest bf16, ties to even (overflow to ±inf); a NaN is quieted
-/// keeping its top payload bits, as `half::bf16::from_f32` does.
-#[inline(always)]
-pub(crate) fn bf16_bits_rne(x: f32) -> u16 {
-    let w = x.to_bits();
-    // Adding 0x7FFF plus the kept lowest bit carries into bit 16 exactly when the
-    // dropped half is above the halfway point, or at it with an odd kept part.
-    let rounded = w.wrapping_add(0x7FFF + ((w >> 16) & 1)) >> 16;
-    let nan = (w >> 16) | 0x40;
-    (if w & 0x7FFF_FFFF > 0x7F80_0000 {
-        nan
-    } else {
-        rounded
-    }) as u16
-}
-
-/// [`bf16_bits_rne`] with subnormal inputs flushed to a zero of their sign first, as
-/// `vcvtne2ps2bf16` treats them: bf16 shares f32's exponent range, so only values
-/// below 2^-126 in magnitude differ.
-#[inline(always)]
-pub(crate) fn bf16_bits_rne_ftz(x: f32) -> u16 {
-    let w = x.to_bits();
-    if w & 0x7FFF_FFFF < 0x0080_0000 {
-        (w >> 16) as u16 & 0x8000
-    } else {
-        bf16_bits_rne(x)
     }
 }
 
