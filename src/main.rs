@@ -206,13 +206,16 @@ struct TrainArgs {
     #[arg(long, value_parser = parse_optimizer)]
     optimizer: Option<train::config::UpdateRule>,
     /// Precision of the step's matrix products (the layers' and the tied head's;
-    /// attention and Muon's Newton–Schulz stay f32): f32, or bf16 (both factors rounded
+    /// attention and Muon's Newton–Schulz stay f32): f32, bf16 (both factors rounded
     /// to bf16, sums in f32, through AVX512-BF16; the activations kept only for those
     /// products are stored in the bf16 they are rounded to, while weights, optimizer
-    /// state, the other activations and the loss stay f32, so a resume may change it).
-    /// On a CPU without AVX512-BF16, bf16 says so and runs f32 products (default: f32).
-    #[arg(long, value_parser = parse_dtype)]
-    dtype: Option<tinylm::model::Precision>,
+    /// state, the other activations and the loss stay f32, so a resume may change it),
+    /// or auto: bf16 where the CPU has AVX512-BF16 and the run takes the native CPU
+    /// step, f32 elsewhere. The run prints what it got; on a CPU without AVX512-BF16,
+    /// bf16 says so and runs f32 products (default: auto, every preset's; f32 for a
+    /// config written before this option).
+    #[arg(long, value_parser = parse_train_dtype)]
+    dtype: Option<train::config::Dtype>,
     /// Steps between validation evaluations.
     #[arg(long)]
     eval_interval: Option<usize>,
@@ -436,6 +439,14 @@ fn parse_positions(s: &str) -> Result<tinylm::model::Positions, String> {
         "rotary" => Ok(tinylm::model::Positions::Rotary),
         _ => Err(format!("expected learned or rotary, got {s:?}")),
     }
+}
+
+fn parse_train_dtype(s: &str) -> Result<train::config::Dtype, String> {
+    use train::config::Dtype;
+    [Dtype::Auto, Dtype::F32, Dtype::Bf16]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("expected auto, f32 or bf16, got {s:?}"))
 }
 
 fn parse_dtype(s: &str) -> Result<tinylm::model::Precision, String> {

@@ -45,6 +45,13 @@ fn trained_run() -> &'static Path {
         println!("{stdout}\n{}", text(&out.stderr));
         assert!(out.status.success(), "train failed: {}", text(&out.stderr));
         assert!(stdout.contains("--- a poem from"), "no poem printed");
+        // The presets' `--dtype auto` says what it resolved to.
+        let note = if tinylm::kernels::gemm_bf16::native() {
+            "dtype auto: matrix products in bf16"
+        } else {
+            "dtype auto: f32 products (this CPU has no AVX512-BF16)"
+        };
+        assert!(stdout.contains(note), "no dtype line ({note})");
         (dir, run)
     })
     .1
@@ -65,7 +72,8 @@ fn train_writes_metrics_checkpoint_and_learns() {
         last < 256f64.ln() - 1.5,
         "validation loss {last} not clearly below ln 256"
     );
-    assert!(run.join("config.toml").exists());
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("dtype = \"auto\""), "{config}");
     let ckpts = tinylm::train::checkpoint::list(run);
     assert!(!ckpts.is_empty(), "no checkpoint written");
     for f in ["model.safetensors", "optim.safetensors", "state.json"] {

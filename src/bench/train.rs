@@ -97,7 +97,7 @@ pub fn synthetic_tokens(v: usize) -> anyhow::Result<Vec<u32>> {
 fn measure(preset: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Record> {
     let quick = args.quick;
     let mut config = preset_as_trained(preset)?;
-    config.dtype = args.dtype;
+    config.dtype = args.dtype.into();
     if quick {
         config.model.n_layer = 1;
         config.model.block_size = 64;
@@ -191,7 +191,8 @@ fn selects(filter: &str, preset: &str) -> bool {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
-    if let Some(note) = crate::train::dtype_note(args.dtype) {
+    // bench train runs the native step on the CPU.
+    if let Some(note) = crate::train::dtype_note(args.dtype.into(), true) {
         eprintln!("{note}");
     }
     let names: Vec<String> = PRESETS.iter().map(|p| p.0.to_string()).collect();
@@ -225,7 +226,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
              its MLP product in the step's precision, measured (ceiling column; * = the step beat it, MFU is against \
              the step's own rate)",
             crate::device::threads(),
-            crate::train::effective_products(args.dtype).name()
+            crate::train::config::Dtype::from(args.dtype)
+                .products(true)
+                .name()
         );
         println!(
             "{:<10} {:<12} {:>16} {:>11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>10} {:>12}",

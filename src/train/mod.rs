@@ -19,7 +19,7 @@ use crate::model::{native, Gpt, Precision};
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
 use checkpoint::TrainState;
-use config::{TrainConfig, UpdateRule};
+use config::{Dtype, TrainConfig, UpdateRule};
 use optimizer::{AdamWConfig, Optimizer, ParamGroup};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -158,36 +158,34 @@ pub fn optimizer_tensors(model: &Gpt, opt: &Optimizer) -> anyhow::Result<HashMap
     Ok(out)
 }
 
-/// The precision a step asked for `dtype` runs its products in: bf16 only where
-/// the CPU has AVX512-BF16 (the portable bf16 kernel is slower than f32's).
-pub fn effective_products(dtype: Precision) -> Precision {
-    match dtype {
-        Precision::Bf16 if crate::kernels::gemm_bf16::native() => Precision::Bf16,
-        _ => Precision::F32,
-    }
-}
-
-/// The line a run prints about its products when `--dtype bf16` was asked for.
-pub fn dtype_note(dtype: Precision) -> Option<&'static str> {
-    match (dtype, effective_products(dtype)) {
-        (Precision::Bf16, Precision::Bf16) => Some(
-            "dtype bf16: matrix products in bf16 (AVX512-BF16) with f32 sums, the \
+/// The line a run prints about its products, unless f32 was asked for: what `dtype`
+/// resolves to (`native_step`: the run takes the native CPU step).
+pub fn dtype_note(dtype: Dtype, native_step: bool) -> Option<String> {
+    let why_f32 = if native_step {
+        "this CPU has no AVX512-BF16"
+    } else {
+        "this run takes candle's graph"
+    };
+    match (dtype, dtype.products(native_step)) {
+        (Dtype::F32, _) => None,
+        (_, Precision::Bf16) => Some(format!(
+            "dtype {}: matrix products in bf16 (AVX512-BF16) with f32 sums, the \
              activations they alone use stored in bf16; weights, optimizer state, other \
              activations and the loss in f32",
-        ),
-        (Precision::Bf16, _) => Some(
-            "dtype bf16: this CPU has no AVX512-BF16, so the products run in f32, as with \
-             --dtype f32",
-        ),
-        _ => None,
+            dtype.name()
+        )),
+        (Dtype::Bf16, _) => Some(format!(
+            "dtype bf16: {why_f32}, so the products run in f32, as with --dtype f32"
+        )),
+        (Dtype::Auto, _) => Some(format!("dtype auto: f32 products ({why_f32})")),
     }
 }
 
 /// Refuses `--dtype bf16` where the step is not the native CPU one (candle's graph has
-/// no bf16 products of ours).
+/// no bf16 products of ours); `auto` runs f32 there.
 fn check_dtype(model: &Gpt, config: &TrainConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
-        config.dtype == Precision::F32 || native::supported(model),
+        config.dtype != Dtype::Bf16 || native::supported(model),
         "--dtype bf16 runs in the native CPU step only (f32 parameters on the CPU, fused \
          kernels); this run takes candle's graph: use --dtype f32"
     );
@@ -315,10 +313,10 @@ impl Trainer {
         })
     }
 
-    /// The precision the step's products run in: the config's `dtype`, except that
-    /// bf16 on a CPU without AVX512-BF16 runs f32 ([`dtype_note`] says so).
+    /// The precision the step's products run in: the config's `dtype` as
+    /// [`Dtype::products`] resolves it for this model ([`dtype_note`] says so).
     pub fn products(&self) -> Precision {
-        effective_products(self.config.dtype)
+        self.config.dtype.products(native::supported(&self.model))
     }
 
     /// The micro-steps through `model::native`: (summed loss, gradients).
@@ -587,7 +585,7 @@ pub fn run(
         cfg.eval_batches * cfg.batch_size,
         mc.block_size,
     );
-    if let Some(note) = dtype_note(cfg.dtype) {
+    if let Some(note) = dtype_note(cfg.dtype, native::supported(&trainer.model)) {
         println!("{note}");
     }
     let rows = cfg.batch_size * mc.block_size;

@@ -35,7 +35,7 @@ pub struct Overrides {
     pub weight_decay: Option<f64>,
     pub grad_clip: Option<f64>,
     pub optimizer: Option<super::config::UpdateRule>,
-    pub dtype: Option<crate::model::Precision>,
+    pub dtype: Option<super::config::Dtype>,
     pub eval_interval: Option<usize>,
     pub eval_batches: Option<usize>,
     pub log_interval: Option<usize>,
@@ -777,11 +777,11 @@ mod tests {
     fn a_resume_takes_another_dtype() {
         let mut c = crate::train::config::TrainConfig::preset("default").unwrap();
         let o = Overrides {
-            dtype: Some(crate::model::Precision::Bf16),
+            dtype: Some(crate::train::config::Dtype::Bf16),
             ..Default::default()
         };
         let changed = o.apply_resume(&mut c, 10, 1.0).unwrap();
-        assert_eq!(c.dtype, crate::model::Precision::Bf16);
+        assert_eq!(c.dtype, crate::train::config::Dtype::Bf16);
         assert!(
             changed
                 .iter()
