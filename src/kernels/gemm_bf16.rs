@@ -1,7 +1,8 @@
 //! The matrix product of `--dtype bf16` training: dst [m, n] = (dst if `acc`, else
-//! 0) plus A [m, k] · B [k, n], with A and B f32 in memory, rounded to bf16 (nearest
-//! even) as they are packed, and every product summed in f32. This is what PyTorch's CPU
-//! autocast does to a linear layer, minus the bf16 output: dst stays f32.
+//! 0) plus A [m, k] · B [k, n], with A and B each f32 in memory, rounded to bf16
+//! (nearest even) as they are packed, or bf16 already (`Factor`: an activation stored
+//! for the products it feeds), and every product summed in f32. This is what PyTorch's
+//! CPU autocast does to a linear layer, minus the bf16 output: dst stays f32.
 //!
 //! Why our own: the gemm crate has no bf16 kernel, and AVX512-BF16's `vdpbf16ps`
 //! does 32 multiply-adds a 512-bit instruction where an f32 FMA does 16.
@@ -23,8 +24,8 @@
 //! and micro-kernel with the same rounding of the inputs and the order of sums Intel
 //! documents for `vdpbf16ps` (the odd k's product added first, each add rounded once).
 //! They agree bit for bit where tested (tests/gemm_bf16.rs, on the AVX512-BF16 host
-//! the tests run on); subnormal inputs and sums, which the instructions flush to zero,
-//! can differ.
+//! the tests run on). Subnormal inputs become zeros in both (the packers flush them, as
+//! the instructions do); subnormal sums, which `vdpbf16ps` flushes, can differ.
 
 use crate::cpu::{assume_init, bf16_bits_rne_ftz, bf16_to_f32, simd, uninit_vec};
 use half::bf16;
@@ -127,9 +128,17 @@ impl Factor for f32 {
 }
 
 impl Factor for bf16 {
+    /// The bits, a subnormal as a zero of its sign (as `vdpbf16ps` reads it, so that
+    /// the portable kernel multiplies what the native one does; the step never stores
+    /// one: [`to_bf16`] flushes them).
     #[inline(always)]
     fn bits(self) -> u16 {
-        self.to_bits()
+        let h = self.to_bits();
+        if h & 0x7F80 == 0 {
+            h & 0x8000
+        } else {
+            h
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -173,17 +182,17 @@ pub type Operand<'a, E = f32> = (&'a [E], usize, usize);
 /// Packs `len` columns (or rows) of an operand into `width`-wide strips of k-pairs:
 /// `out[s][p][j] = (x(s·width + j, 2p), x(s·width + j, 2p + 1))` where
 /// `x(j, kk) = data[j·js + kk·ks]`, zero past `len` and `k`.
+/// `native`: with the AVX512-BF16 packers where the layout has one.
 fn pack<E: Factor>(
     (data, js, ks): (&[E], usize, usize),
     len: usize,
     k: usize,
     width: usize,
-    par: bool,
+    (par, native): (bool, bool),
 ) -> Vec<u32> {
     let pairs = k.div_ceil(2);
     let strips = len.div_ceil(width);
     let mut out = uninit_vec::<u32>(strips * pairs * width);
-    let native = native();
     // A task packs a group of strips (~128 columns), so that the contiguous-columns
     // path reads whole cache lines of each row once, not a strip's 12 values a visit.
     let group = (128 / width).max(1);
@@ -465,15 +474,14 @@ pub fn gemm<A: Factor, B: Factor>(
     ) {
         return;
     }
-    let par = threads > 1;
+    let (par, native) = (threads > 1, native());
     // A's rows are its strips' "columns" (stride a_rs), k along a_cs; B's columns
     // along b_cs, k along b_rs.
-    let ap = pack((a, a_rs, a_cs), m, k, MR, par);
-    let bp = pack((b, b_cs, b_rs), n, k, NR, par);
+    let ap = pack((a, a_rs, a_cs), m, k, MR, (par, native));
+    let bp = pack((b, b_cs, b_rs), n, k, NR, (par, native));
     let pairs = k.div_ceil(2);
     let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
     let ptr = DstPtr(dst.as_mut_ptr() as *mut f32);
-    let native = native();
     let task = |task: usize| {
         let (ib, jb) = (task / nt, task % nt);
         let (i0, j0) = (ib * MC, jb * NC);
@@ -615,6 +623,51 @@ unsafe fn micro_avx512bf16(a: &[u32], b: &[u32], kp: usize, t: Tile) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bf16 factor packs to the words its f32 values pack to, zero padding included,
+    /// in every packer (the AVX512-BF16 ones where the CPU has them, and the portable
+    /// one): over odd k and partial strips, with a stride wider than the operand whose
+    /// gaps hold NaN, so that a packer reading past its columns or its k shows.
+    #[test]
+    fn bf16_factors_pack_to_the_words_of_their_f32_values() {
+        let natives: &[bool] = if native() { &[false, true] } else { &[false] };
+        for &(len, k) in &[(1, 1), (13, 5), (33, 37), (140, 64), (29, 300)] {
+            for width in [MR, NR] {
+                // Columns contiguous (js = 1, ks = len + 3) and k contiguous
+                // (js = k + 3, ks = 1).
+                for (js, ks) in [(1, len + 3), (k + 3, 1)] {
+                    let size = (len - 1) * js + (k - 1) * ks + 1;
+                    let mut x = vec![f32::NAN; size + 7];
+                    for j in 0..len {
+                        for kk in 0..k {
+                            let v = ((j * 31 + kk * 17) % 97) as f32 / 13.0 - 3.3;
+                            x[j * js + kk * ks] = v * if kk % 11 == 0 { 1e-40 } else { 1.0 };
+                        }
+                    }
+                    let h: Vec<bf16> = x.iter().map(|&v| bf16::from_bits(to_bf16(v))).collect();
+                    for &nat in natives {
+                        for par in [false, true] {
+                            let opts = (par, nat);
+                            let from_f32 = pack((&x[..size], js, ks), len, k, width, opts);
+                            let from_bf16 = pack((&h[..size], js, ks), len, k, width, opts);
+                            assert_eq!(
+                                from_f32, from_bf16,
+                                "len {len} k {k} width {width} js {js} ks {ks} native {nat}"
+                            );
+                            if nat {
+                                let portable =
+                                    pack((&x[..size], js, ks), len, k, width, (par, false));
+                                assert_eq!(
+                                    from_f32, portable,
+                                    "len {len} k {k} native vs portable"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn rounding_is_nearest_even() {

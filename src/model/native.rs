@@ -1,5 +1,6 @@
 //! The training step without candle's graph: the whole GPT's forward and backward on
-//! raw f32 buffers, layer by layer, in the manner of llm.c's `train_gpt2.c`.
+//! raw buffers (f32; under bf16 products the activations only they read are bf16),
+//! layer by layer, in the manner of llm.c's `train_gpt2.c`.
 //!
 //! Why it exists: with every heavy op already fused, the candle graph around them cost
 //! more than the ops: its element-wise pool waiting between ops, its single-threaded
@@ -105,16 +106,33 @@ pub fn loss_and_grad_into(
 /// in `products`' precision. With [`Precision::Bf16`] each product rounds its two
 /// factors to bf16 and sums in f32 (`kernels::gemm_bf16`: AVX512-BF16 where the CPU
 /// has it, a portable kernel with the same rounding elsewhere); everything else is
-/// as in f32.
+/// as in f32, but for the activations kept only as factors of those products, which
+/// are stored in the bf16 they would be rounded to ([`Saved`]: the same bits).
 pub fn loss_and_grad_with(
+    model: &Gpt,
+    idx: &[u32],
+    targets: &[u32],
+    bt: (usize, usize),
+    opts: &CrossEntropyOptions,
+    grads: &mut [Vec<f32>],
+    products: Precision,
+) -> Result<NativeOutcome> {
+    let store_bf16 = products == Precision::Bf16;
+    step(model, idx, targets, bt, opts, grads, (products, store_bf16))
+}
+
+/// [`loss_and_grad_with`], with the product-only activations stored in bf16 when
+/// `store_bf16` (only under bf16 products; the tests compare it with f32 storage).
+fn step(
     model: &Gpt,
     idx: &[u32],
     targets: &[u32],
     (b, t): (usize, usize),
     opts: &CrossEntropyOptions,
     grads: &mut [Vec<f32>],
-    products: Precision,
+    (products, store_bf16): (Precision, bool),
 ) -> Result<NativeOutcome> {
+    debug_assert!(!store_bf16 || products == Precision::Bf16);
     let cfg = &model.config;
     if !supported(model) {
         bail!("native step: needs f32 CPU parameters and the fused kernels")
@@ -158,6 +176,7 @@ pub fn loss_and_grad_with(
         .then(|| rope::Tables::new(t, cfg.n_embd / cfg.n_head));
     let dm = Dims {
         products,
+        store_bf16,
         rope: rope_tables.as_ref(),
         b,
         t,
@@ -209,6 +228,8 @@ pub fn loss_and_grad_with(
 struct Dims<'a> {
     /// The precision of the matrix products.
     products: Precision,
+    /// Whether the product-only activations are stored in bf16 ([`Saved::Bf16`]).
+    store_bf16: bool,
     /// Rotary positions: q and k rotated after the qkv projection by these angles.
     rope: Option<&'a rope::Tables>,
     b: usize,
@@ -244,8 +265,8 @@ impl Dims<'_> {
         )
     }
 
-    /// A product with a factor of [`Saved::Bf16`]: only under bf16 products, whose
-    /// rounding that factor already has.
+    /// A product with a factor of [`Saved::Bf16`] (stored only under bf16 products,
+    /// whose rounding it already has): [`product`]'s bf16 branch.
     fn gemm_bf16<A: Factor, B: Factor>(
         &self,
         shape: (usize, usize, usize),
@@ -259,11 +280,12 @@ impl Dims<'_> {
     }
 
     /// An activation kept only for the products it feeds, made by `f32` or `bf16`
-    /// as this step's products need it.
+    /// as this step stores it.
     fn saved(&self, f32: impl FnOnce() -> Vec<f32>, bf16: impl FnOnce() -> Vec<bf16>) -> Saved {
-        match self.products {
-            Precision::F32 => Saved::F32(f32()),
-            Precision::Bf16 => Saved::Bf16(bf16()),
+        if self.store_bf16 {
+            Saved::Bf16(bf16())
+        } else {
+            Saved::F32(f32())
         }
     }
 }
@@ -441,7 +463,7 @@ pub(crate) fn gemm_into_strided(
 
 /// A new buffer of n values, all of which `fill` writes (no zero-fill first: the
 /// model's buffers are megabytes, and every one is overwritten).
-fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+fn filled<T>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
     let mut v = uninit_vec(n);
     fill(&mut v);
     // SAFETY: every caller's `fill` writes all n elements.
@@ -559,25 +581,25 @@ fn rows_to_heads(dm: &Dims, src: &[f32], s_parts: usize) -> Vec<f32> {
 fn heads_to_rows<Y: Stored<f32>>(dm: &Dims, parts: &[&[f32]]) -> Vec<Y> {
     let (t, c, h, d) = (dm.t, dm.c, dm.h, dm.d());
     let width = parts.len() * c;
-    let mut out = uninit_vec(dm.n * width);
     // One task per batch element: its T rows of the output, all written.
-    out.par_chunks_mut(t * width)
-        .enumerate()
-        .for_each(|(bi, dst)| {
-            for (s, src) in parts.iter().enumerate() {
-                for hi in 0..h {
-                    for ti in 0..t {
-                        let from = ((bi * h + hi) * t + ti) * d;
-                        let to = ti * width + s * c + hi * d;
-                        for (o, &x) in dst[to..to + d].iter_mut().zip(&src[from..from + d]) {
-                            o.write(Y::from_real(x));
+    filled(dm.n * width, |out| {
+        out.par_chunks_mut(t * width)
+            .enumerate()
+            .for_each(|(bi, dst)| {
+                for (s, src) in parts.iter().enumerate() {
+                    for hi in 0..h {
+                        for ti in 0..t {
+                            let from = ((bi * h + hi) * t + ti) * d;
+                            let to = ti * width + s * c + hi * d;
+                            let (o, x) = (&mut dst[to..to + d], &src[from..from + d]);
+                            for (o, &x) in o.iter_mut().zip(x) {
+                                o.write(Y::from_real(x));
+                            }
                         }
                     }
                 }
-            }
-        });
-    // SAFETY: the tasks cover the output, and each writes all of its rows.
-    unsafe { assume_init(out) }
+            })
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -674,7 +696,10 @@ fn block_forward(dm: &Dims, w: &Block<&[f32]>, x: Vec<f32>) -> (BlockActs, Vec<f
     }
     let (q, k, v) = (&qkv[..part], &qkv[part..2 * part], &qkv[2 * part..]);
     let (att, lse) = attn::self_attention_forward_f32((b * h, t, d), true, q, k, v); // [B, H, T, D]
-    let atty = dm.saved(|| heads_to_rows(dm, &[&att]), || heads_to_rows(dm, &[&att])); // [N, C]
+    let atty = dm.saved(
+        || heads_to_rows::<f32>(dm, &[&att]),
+        || heads_to_rows::<bf16>(dm, &[&att]),
+    ); // [N, C]
     let mut x2 = bias_init(w.c_proj.bias, Some(&x), n); // [N, C]
     mm_nt_acc(dm, &mut x2, &atty, w.c_proj.weight, (n, c, c)); // x + [N, C] x [C, C]
     let ln2 = ln_forward(dm, &x2, &w.ln_2);
@@ -754,15 +779,12 @@ fn block_backward(
 /// LayerNorm forward of x [N, C], its output saved for the products it feeds: (y [N, C],
 /// mean [N], rstd [N]).
 fn ln_forward(dm: &Dims, x: &[f32], a: &Affine<&[f32]>) -> (Saved, Vec<f32>, Vec<f32>) {
-    match dm.products {
-        Precision::F32 => {
-            let (y, mean, rstd) = layer_norm::forward(x, a.weight, a.bias, LN_EPS);
-            (Saved::F32(y), mean, rstd)
-        }
-        Precision::Bf16 => {
-            let (y, mean, rstd) = layer_norm::forward_as(x, a.weight, a.bias, LN_EPS);
-            (Saved::Bf16(y), mean, rstd)
-        }
+    if dm.store_bf16 {
+        let (y, mean, rstd) = layer_norm::forward_as(x, a.weight, a.bias, LN_EPS);
+        (Saved::Bf16(y), mean, rstd)
+    } else {
+        let (y, mean, rstd) = layer_norm::forward(x, a.weight, a.bias, LN_EPS);
+        (Saved::F32(y), mean, rstd)
     }
 }
 
@@ -795,4 +817,53 @@ fn head(
         dm.gemm(shape, dst, acc, a, b)
     };
     tied_head((dm.n, dm.c, dm.v), hs, wte, targets, opts, dwte, gemm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GptConfig, Positions};
+    use candle_core::Device;
+
+    /// Storing the product-only activations in bf16 changes no bit of the bf16 step:
+    /// loss and every gradient equal those of the same step storing them in f32 (odd
+    /// shapes, learned and rotary positions). In the products, a stored bf16 factor is
+    /// its f32 value rounded as the packer would round it.
+    #[test]
+    fn bf16_activations_give_the_bits_of_f32_ones_under_bf16_products() {
+        for positions in [Positions::Learned, Positions::Rotary] {
+            let cfg = GptConfig {
+                vocab_size: 203,
+                block_size: 80,
+                n_layer: 2,
+                n_head: 2,
+                n_embd: 48,
+                positions,
+            };
+            let model = Gpt::new(&cfg, 3, &Device::Cpu).unwrap();
+            let (b, t) = (3, 37);
+            let x: Vec<u32> = (0..b * t).map(|i| (i * 89 % 203) as u32).collect();
+            let y: Vec<u32> = (0..b * t).map(|i| (i * 53 % 203) as u32).collect();
+            let opts = CrossEntropyOptions::default();
+            let run = |store_bf16| {
+                let mut g = zero_grads(&model);
+                let out = step(
+                    &model,
+                    &x,
+                    &y,
+                    (b, t),
+                    &opts,
+                    &mut g,
+                    (Precision::Bf16, store_bf16),
+                );
+                (out.unwrap().loss.to_bits(), g)
+            };
+            let (stored_f32, stored_bf16) = (run(false), run(true));
+            assert_eq!(stored_f32.0, stored_bf16.0, "{positions:?}: loss");
+            for (i, (a, b)) in stored_f32.1.iter().zip(&stored_bf16.1).enumerate() {
+                let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{positions:?}: gradient {i} differs");
+            }
+        }
+    }
 }

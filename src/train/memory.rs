@@ -17,6 +17,8 @@
 //! corpus      = 5 bytes per token (the text and its u32 ids)
 //! activations, native CPU step (`model::native`, what `tinylm train` runs on a CPU):
 //!             = N·(L·(20·C + H + 4) + 12·C) + 2·rows·V,  rows = min(N, max(8, 2^24/V))
+//!             (bf16 products: 16.5·C a layer, plus both factors of the largest product
+//!             packed as bf16)
 //! activations, candle's graph (CUDA, f64, the reference kernels):
 //!             = N·(L·(48·C + 12·H·T) + 4·V + 4·C)
 //! ```
@@ -26,7 +28,9 @@
 //! merged heads, the residual, the 4·C MLP layer before and after GELU), plus the
 //! backward's transients (the MLP's 8·N·C gradients, the block's d(out)) and the head's
 //! [chunk, V] logits (about 2^24 values, at least 8 rows: `loss::linear::chunk_rows`). Rounded up to
-//! 20·C per layer and 12·C per token, it covers the peak RSS of real runs (the
+//! 20·C per layer and 12·C per token, it covers the peak RSS of real runs (under bf16
+//! products the LayerNorm outputs, the merged heads and GELU's output are bf16: 3.5·C
+//! less; the
 //! test `native_estimate_covers_the_measured_peaks`; BENCHMARKS.md, "Measurements
 //! behind the code"). Evaluation and sampling run on a `Gpt::frozen`
 //! view that records no graph, so they stay below the step. The graph formula is what
@@ -131,7 +135,8 @@ pub fn estimate(config: &TrainConfig, corpus_tokens: usize, step: StepKind) -> M
                 // with [N, C]), or the head's Wᵀ with a chunk's rows.
                 // They also store the activations that only feed products (the two
                 // LayerNorms' outputs, attention's heads side by side, GELU's output:
-                // 7C a row of the 20C a layer holds) as bf16.
+                // 7C of the ~17C a layer keeps a row, within the 20C allowed for it)
+                // as bf16, half the bytes: 3.5C less.
                 let (packed, per_layer) = match config.dtype.products(true) {
                     crate::model::Precision::F32 => (0.0, 20.0 * c),
                     crate::model::Precision::Bf16 => {

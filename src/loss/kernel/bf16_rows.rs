@@ -168,7 +168,7 @@ pub(super) unsafe fn exp_block(
     }
 }
 
-/// bf16 bits of the 16 values `g`, rounded as `elem::bf16_bits_rne_ftz` rounds
+/// bf16 bits of the 16 values `g`, rounded as `cpu::bf16_bits_rne_ftz` rounds
 /// (subnormals to a zero of their sign, nearest even, NaN quieted), in the low half
 /// of each 32-bit lane.
 ///
