@@ -35,8 +35,9 @@ enum Command {
     /// and token, the blocks' matrices and the tied head, not biases, gains or position
     /// embeddings; plus 6·L·C·T for the causal half of attention; recomputation not
     /// counted) a second, over the better of candle's 1024³ matmul rate and the step's
-    /// own GEMM on its MLP product (in bf16 under `--dtype bf16`: MFU is then against
-    /// the bf16 products' rate), measured at the start of the run with the same
+    /// own GEMM on its MLP product (in bf16 when the products run in bf16, as
+    /// `--dtype` resolves: MFU is then against the bf16 products' rate), measured at
+    /// the start of the run with the same
     /// threads. A step that beats it has it measured again (at most 3 times a run); a
     /// step still faster raises it to its own rate, so MFU never reads above 100%.
     /// Muon's Newton–Schulz products are the optimizer's work, not the model's: not

@@ -49,7 +49,7 @@ fn mfu_counts_what_the_products_execute_and_stays_under_the_ceiling_on_every_pre
 
         // A whole step (the optimizer included), timed and turned into MFU by the
         // training loop's `Ceiling` (the first step, as the log's first line).
-        let mut ceiling = Ceiling::measure(&dev, &config.model, b * t, Default::default()).unwrap();
+        let mut ceiling = Ceiling::measure(&dev, &config.model, b * t, trainer.products()).unwrap();
         let before = gemm_flops_done();
         let start = std::time::Instant::now();
         trainer.step(&ids, config.lr).unwrap();
