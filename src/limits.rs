@@ -167,7 +167,7 @@ pub fn ranges_markdown() -> String {
          | seed | `train --seed` | [0, {MAX_TRAIN_SEED}] (`sample`, `eval`: any u64) |\n\
          | tokens a step | batch x accumulation x context | [1, {MAX_TOKENS_PER_STEP}] |\n\
          | `lr x weight_decay` | | [0, 1) |\n\
-         | `dtype` | `--dtype` | f32 or bf16 |\n"
+         | `dtype` | `--dtype` | auto, f32 or bf16 |\n"
     );
     out
 }

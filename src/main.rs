@@ -153,7 +153,9 @@ struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Optimizer steps: the cosine schedule runs over them and the run is bit-for-bit
-    /// reproducible at a fixed --threads (without it, the preset's time budget rules).
+    /// reproducible at a fixed --threads on CPUs alike in AVX512-BF16 (--dtype auto
+    /// differs there; --dtype f32 does not) (without it, the preset's time budget
+    /// rules).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Training wall-clock budget in seconds.
@@ -367,8 +369,9 @@ struct BenchCmd {
     /// Small shapes and few repetitions (a smoke run).
     #[arg(long)]
     quick: bool,
-    /// bench train only: the precision of the step's products, f32 or bf16, as
-    /// `train --dtype` (default: f32).
+    /// bench train only: the precision of the step's products, f32 or bf16 (no auto:
+    /// a benchmark names what it measures), as `train --dtype` (default: f32, unlike
+    /// train's auto).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<tinylm::model::Precision>,
     #[command(flatten)]

@@ -122,6 +122,14 @@ fn train_with_bf16_products_learns_and_records_its_dtype() {
         stdout.contains("resume changes dtype: bf16 -> f32"),
         "{stdout}"
     );
+    // The checkpoints record what the products ran in, and the resume says when
+    // that changes (bf16 ran only where the CPU has AVX512-BF16).
+    let changed =
+        stdout.contains("resume changes products: bf16 -> f32 (--dtype f32 on this machine)");
+    assert_eq!(changed, native, "{stdout}");
+    let ckpts = tinylm::train::checkpoint::list(&run);
+    let state = std::fs::read_to_string(ckpts.last().unwrap().1.join("state.json")).unwrap();
+    assert!(state.contains("\"products\": \"f32\""), "{state}");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("dtype = \"f32\""), "{config}");
 }
@@ -276,7 +284,7 @@ fn bad_inputs_fail_with_one_line() {
     assert!(train(&["--data", "data/zh_tiny.txt", "--batch-size", "0"]).contains("batch_size"));
     assert!(train(&["--data", "data/zh_tiny.txt", "--lr=-1"]).contains("lr"));
     fails(&["train", "--data", "data/zh_tiny.txt", "--context=-5"]);
-    assert!(train(&["--data", "data/zh_tiny.txt", "--dtype", "fp16"]).contains("f32 or bf16"));
+    assert!(train(&["--data", "data/zh_tiny.txt", "--dtype", "fp16"]).contains("auto, f32 or bf16"));
     assert!(fails(&["bench", "loss", "--dtype", "bf16"]).contains("bench train only"));
     fails(&["train", "--data", "data/zh_tiny.txt", "--preset", "huge"]);
     // A BPE is trained on UTF-8 only: a non-UTF-8 corpus is refused, not mangled.

@@ -54,6 +54,11 @@ pub struct TrainState {
     /// changed. Absent in older checkpoints.
     #[serde(default)]
     pub corpus: Option<CorpusRecord>,
+    /// The precision the step's products ran in (what `dtype` resolved to on the
+    /// machine that wrote this), so that a resume elsewhere can say it changes. Absent
+    /// in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub products: Option<crate::model::Precision>,
 }
 
 /// Which text a run trained on: its path as given, its size and its checksum.

@@ -46,12 +46,14 @@ impl Dtype {
     /// (`native_step`) or not: bf16 only on the native step where the CPU has
     /// AVX512-BF16 (the portable bf16 kernel is slower than f32's).
     pub fn products(self, native_step: bool) -> Precision {
+        self.resolve(native_step, crate::kernels::gemm_bf16::native())
+    }
+
+    /// [`Dtype::products`] on a CPU with (`cpu_bf16`) or without AVX512-BF16.
+    pub fn resolve(self, native_step: bool, cpu_bf16: bool) -> Precision {
         match self {
-            Dtype::F32 => Precision::F32,
-            Dtype::Auto | Dtype::Bf16 if native_step && crate::kernels::gemm_bf16::native() => {
-                Precision::Bf16
-            }
-            Dtype::Auto | Dtype::Bf16 => Precision::F32,
+            Dtype::Auto | Dtype::Bf16 if native_step && cpu_bf16 => Precision::Bf16,
+            _ => Precision::F32,
         }
     }
 }
@@ -608,19 +610,27 @@ mod tests {
     }
 
     /// `auto` and `bf16` get bf16 products only on the native step of a CPU with
-    /// AVX512-BF16; `f32` always gets f32.
+    /// AVX512-BF16; `f32` always gets f32. Every case, whatever this CPU has.
     #[test]
     fn dtype_resolves_by_step_and_cpu() {
-        let here = if crate::kernels::gemm_bf16::native() {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        };
-        for d in [Dtype::Auto, Dtype::Bf16] {
-            assert_eq!(d.products(true), here, "{d:?}");
-            assert_eq!(d.products(false), Precision::F32, "{d:?} on the graph");
+        for d in [Dtype::Auto, Dtype::F32, Dtype::Bf16] {
+            for native_step in [false, true] {
+                for cpu_bf16 in [false, true] {
+                    let want = if d != Dtype::F32 && native_step && cpu_bf16 {
+                        Precision::Bf16
+                    } else {
+                        Precision::F32
+                    };
+                    assert_eq!(
+                        d.resolve(native_step, cpu_bf16),
+                        want,
+                        "{d:?} {native_step} {cpu_bf16}"
+                    );
+                }
+            }
         }
-        assert_eq!(Dtype::F32.products(true), Precision::F32);
+        let here = crate::kernels::gemm_bf16::native();
+        assert_eq!(Dtype::Auto.products(true), Dtype::Auto.resolve(true, here));
         assert_eq!(Dtype::from(Precision::Bf16), Dtype::Bf16);
     }
 

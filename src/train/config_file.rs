@@ -97,23 +97,31 @@ pub fn config_from_toml(base: &TrainConfig, text: &str) -> anyhow::Result<TrainC
                 && !m.contains_key("positions")
         });
     // Likewise a whole run config (every training field) without `optimizer` was
-    // written before Muon was a choice: it trained with AdamW.
-    let written_before_optimizer = over.as_table().is_some_and(|t| {
-        [
-            "lr",
-            "min_lr",
-            "batch_size",
-            "weight_decay",
-            "grad_clip",
-            "model",
-        ]
-        .iter()
-        .all(|k| t.contains_key(*k))
-            && !t.contains_key("optimizer")
-    });
+    // written before Muon was a choice: it trained with AdamW; and one without `dtype`,
+    // before the products' precision was a choice: it ran f32 products.
+    let whole_run_without = |field: &str| {
+        over.as_table().is_some_and(|t| {
+            [
+                "lr",
+                "min_lr",
+                "batch_size",
+                "weight_decay",
+                "grad_clip",
+                "model",
+            ]
+            .iter()
+            .all(|k| t.contains_key(*k))
+                && !t.contains_key(field)
+        })
+    };
+    let (written_before_optimizer, written_before_dtype) =
+        (whole_run_without("optimizer"), whole_run_without("dtype"));
     merge_toml(&mut merged, over);
     if written_before_optimizer {
         merged["optimizer"] = toml::Value::String("adamw".into());
+    }
+    if written_before_dtype {
+        merged["dtype"] = toml::Value::String("f32".into());
     }
     if written_before_positions {
         // A whole [model] table without `positions` was written by a tinylm that had
@@ -164,6 +172,22 @@ mod tests {
         assert_eq!(c.optimizer, UpdateRule::Muon);
         let c = config_from_toml(&base, &format!("optimizer = \"muon\"\n{old}")).unwrap();
         assert_eq!(c.optimizer, UpdateRule::Muon);
+    }
+
+    /// A run's config.toml from before `dtype` ran f32 products, and says so again
+    /// through `--config`; a partial file keeps the preset's `auto`.
+    #[test]
+    fn a_run_config_from_before_dtype_means_f32() {
+        use crate::train::config::Dtype;
+        let base = TrainConfig::preset("default").unwrap();
+        assert_eq!(base.dtype, Dtype::Auto);
+        let old = include_str!("../../benches/results/verse/lr3b.config.toml");
+        assert!(!old.contains("dtype"));
+        assert_eq!(config_from_toml(&base, old).unwrap().dtype, Dtype::F32);
+        let c = config_from_toml(&base, "lr = 0.004\n").unwrap();
+        assert_eq!(c.dtype, Dtype::Auto);
+        let c = config_from_toml(&base, &format!("dtype = \"auto\"\n{old}")).unwrap();
+        assert_eq!(c.dtype, Dtype::Auto);
     }
 
     #[test]

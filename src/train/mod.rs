@@ -161,12 +161,17 @@ pub fn optimizer_tensors(model: &Gpt, opt: &Optimizer) -> anyhow::Result<HashMap
 /// The line a run prints about its products, unless f32 was asked for: what `dtype`
 /// resolves to (`native_step`: the run takes the native CPU step).
 pub fn dtype_note(dtype: Dtype, native_step: bool) -> Option<String> {
+    note_for(dtype, native_step, crate::kernels::gemm_bf16::native())
+}
+
+/// [`dtype_note`] on a CPU with (`cpu_bf16`) or without AVX512-BF16.
+fn note_for(dtype: Dtype, native_step: bool, cpu_bf16: bool) -> Option<String> {
     let why_f32 = if native_step {
         "this CPU has no AVX512-BF16"
     } else {
         "this run takes candle's graph"
     };
-    match (dtype, dtype.products(native_step)) {
+    match (dtype, dtype.resolve(native_step, cpu_bf16)) {
         (Dtype::F32, _) => None,
         (_, Precision::Bf16) => Some(format!(
             "dtype {}: matrix products in bf16 (AVX512-BF16) with f32 sums, the \
@@ -187,7 +192,8 @@ fn check_dtype(model: &Gpt, config: &TrainConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.dtype != Dtype::Bf16 || native::supported(model),
         "--dtype bf16 runs in the native CPU step only (f32 parameters on the CPU, fused \
-         kernels); this run takes candle's graph: use --dtype f32"
+         kernels); this run takes candle's graph: use --dtype f32 (or auto, which runs f32 \
+         there)"
     );
     Ok(())
 }
@@ -572,6 +578,7 @@ pub fn run(
                 warmup_end_s: None,
                 optimizer_steps: None,
                 corpus: opts.corpus.clone(),
+                products: None,
             };
             (trainer, state)
         }
@@ -579,6 +586,17 @@ pub fn run(
     let cfg = state.config.clone();
     check_dtype(&trainer.model, &cfg)?;
     trainer.config = cfg.clone();
+    // `auto` resolves per machine: a resume on another CPU says when that changes.
+    let products = trainer.products();
+    if let Some(before) = state.products.filter(|&p| p != products) {
+        println!(
+            "resume changes products: {} -> {} (--dtype {} on this machine)",
+            before.name(),
+            products.name(),
+            cfg.dtype.name()
+        );
+    }
+    state.products = Some(products);
     let mc = &cfg.model;
     let windows = eval_windows(
         &corpus.val,
@@ -900,4 +918,40 @@ fn record_eval(
         },
     )?;
     Ok(improved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a run prints about its products, in every case whatever this CPU has:
+    /// nothing for f32; what auto or bf16 resolved to, and why f32 when it is.
+    #[test]
+    fn the_dtype_note_says_what_each_case_resolves_to() {
+        let note = |d, native_step, cpu_bf16| note_for(d, native_step, cpu_bf16);
+        for (native_step, cpu_bf16) in [(false, false), (false, true), (true, false), (true, true)]
+        {
+            assert_eq!(note(Dtype::F32, native_step, cpu_bf16), None);
+        }
+        let bf16 = "matrix products in bf16 (AVX512-BF16) with f32 sums";
+        for d in [Dtype::Auto, Dtype::Bf16] {
+            let on = note(d, true, true).unwrap();
+            assert!(
+                on.starts_with(&format!("dtype {}: ", d.name())) && on.contains(bf16),
+                "{on}"
+            );
+        }
+        let auto_cpu = note(Dtype::Auto, true, false).unwrap();
+        assert_eq!(
+            auto_cpu,
+            "dtype auto: f32 products (this CPU has no AVX512-BF16)"
+        );
+        let auto_graph = note(Dtype::Auto, false, true).unwrap();
+        assert_eq!(
+            auto_graph,
+            "dtype auto: f32 products (this run takes candle's graph)"
+        );
+        let bf16_cpu = note(Dtype::Bf16, true, false).unwrap();
+        assert!(bf16_cpu.contains("this CPU has no AVX512-BF16, so the products run in f32"));
+    }
 }
