@@ -293,8 +293,9 @@ impl TrainConfig {
             // Muon on the matrices: each step costs more (Newton–Schulz), but it learns
             // more per step than AdamW (BENCHMARKS.md, "Muon").
             optimizer: UpdateRule::Muon,
-            // bf16 products where the CPU has AVX512-BF16: ~1.3x the steps of f32 in
-            // the same 5 minutes, a lower loss and more regular verse (BENCHMARKS.md).
+            // bf16 products where the CPU has AVX512-BF16: more steps in the same budget
+            // and a lower loss at the end (BENCHMARKS.md, "bf16 products", the 5-minute
+            // pairs).
             dtype: Dtype::Auto,
             // Three evaluations in a 5-minute run (each costs ~2 s), plus the final one.
             eval_interval: 200,
