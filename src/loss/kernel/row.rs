@@ -86,7 +86,8 @@ impl<F: Real> Scratch<F> {
             y: Vec::new(),
             e: Vec::new(),
             e_prev: Vec::new(),
-            blk: vec![F::ZERO; STREAM_BLOCK],
+            // Pass C's blocks run up to a line (64 bytes) past STREAM_BLOCK values.
+            blk: vec![F::ZERO; STREAM_BLOCK + 64],
         }
     }
 }
@@ -281,11 +282,37 @@ impl<N> Prefetch<N> {
     }
 
     /// Prefetches the bytes of chunk `k` (elements k·LANES .. (k+1)·LANES).
+    ///
+    /// A chunk of at most one line (f32, 16-bit) takes one prefetch, of its first byte:
+    /// the chunks tile the row, so every line holds the first byte of one of them. The
+    /// general loop, inlined into every chunk of pass B, cost more instructions than
+    /// the exponentials of a bf16 chunk (BENCHMARKS.md).
     #[inline(always)]
     fn chunk(self, k: usize) {
         let sz = LANES * std::mem::size_of::<N>();
-        prefetch_range(self.base, self.len, k * sz, sz);
+        if sz <= 64 {
+            prefetch_line(self.base, self.len, k * sz);
+        } else {
+            prefetch_range(self.base, self.len, k * sz, sz);
+        }
     }
+}
+
+/// Asks for the line holding byte `off` of the `total`-byte block at `base` to be
+/// brought into L2, if `off` lies inside the block.
+#[inline(always)]
+fn prefetch_line(base: *const u8, total: usize, off: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if off < total {
+        // SAFETY: prefetch never faults; the address lies inside the block.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                base.wrapping_add(off) as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, total, off);
 }
 
 /// Asks for bytes [off, off + len) of the `total`-byte block at `base` to be brought
@@ -353,13 +380,48 @@ impl<T: Elem<F>, F: Real> Pending<'_, T, F> {
         T::stream_grad(g, e, (self.a, self.b), t, self.hit, buf);
     }
 
+    /// Where pass C's block k (of `blocks(v)`) starts. Its blocks end on the
+    /// gradient's 64-byte lines, wherever the row starts (a caller's buffer is seldom
+    /// line-aligned): the values outside whole lines, written one at a time, are then
+    /// the row's first and last few, not every block's.
+    #[inline(always)]
+    fn block_start(&self, k: usize) -> usize {
+        let n = self.g.len();
+        match k {
+            0 => 0,
+            // align_offset is usize::MAX where no offset aligns: one block then.
+            _ => (k * STREAM_BLOCK)
+                .saturating_add(self.g.as_ptr().align_offset(64))
+                .min(n),
+        }
+    }
+
+    /// Pass C's block k of the row from its exponentials `e` (the whole row).
+    #[inline(always)]
+    fn block(&mut self, k: usize, e: &[F], buf: &mut [F]) {
+        let lo = self.block_start(k);
+        let hi = if k + 1 >= blocks(e.len()) {
+            e.len()
+        } else {
+            self.block_start(k + 1)
+        };
+        self.write_block(lo, &e[lo..hi], buf);
+    }
+
     /// The whole pass C, a block at a time.
     #[inline(always)]
     fn write(mut self, e: &[F], buf: &mut [F]) {
-        for (k, ec) in e.chunks(STREAM_BLOCK).enumerate() {
-            self.write_block(k * STREAM_BLOCK, ec, buf);
+        for k in 0..blocks(e.len()) {
+            self.block(k, e, buf);
         }
     }
+}
+
+/// Blocks of a row of v values in the pipeline: pass B's of `STREAM_BLOCK` values
+/// (the last shorter), and as many of pass C's.
+#[inline(always)]
+fn blocks(v: usize) -> usize {
+    v.div_ceil(STREAM_BLOCK)
 }
 
 /// Pass B of this row fused with pass C of the previous one, a block at a time:
@@ -388,7 +450,7 @@ fn pass_exp_pipelined<X: Elem<F>, T: Elem<F>, F: Real>(
         let j0 = k * STREAM_BLOCK;
         exp_block(xb, m, eb, &mut s, Prefetch::of(next, j0));
         if let Some((pend, e_prev)) = prev.as_mut() {
-            pend.write_block(j0, &e_prev[j0..j0 + xb.len()], buf);
+            pend.block(k, e_prev, buf);
         }
     }
     let mut ds = [F::ZERO; LANES];
