@@ -1,10 +1,12 @@
 """Medians (min-max) over the rounds of run.sh: ms, % of the 16-bit floor, and the
-16-bit kernel's speed-up over its f32 twin, per case, implementation and build."""
+16-bit kernel's speed-up over its f32 twin, per case, implementation and build. An
+argument names another directory of before_*.json and after_*.json records."""
 import json
 import statistics as st
+import sys
 from pathlib import Path
 
-here = Path(__file__).parent
+here = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 rows = {}
 for tag in ("before", "after"):
     for f in sorted(here.glob(f"{tag}_*.json")):
