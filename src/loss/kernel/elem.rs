@@ -13,8 +13,9 @@ use half::{bf16, f16};
 use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-/// Elements per block of the streamed pass C: 4 KiB of f32, so the block stays in L1
-/// between its computation and its streaming store.
+/// Elements per block of the pipeline's pass B (4 KiB of f32, so the block stays in
+/// L1 between its computation and its streaming store); pass C's blocks, which end on
+/// the gradient's lines (`row::Pending::block_start`), run up to a line longer.
 pub(super) const STREAM_BLOCK: usize = 1024;
 
 /// Values per [`Real::exp_nonpos_lanes`]: four AVX-512 or eight AVX2 registers.
@@ -143,9 +144,10 @@ impl Real for f32 {
         hit: f32,
         buf: &mut [f32],
     ) {
-        // Straight from registers when e and dst share their place in a line (e is
-        // line-aligned, see `row::line_row`): otherwise every load of e would
-        // straddle two lines, which is slower than staging the values in `buf`.
+        // Straight from registers when e and dst share their place in a line (e's
+        // row starts on a line, see `row::line_row`, so a gradient row that does too):
+        // otherwise every load of e would straddle two lines, which is slower than
+        // staging the values in `buf`.
         #[cfg(target_arch = "x86_64")]
         if simd::level() == Level::Avx512
             && (dst.as_ptr() as usize) % 64 == (e.as_ptr() as usize) % 64

@@ -86,8 +86,9 @@ impl<F: Real> Scratch<F> {
             y: Vec::new(),
             e: Vec::new(),
             e_prev: Vec::new(),
-            // Pass C's blocks run up to a line (64 bytes) past STREAM_BLOCK values.
-            blk: vec![F::ZERO; STREAM_BLOCK + 64],
+            // Pass C's blocks run up to a line of a 16-bit gradient (32 values) past
+            // STREAM_BLOCK values.
+            blk: vec![F::ZERO; STREAM_BLOCK + 32],
         }
     }
 }
@@ -258,7 +259,7 @@ struct Prefetch<N> {
     len: usize,
     /// The next row's element type (which need not be the type of the row read: a
     /// widened row is read as f32), known at compile time so that a chunk's prefetch
-    /// stays one instruction.
+    /// stays one instruction (two for f64's 128-byte chunks).
     _next: std::marker::PhantomData<N>,
 }
 
@@ -283,10 +284,12 @@ impl<N> Prefetch<N> {
 
     /// Prefetches the bytes of chunk `k` (elements k·LANES .. (k+1)·LANES).
     ///
-    /// A chunk of at most one line (f32, 16-bit) takes one prefetch, of its first byte:
-    /// the chunks tile the row, so every line holds the first byte of one of them. The
-    /// general loop, inlined into every chunk of pass B, cost more instructions than
-    /// the exponentials of a bf16 chunk (BENCHMARKS.md).
+    /// A chunk of at most one line (f32, 16-bit) takes one prefetch, of its first byte,
+    /// the address the general loop's first (and for a line-aligned chunk only)
+    /// iteration took: the loop, inlined into every chunk of pass B, cost more
+    /// instructions than the exponentials of a bf16 chunk (BENCHMARKS.md). A row
+    /// that starts inside a line can leave its last line (and the values after the
+    /// last whole chunk) to a demand miss, as before.
     #[inline(always)]
     fn chunk(self, k: usize) {
         let sz = LANES * std::mem::size_of::<N>();
@@ -387,12 +390,16 @@ impl<T: Elem<F>, F: Real> Pending<'_, T, F> {
     #[inline(always)]
     fn block_start(&self, k: usize) -> usize {
         let n = self.g.len();
+        // Values before the first line boundary (0 to 64/size - 1; the cap only
+        // matters where align_offset could not align, which a T-aligned pointer can).
+        let head = self
+            .g
+            .as_ptr()
+            .align_offset(64)
+            .min(64 / std::mem::size_of::<T>() - 1);
         match k {
             0 => 0,
-            // align_offset is usize::MAX where no offset aligns: one block then.
-            _ => (k * STREAM_BLOCK)
-                .saturating_add(self.g.as_ptr().align_offset(64))
-                .min(n),
+            _ => (k * STREAM_BLOCK + head).min(n),
         }
     }
 
@@ -814,6 +821,124 @@ mod tests {
 
     fn max_of<F: Real>(x: &[F]) -> F {
         x.iter().fold(-F::INF, |a, &b| if b > a { b } else { a })
+    }
+
+    /// The bytes of a slice, to compare rows of any element type bit for bit.
+    fn bytes_of<T>(s: &[T]) -> &[u8] {
+        // SAFETY: the slice's own memory, read as the bytes it is made of.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+    }
+
+    /// Pass C's blocks on the gradient's lines, at every element offset of the row
+    /// within a line and row lengths around the block and line edges: they tile the
+    /// row (every block from the second starting on a line, none longer than the
+    /// staging row), and written through `Pending::write` or the pipeline they give
+    /// the bits of one whole-row `stream_grad`, touching nothing outside the row.
+    fn blocks_tile_the_row<T: Elem<F>, F: Real>(sentinel: T) {
+        let lanes = 64 / std::mem::size_of::<T>();
+        let (a, b, hit) = (F::from_f64(0.37), F::from_f64(1e-3), F::from_f64(0.9));
+        let lens = [
+            1,
+            2,
+            15,
+            16,
+            17,
+            31,
+            33,
+            1000,
+            1023,
+            1024,
+            1025,
+            1024 + lanes - 1,
+        ];
+        let more = [
+            1024 + lanes,
+            1024 + lanes + 1,
+            1055,
+            1056,
+            1057,
+            2047,
+            2048,
+            2049,
+        ];
+        for v in lens
+            .into_iter()
+            .chain(more)
+            .chain([2048 + lanes, 2500, 3079, 8200])
+        {
+            let e: Vec<F> = (0..v)
+                .map(|j| F::from_f64(((j * 37) % 101) as f64 / 101.0))
+                .collect();
+            let t = (v * 7 / 11).min(v - 1);
+            let mut want = vec![sentinel; v];
+            let mut staging = vec![F::ZERO; v];
+            T::stream_grad(as_uninit(&mut want), &e, (a, b), Some(t), hit, &mut staging);
+            let mut store = vec![sentinel; v + 3 * lanes];
+            let base = store.as_ptr().align_offset(64);
+            for at in base..base + lanes {
+                for pipelined in [false, true] {
+                    store.fill(sentinel);
+                    let start = store[at..].as_ptr() as usize;
+                    let mut sc = Scratch::<F>::new();
+                    let pd = Pending {
+                        g: as_uninit(&mut store[at..at + v]),
+                        a,
+                        b,
+                        t,
+                        hit,
+                    };
+                    let mut total = 0;
+                    for k in 0..blocks(v) {
+                        let lo = pd.block_start(k);
+                        let hi = if k + 1 >= blocks(v) {
+                            v
+                        } else {
+                            pd.block_start(k + 1)
+                        };
+                        assert!(lo <= hi && hi - lo <= sc.blk.len(), "v {v} at {at} k {k}");
+                        if k >= 1 && lo < v {
+                            let addr = start + lo * std::mem::size_of::<T>();
+                            assert_eq!(addr % 64, 0, "v {v} at {at}: block {k} off a line");
+                        }
+                        total += hi - lo;
+                    }
+                    assert_eq!(total, v, "v {v} at {at}");
+                    if pipelined {
+                        let (x, mut ee) = (vec![F::ZERO; v], vec![F::ZERO; v]);
+                        let prev = Some((pd, &e[..]));
+                        let next: [T; 0] = [];
+                        pass_exp_pipelined::<F, T, F>(
+                            &x,
+                            F::ZERO,
+                            &mut ee,
+                            false,
+                            &next,
+                            prev,
+                            &mut sc.blk,
+                        );
+                    } else {
+                        pd.write(&e, &mut sc.blk);
+                    }
+                    let got = &store[at..at + v];
+                    assert!(
+                        bytes_of(got) == bytes_of(&want),
+                        "v {v} at {at} {pipelined}"
+                    );
+                    let guard = bytes_of(std::slice::from_ref(&sentinel));
+                    for j in (0..at).chain(at + v..store.len()) {
+                        assert!(bytes_of(&store[j..j + 1]) == guard, "v {v}: {j} written");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pass_c_blocks_tile_the_row_on_its_lines() {
+        blocks_tile_the_row::<f32, f32>(f32::from_bits(0x7FBF_FFF1));
+        blocks_tile_the_row::<f64, f64>(f64::from_bits(0x7FF7_FFFF_FFFF_FFF1));
+        blocks_tile_the_row::<half::bf16, f32>(half::bf16::from_bits(0x7FBF));
+        blocks_tile_the_row::<f16, f32>(f16::from_bits(0x7DFF));
     }
 
     /// Pass B's sums (Σ e and Σ (m - y)) have the same bits whether the exponentials
