@@ -27,13 +27,12 @@
 //! LayerNorm outputs and statistics, q/k/v, attention output and log-sum-exp, the
 //! merged heads, the residual, the 4·C MLP layer before and after GELU), plus the
 //! backward's transients (the MLP's 8·N·C gradients, the block's d(out)) and the head's
-//! [chunk, V] logits (about 2^24 values, at least 8 rows: `loss::linear::chunk_rows`). Rounded up to
-//! 20·C per layer and 12·C per token, it covers the peak RSS of real runs (under bf16
-//! products the LayerNorm outputs, the merged heads and GELU's output are bf16: 3.5·C
-//! less; the
-//! test `native_estimate_covers_the_measured_peaks`; BENCHMARKS.md, "Measurements
-//! behind the code"). Evaluation and sampling run on a `Gpt::frozen`
-//! view that records no graph, so they stay below the step. The graph formula is what
+//! [chunk, V] logits (about 2^24 values, at least 8 rows: `loss::linear::chunk_rows`).
+//! Rounded up to 20·C per layer and 12·C per token, it covers the peak RSS of real runs
+//! (under bf16 products the LayerNorm outputs, the merged heads and GELU's output are
+//! bf16: 3.5·C less; the test `native_estimate_covers_the_measured_peaks`;
+//! BENCHMARKS.md, "Measurements behind the code"). Evaluation and sampling run on a
+//! `Gpt::frozen` view that records no graph, so they stay below the step. The graph formula is what
 //! autograd keeps with materialised attention (both sides of every op and its
 //! gradient), fitted to the composed reference kernels (BENCHMARKS.md). Plus a
 //! fixed 64 MiB for the program, the matmul benchmark and buffers.

@@ -390,8 +390,9 @@ impl<T: Elem<F>, F: Real> Pending<'_, T, F> {
     #[inline(always)]
     fn block_start(&self, k: usize) -> usize {
         let n = self.g.len();
-        // Values before the first line boundary (0 to 64/size - 1; the cap only
-        // matters where align_offset could not align, which a T-aligned pointer can).
+        // Values before the first line boundary, 0 to 64/size - 1. align_offset can
+        // say usize::MAX (no offset aligns) only for a pointer that is not T-aligned;
+        // the cap keeps every block within the staging row even then.
         let head = self
             .g
             .as_ptr()
